@@ -1,0 +1,130 @@
+use std::path::PathBuf;
+
+use crate::identity::PublicKey;
+
+/// Everything that can go wrong with signed records and the registry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A public key that must not be trusted.
+    #[error("invalid public key {key}: {reason}")]
+    InvalidKey {
+        /// The key as given (truncated).
+        key: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A key file could not be read or written.
+    #[error("key file {}: {source}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A key file that does not hold a key.
+    #[error("key file {} does not hold a hex-encoded ed25519 secret key", path.display())]
+    MalformedKeyFile {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// Bytes that do not parse as the record they claim to be.
+    #[error("malformed {kind}: {reason}")]
+    Malformed {
+        /// The record type.
+        kind: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A record tagged as a different type or version.
+    #[error("{kind} has domain tag `{found}`, expected `{expected}`")]
+    WrongTag {
+        /// The record type.
+        kind: &'static str,
+        /// The tag this type signs with.
+        expected: &'static str,
+        /// The tag found.
+        found: String,
+    },
+    /// A signature that does not verify under the key the record names.
+    #[error("{kind} signature does not verify under key {signer}")]
+    BadSignature {
+        /// The record type.
+        kind: &'static str,
+        /// The key the record claims signed it.
+        signer: PublicKey,
+    },
+    /// A record encoded in other than its one canonical form.
+    #[error("{kind} is not in canonical encoding")]
+    NotCanonical {
+        /// The record type.
+        kind: &'static str,
+    },
+    /// An attempt to sign a record with a key other than the one it names.
+    #[error("{kind} names signer {expected} but was to be signed by {found}")]
+    WrongSigner {
+        /// The record type.
+        kind: &'static str,
+        /// The key the record names.
+        expected: PublicKey,
+        /// The key offered.
+        found: PublicKey,
+    },
+    /// A publisher tried to re-release a name and version with different code.
+    #[error(
+        "{name}@{version} is already released by {publisher} as manifest {existing}; releases are immutable, publish a new version"
+    )]
+    ReleaseConflict {
+        /// Agent name.
+        name: String,
+        /// Version.
+        version: String,
+        /// The publisher.
+        publisher: PublicKey,
+        /// The manifest already released.
+        existing: String,
+    },
+    /// No stored manifest matches an agent reference.
+    #[error("no agent `{reference}` in the registry (give a name, a manifest hash or a component hash)")]
+    UnknownAgent {
+        /// The reference given.
+        reference: String,
+    },
+    /// A name used by several publishers.
+    #[error("agent name `{reference}` is used by {} publishers ({}); give a manifest hash instead", publishers.len(), publishers.iter().map(|p| p.short()).collect::<Vec<_>>().join(", "))]
+    AmbiguousAgent {
+        /// The reference given.
+        reference: String,
+        /// The publishers using it.
+        publishers: Vec<PublicKey>,
+    },
+    /// An agent's persistent memory would exceed its quota.
+    #[error("agent memory quota: {0}")]
+    KvQuota(String),
+    /// The database failed.
+    #[error("registry database {}: {source}", path.display())]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The database holds a value no version of agora writes.
+    #[error("registry database {} is corrupt: {what}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What was wrong.
+        what: String,
+    },
+    /// The database was written by a newer agora.
+    #[error("registry database {} has schema version {found}; this agora supports up to {supported}", path.display())]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: usize,
+        /// The newest this build knows.
+        supported: usize,
+    },
+}

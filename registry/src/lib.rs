@@ -1,0 +1,54 @@
+//! The records of the agora marketplace and the registry that keeps them.
+//!
+//! Everything a host knows about the marketplace is a signed record:
+//!
+//! - a [`Manifest`], signed by a publisher, names an agent's component by its BLAKE3 [`Hash`]
+//!   and states its actions, capabilities, limits and price;
+//! - a [`Receipt`], signed by a host, records one execution: which agent, input and output
+//!   hashes, fuel, charge and [`Outcome`], chained to the host's previous receipt.
+//!
+//! Records travel as [`Signed`] envelopes: canonical JSON, a domain-separated ed25519
+//! signature verified strictly, and an identity that is the hash of the signed bytes. The
+//! [`Registry`] stores them in SQLite together with each agent's private key-value memory.
+//!
+//! ```
+//! use agora_registry::{ComponentRef, Hash, Manifest, ManifestLimits, SecretKey, Signed, AGENT_WORLD};
+//!
+//! let publisher = SecretKey::generate();
+//! let manifest = Manifest {
+//!     name: "ride-driver".into(),
+//!     version: "1.0.0".into(),
+//!     publisher: publisher.public(),
+//!     component: ComponentRef { hash: Hash::of(b"component bytes"), size: 15 },
+//!     world: AGENT_WORLD.into(),
+//!     actions: vec!["quote".into()],
+//!     capabilities: vec![],
+//!     limits: ManifestLimits { max_fuel: 1_000_000, max_memory_bytes: 1 << 24, max_wall_ms: 1000, max_output_bytes: 1 << 16 },
+//!     price_per_mfuel: 10,
+//!     description: "quotes fares".into(),
+//!     created_at: 0,
+//! };
+//! let signed = Signed::sign(manifest, &publisher)?;
+//! let received = Signed::<Manifest>::from_bytes(signed.as_bytes())?;
+//! assert_eq!(received.hash(), signed.hash());
+//! # Ok::<(), agora_registry::Error>(())
+//! ```
+
+mod error;
+mod hash;
+mod identity;
+mod manifest;
+mod receipt;
+mod signed;
+mod store;
+
+pub use error::Error;
+pub use hash::{Hash, ParseHashError};
+pub use identity::{PublicKey, SecretKey};
+pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
+pub use receipt::{AgentRef, Outcome, ParentCall, Receipt, SignedReceipt, request_hash};
+pub use signed::{Record, Signed};
+pub use store::{Inserted, KvNamespace, KvQuota, Registry};
+
+#[cfg(test)]
+mod tests;

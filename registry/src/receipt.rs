@@ -1,0 +1,153 @@
+//! Execution receipts: a host's signed account of one call.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PublicKey;
+use crate::signed::{Record, Signed};
+use crate::Hash;
+
+/// What happened in one execution. Signed by the host that ran it.
+///
+/// Receipts from one host form a hash chain (`seq`, `prev`), so a host that deletes or rewrites
+/// its history, or shows different histories to different peers, can be caught.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The agent that ran.
+    pub agent: AgentRef,
+    /// BLAKE3 of the request (action and payload, see [`request_hash`]).
+    pub input_hash: Hash,
+    /// BLAKE3 of the output bytes; `None` when the call produced no output.
+    pub output_hash: Option<Hash>,
+    /// How the call ended.
+    pub outcome: Outcome,
+    /// The fuel budget the call ran under.
+    pub fuel_limit: u64,
+    /// Fuel consumed, including fuel passed on to nested calls.
+    pub fuel_used: u64,
+    /// What the call costs: its own fuel at the agent's price plus the charges of nested calls.
+    pub charge: u64,
+    /// Wall time in microseconds. Advisory: it cannot be verified by re-execution.
+    pub wall_time_us: u64,
+    /// Receipts of the calls this one made through `call-agent`, in order.
+    pub nested: Vec<Hash>,
+    /// The receipt of the call that made this one, if it was nested.
+    pub parent_call: Option<ParentCall>,
+    /// The host that ran the call and signs the receipt.
+    pub host: PublicKey,
+    /// The wasmtime version, since fuel counts compare only under the same runtime.
+    pub runtime: String,
+    /// This host's receipt counter, starting at 0.
+    pub seq: u64,
+    /// Hash of this host's previous receipt; `None` only for `seq` 0.
+    pub prev: Option<Hash>,
+    /// When the call finished, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// The agent a receipt is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRef {
+    /// Hash of the signed manifest.
+    pub manifest: Hash,
+    /// Hash of the component that actually ran.
+    pub component: Hash,
+}
+
+/// Where a nested call came from. The parent's receipt is signed after its children, so a
+/// child names its parent by manifest and call depth rather than by receipt hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentCall {
+    /// Manifest of the calling agent.
+    pub manifest: Hash,
+    /// Depth of this call: 1 for a call made by a top-level call.
+    pub depth: u32,
+}
+
+/// How an execution ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Outcome {
+    /// The agent returned output.
+    Ok,
+    /// The agent returned one of its own errors (`bad-request`, `refused`, `internal`).
+    AgentError {
+        /// Which variant of `agent-error`.
+        error: String,
+        /// The agent's message, truncated.
+        message: String,
+    },
+    /// The guest trapped (a panic, an unreachable, a stack overflow, a denied host call…).
+    Trap {
+        /// What wasmtime reported, truncated.
+        message: String,
+    },
+    /// The fuel budget ran out.
+    FuelExhausted,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// The guest asked for more memory (or tables, or instances) than allowed.
+    MemoryLimit,
+    /// The output was larger than allowed.
+    OutputLimit,
+    /// The guest logged more than allowed.
+    LogLimit,
+}
+
+impl Outcome {
+    /// The outcome's name as written in receipts: `ok`, `fuel-exhausted`, …
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::AgentError { .. } => "agent-error",
+            Outcome::Trap { .. } => "trap",
+            Outcome::FuelExhausted => "fuel-exhausted",
+            Outcome::Timeout => "timeout",
+            Outcome::MemoryLimit => "memory-limit",
+            Outcome::OutputLimit => "output-limit",
+            Outcome::LogLimit => "log-limit",
+        }
+    }
+
+    /// Whether the call produced output.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::AgentError { error, message } => write!(f, "agent-error ({error}: {message})"),
+            Outcome::Trap { message } => write!(f, "trap ({message})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+impl Record for Receipt {
+    const TAG: &'static str = "agora/receipt/v1";
+    const KIND: &'static str = "receipt";
+
+    fn signer(&self) -> &PublicKey {
+        &self.host
+    }
+}
+
+/// A receipt with a verified host signature.
+pub type SignedReceipt = Signed<Receipt>;
+
+/// The input hash a receipt records for a request: BLAKE3 over a length-prefixed action
+/// followed by the payload, so no two distinct requests share an encoding.
+pub fn request_hash(action: &str, payload: &[u8]) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"agora/request-input/v1\0");
+    hasher.update(&(action.len() as u64).to_le_bytes());
+    hasher.update(action.as_bytes());
+    hasher.update(payload);
+    Hash::from_bytes(*hasher.finalize().as_bytes())
+}

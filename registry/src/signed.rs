@@ -1,0 +1,161 @@
+//! The envelope every signed record travels in.
+//!
+//! A record is encoded as compact JSON with fields in declaration order, which is deterministic
+//! for the types in this crate (no maps, no floats). The signature covers
+//! `tag ‖ 0x00 ‖ body`, where the tag names the record type and version (`agora/manifest/v1`),
+//! and the record's identity is the BLAKE3 hash of the whole envelope. Parsing accepts only the
+//! canonical encoding, so one record has exactly one byte string and one hash, and any changed
+//! byte is caught: it breaks the JSON, the canonical form or the signature.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{PublicKey, SecretKey};
+use crate::{Error, Hash};
+
+/// A record type that travels signed.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The domain-separation tag, e.g. `agora/manifest/v1`.
+    const TAG: &'static str;
+    /// What the record is called in error messages.
+    const KIND: &'static str;
+    /// The key that must have signed this record (the publisher of a manifest, the host of a receipt).
+    fn signer(&self) -> &PublicKey;
+}
+
+/// A record together with a verified signature by the key the record names.
+///
+/// The only ways to get one are [`Signed::sign`] and [`Signed::from_bytes`], so holding a
+/// `Signed<T>` means the signature has been checked.
+#[derive(Clone, Debug)]
+pub struct Signed<T> {
+    body: T,
+    signature: [u8; 64],
+    bytes: Vec<u8>,
+    hash: Hash,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    tag: &'a str,
+    body: &'a T,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeIn<T> {
+    tag: String,
+    body: T,
+    signature: String,
+}
+
+impl<T: Record> Signed<T> {
+    /// Signs `body` with `key`, which must be the key the body names as its signer.
+    pub fn sign(body: T, key: &SecretKey) -> Result<Self, Error> {
+        if key.public() != *body.signer() {
+            return Err(Error::WrongSigner {
+                kind: T::KIND,
+                expected: *body.signer(),
+                found: key.public(),
+            });
+        }
+        let body_bytes = canonical(&body, T::KIND)?;
+        let signature = key.sign(T::TAG, &body_bytes);
+        let bytes = canonical(
+            &EnvelopeOut {
+                tag: T::TAG,
+                body: &body,
+                signature: hex::encode(signature),
+            },
+            T::KIND,
+        )?;
+        let hash = Hash::of(&bytes);
+        Ok(Signed {
+            body,
+            signature,
+            bytes,
+            hash,
+        })
+    }
+
+    /// Parses and verifies a record received from anywhere: a peer, a blob store, a database row.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let malformed = |reason: String| Error::Malformed {
+            kind: T::KIND,
+            reason,
+        };
+        let envelope: EnvelopeIn<T> =
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        if envelope.tag != T::TAG {
+            return Err(Error::WrongTag {
+                kind: T::KIND,
+                expected: T::TAG,
+                found: envelope.tag.chars().take(64).collect(),
+            });
+        }
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(&envelope.signature, &mut signature)
+            .map_err(|_| malformed("signature is not 128 hex digits".into()))?;
+        let body_bytes = canonical(&envelope.body, T::KIND)?;
+        if !envelope
+            .body
+            .signer()
+            .verify(T::TAG, &body_bytes, &signature)
+        {
+            return Err(Error::BadSignature {
+                kind: T::KIND,
+                signer: *envelope.body.signer(),
+            });
+        }
+        let canonical_bytes = canonical(
+            &EnvelopeOut {
+                tag: T::TAG,
+                body: &envelope.body,
+                signature: hex::encode(signature),
+            },
+            T::KIND,
+        )?;
+        if canonical_bytes != bytes {
+            return Err(Error::NotCanonical { kind: T::KIND });
+        }
+        Ok(Signed {
+            body: envelope.body,
+            signature,
+            hash: Hash::of(bytes),
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// The record.
+    pub fn body(&self) -> &T {
+        &self.body
+    }
+
+    /// The key that signed the record.
+    pub fn signer(&self) -> &PublicKey {
+        self.body.signer()
+    }
+
+    /// The signature over `tag ‖ 0x00 ‖ body`.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// The canonical signed bytes: what is stored, shared and hashed.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The record's identity: the BLAKE3 hash of [`Signed::as_bytes`].
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+}
+
+fn canonical<S: Serialize>(value: &S, kind: &'static str) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::Malformed {
+        kind,
+        reason: e.to_string(),
+    })
+}

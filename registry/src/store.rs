@@ -1,0 +1,502 @@
+//! The SQLite registry: one database file per host.
+//!
+//! Rows that came from signed records keep the exact signed bytes, and reads re-verify them, so a
+//! database edited behind the host's back yields errors rather than forged records.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::identity::{PublicKey, SecretKey};
+use crate::manifest::SignedManifest;
+use crate::receipt::{Receipt, SignedReceipt};
+use crate::{Error, Hash};
+
+/// Schema migrations, applied in order. `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: manifests, publishers, receipts, agent memory.
+    "CREATE TABLE publishers (
+         key        TEXT PRIMARY KEY,
+         first_seen INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE manifests (
+         hash           TEXT PRIMARY KEY,
+         name           TEXT NOT NULL,
+         version        TEXT NOT NULL,
+         publisher      TEXT NOT NULL REFERENCES publishers(key),
+         component_hash TEXT NOT NULL,
+         component_size INTEGER NOT NULL,
+         created_at     INTEGER NOT NULL,
+         signed         BLOB NOT NULL,
+         UNIQUE (publisher, name, version)
+     ) STRICT;
+     CREATE INDEX manifests_by_name ON manifests(name);
+     CREATE INDEX manifests_by_component ON manifests(component_hash);
+     -- (host, seq) is deliberately not unique: two receipts with one sequence number are
+     -- evidence that a host forked its chain, and must be kept, not refused.
+     CREATE TABLE receipts (
+         hash           TEXT PRIMARY KEY,
+         host           TEXT NOT NULL,
+         seq            INTEGER NOT NULL,
+         prev           TEXT,
+         manifest_hash  TEXT NOT NULL,
+         component_hash TEXT NOT NULL,
+         outcome        TEXT NOT NULL,
+         fuel_used      INTEGER NOT NULL,
+         timestamp_ms   INTEGER NOT NULL,
+         signed         BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX receipts_by_host ON receipts(host, seq);
+     CREATE INDEX receipts_by_manifest ON receipts(manifest_hash, timestamp_ms);
+     CREATE INDEX receipts_by_component ON receipts(component_hash, timestamp_ms);
+     CREATE TABLE agent_kv (
+         publisher TEXT NOT NULL,
+         agent     TEXT NOT NULL,
+         key       TEXT NOT NULL,
+         value     BLOB NOT NULL,
+         PRIMARY KEY (publisher, agent, key)
+     ) STRICT, WITHOUT ROWID;",
+];
+
+/// Bounds on an agent's persistent memory on one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// All keys and values of one agent together, in bytes.
+    pub max_total_bytes: u64,
+}
+
+impl Default for KvQuota {
+    fn default() -> Self {
+        KvQuota {
+            max_key_bytes: 256,
+            max_value_bytes: 64 * 1024,
+            max_total_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Whose memory a kv operation touches: one agent name under one publisher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvNamespace {
+    /// The agent's publisher.
+    pub publisher: PublicKey,
+    /// The agent's name.
+    pub agent: String,
+}
+
+/// Whether an insert stored something new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The record was new and is now stored.
+    New,
+    /// The same record was already stored; nothing changed.
+    AlreadyPresent,
+}
+
+/// A host's registry of manifests, receipts and agent memory.
+///
+/// Cheap operations are serialised on one connection; SQLite runs in WAL mode with
+/// `synchronous = FULL`, so an acknowledged receipt survives a power cut.
+pub struct Registry {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("path", &self.path).finish()
+    }
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db_error = |source| Error::Database {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(db_error)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_error)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;",
+        )
+        .map_err(db_error)?;
+        let registry = Registry {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        };
+        registry.migrate()?;
+        Ok(registry)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent (transactions roll back
+        // on drop), so the poisoned guard is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn db_error(&self, source: rusqlite::Error) -> Error {
+        Error::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&self) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let applied: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| self.db_error(e))?;
+        let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+        if applied > MIGRATIONS.len() {
+            return Err(Error::SchemaTooNew {
+                path: self.path.clone(),
+                found: applied,
+                supported: MIGRATIONS.len(),
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction().map_err(|e| self.db_error(e))?;
+            tx.execute_batch(sql).map_err(|e| self.db_error(e))?;
+            tx.pragma_update(None, "user_version", (index + 1) as i64)
+                .map_err(|e| self.db_error(e))?;
+            tx.commit().map_err(|e| self.db_error(e))?;
+            tracing::debug!(migration = index + 1, "applied registry migration");
+        }
+        Ok(())
+    }
+
+    /// Stores a verified manifest.
+    ///
+    /// Releases are immutable: if the publisher already released a different manifest under the
+    /// same name and version, this fails with [`Error::ReleaseConflict`], unless that manifest names the same component,
+    /// in which case the earlier release stands and [`Inserted::AlreadyPresent`] is returned.
+    pub fn insert_manifest(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
+        let body = manifest.body();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_error(e))?;
+        let existing: Option<(String, String)> = tx
+            .query_row(
+                "SELECT hash, component_hash FROM manifests
+                 WHERE publisher = ?1 AND name = ?2 AND version = ?3",
+                params![body.publisher.to_hex(), body.name, body.version],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        if let Some((existing_hash, existing_component)) = existing {
+            if existing_component == body.component.hash.to_hex() {
+                return Ok(Inserted::AlreadyPresent);
+            }
+            return Err(Error::ReleaseConflict {
+                name: body.name.clone(),
+                version: body.version.clone(),
+                publisher: body.publisher,
+                existing: existing_hash,
+            });
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO publishers (key, first_seen) VALUES (?1, ?2)",
+            params![body.publisher.to_hex(), body.created_at as i64],
+        )
+        .map_err(|e| self.db_error(e))?;
+        tx.execute(
+            "INSERT INTO manifests
+                 (hash, name, version, publisher, component_hash, component_size, created_at, signed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                manifest.hash().to_hex(),
+                body.name,
+                body.version,
+                body.publisher.to_hex(),
+                body.component.hash.to_hex(),
+                body.component.size as i64,
+                body.created_at as i64,
+                manifest.as_bytes(),
+            ],
+        )
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().map_err(|e| self.db_error(e))?;
+        Ok(Inserted::New)
+    }
+
+    /// The manifest with this hash, if stored.
+    pub fn manifest(&self, hash: &Hash) -> Result<Option<SignedManifest>, Error> {
+        self.query_manifests("WHERE hash = ?1", params![hash.to_hex()])
+            .map(|mut found| found.pop())
+    }
+
+    /// Every stored manifest, newest first.
+    pub fn manifests(&self) -> Result<Vec<SignedManifest>, Error> {
+        self.query_manifests("", params![])
+    }
+
+    /// Finds the manifest an agent reference names. A reference is a manifest hash, a component
+    /// hash (the newest manifest for it), or a name, optionally `name@version` (the newest
+    /// release of that name; ambiguous if several publishers use the name).
+    pub fn resolve(&self, reference: &str) -> Result<SignedManifest, Error> {
+        if let Ok(hash) = reference.parse::<Hash>() {
+            if let Some(manifest) = self.manifest(&hash)? {
+                return Ok(manifest);
+            }
+            let mut by_component = self.query_manifests(
+                "WHERE component_hash = ?1",
+                params![hash.to_hex()],
+            )?;
+            if !by_component.is_empty() {
+                return Ok(by_component.swap_remove(0));
+            }
+            return Err(Error::UnknownAgent {
+                reference: reference.to_owned(),
+            });
+        }
+        let (name, version) = match reference.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (reference, None),
+        };
+        let mut found = match version {
+            Some(version) => self.query_manifests(
+                "WHERE name = ?1 AND version = ?2",
+                params![name, version],
+            )?,
+            None => self.query_manifests("WHERE name = ?1", params![name])?,
+        };
+        let mut publishers: Vec<PublicKey> = found.iter().map(|m| m.body().publisher).collect();
+        publishers.sort();
+        publishers.dedup();
+        match publishers.len() {
+            0 => Err(Error::UnknownAgent {
+                reference: reference.to_owned(),
+            }),
+            1 => Ok(found.swap_remove(0)),
+            _ => Err(Error::AmbiguousAgent {
+                reference: reference.to_owned(),
+                publishers,
+            }),
+        }
+    }
+
+    fn query_manifests(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<SignedManifest>, Error> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT signed FROM manifests {filter} ORDER BY created_at DESC, rowid DESC"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params, |row| row.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.db_error(e))?;
+        let mut manifests = Vec::new();
+        for bytes in rows {
+            let bytes = bytes.map_err(|e| self.db_error(e))?;
+            manifests.push(SignedManifest::from_bytes(&bytes)?);
+        }
+        Ok(manifests)
+    }
+
+    /// Signs and stores this host's next receipt. `build` receives the sequence number and the
+    /// previous receipt's hash and returns the receipt; appending is serialised, so the chain
+    /// never forks on one host.
+    pub fn append_receipt(
+        &self,
+        host_key: &SecretKey,
+        build: impl FnOnce(u64, Option<Hash>) -> Receipt,
+    ) -> Result<SignedReceipt, Error> {
+        let host = host_key.public();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_error(e))?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
+                params![host.to_hex()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        let (seq, prev) = match last {
+            Some((seq, hash)) => (
+                seq as u64 + 1,
+                Some(hash.parse::<Hash>().map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    what: e.to_string(),
+                })?),
+            ),
+            None => (0, None),
+        };
+        let receipt = Signed::sign(build(seq, prev), host_key)?;
+        insert_receipt_row(&tx, &receipt).map_err(|e| self.db_error(e))?;
+        tx.commit().map_err(|e| self.db_error(e))?;
+        Ok(receipt)
+    }
+
+    /// Stores a verified receipt from any host (for example one received from a peer).
+    pub fn insert_receipt(&self, receipt: &SignedReceipt) -> Result<Inserted, Error> {
+        let conn = self.conn();
+        let changed = insert_receipt_row(&conn, receipt).map_err(|e| self.db_error(e))?;
+        Ok(if changed == 0 {
+            Inserted::AlreadyPresent
+        } else {
+            Inserted::New
+        })
+    }
+
+    /// The receipt with this hash, if stored.
+    pub fn receipt(&self, hash: &Hash) -> Result<Option<SignedReceipt>, Error> {
+        self.query_receipts("WHERE hash = ?1", params![hash.to_hex()], 1)
+            .map(|mut found| found.pop())
+    }
+
+    /// Receipts about the agent released as `manifest`, newest first, at most `limit`.
+    pub fn receipts_for_manifest(
+        &self,
+        manifest: &Hash,
+        limit: usize,
+    ) -> Result<Vec<SignedReceipt>, Error> {
+        self.query_receipts(
+            "WHERE manifest_hash = ?1",
+            params![manifest.to_hex()],
+            limit,
+        )
+    }
+
+    /// All receipts, newest first, at most `limit`.
+    pub fn receipts(&self, limit: usize) -> Result<Vec<SignedReceipt>, Error> {
+        self.query_receipts("", params![], limit)
+    }
+
+    /// One host's receipts in chain order (oldest first).
+    pub fn receipt_chain(&self, host: &PublicKey) -> Result<Vec<SignedReceipt>, Error> {
+        let mut chain = self.query_receipts("WHERE host = ?1", params![host.to_hex()], usize::MAX)?;
+        chain.sort_by_key(|r| r.body().seq);
+        Ok(chain)
+    }
+
+    fn query_receipts(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+        limit: usize,
+    ) -> Result<Vec<SignedReceipt>, Error> {
+        let conn = self.conn();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT signed FROM receipts {filter} ORDER BY timestamp_ms DESC, rowid DESC LIMIT {limit}"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params, |row| row.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.db_error(e))?;
+        let mut receipts = Vec::new();
+        for bytes in rows {
+            let bytes = bytes.map_err(|e| self.db_error(e))?;
+            receipts.push(SignedReceipt::from_bytes(&bytes)?);
+        }
+        Ok(receipts)
+    }
+
+    /// Reads a key from an agent's memory.
+    pub fn kv_get(&self, ns: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT value FROM agent_kv WHERE publisher = ?1 AND agent = ?2 AND key = ?3",
+            params![ns.publisher.to_hex(), ns.agent, key],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| self.db_error(e))
+    }
+
+    /// Writes a key in an agent's memory, within `quota`.
+    pub fn kv_set(
+        &self,
+        ns: &KvNamespace,
+        key: &str,
+        value: &[u8],
+        quota: &KvQuota,
+    ) -> Result<(), Error> {
+        if key.len() > quota.max_key_bytes {
+            return Err(Error::KvQuota(format!(
+                "key is {} bytes; the limit is {}",
+                key.len(),
+                quota.max_key_bytes
+            )));
+        }
+        if value.len() > quota.max_value_bytes {
+            return Err(Error::KvQuota(format!(
+                "value is {} bytes; the limit is {}",
+                value.len(),
+                quota.max_value_bytes
+            )));
+        }
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_error(e))?;
+        let used_by_others: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM agent_kv
+                 WHERE publisher = ?1 AND agent = ?2 AND key != ?3",
+                params![ns.publisher.to_hex(), ns.agent, key],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.db_error(e))?;
+        let total = used_by_others as u64 + (key.len() + value.len()) as u64;
+        if total > quota.max_total_bytes {
+            return Err(Error::KvQuota(format!(
+                "the agent's memory would hold {total} bytes; the quota is {}",
+                quota.max_total_bytes
+            )));
+        }
+        tx.execute(
+            "INSERT INTO agent_kv (publisher, agent, key, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (publisher, agent, key) DO UPDATE SET value = excluded.value",
+            params![ns.publisher.to_hex(), ns.agent, key, value],
+        )
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().map_err(|e| self.db_error(e))
+    }
+}
+
+use crate::signed::Signed;
+
+fn insert_receipt_row(conn: &Connection, receipt: &SignedReceipt) -> rusqlite::Result<usize> {
+    let body = receipt.body();
+    conn.execute(
+        "INSERT OR IGNORE INTO receipts
+             (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
+              timestamp_ms, signed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            receipt.hash().to_hex(),
+            body.host.to_hex(),
+            body.seq as i64,
+            body.prev.map(|h| h.to_hex()),
+            body.agent.manifest.to_hex(),
+            body.agent.component.to_hex(),
+            body.outcome.name(),
+            body.fuel_used as i64,
+            body.timestamp_ms as i64,
+            receipt.as_bytes(),
+        ],
+    )
+}

@@ -1,0 +1,205 @@
+use super::*;
+
+fn manifest(publisher: &SecretKey, version: &str, code: &[u8]) -> Manifest {
+    Manifest {
+        name: "energy-trader".into(),
+        version: version.into(),
+        publisher: publisher.public(),
+        component: ComponentRef {
+            hash: Hash::of(code),
+            size: code.len() as u64,
+        },
+        world: AGENT_WORLD.into(),
+        actions: vec!["offer".into(), "clear".into()],
+        capabilities: vec![],
+        limits: ManifestLimits {
+            max_fuel: 1_000_000,
+            max_memory_bytes: 1 << 24,
+            max_wall_ms: 1_000,
+            max_output_bytes: 1 << 16,
+        },
+        price_per_mfuel: 7,
+        description: "household energy agent".into(),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt {
+    Receipt {
+        agent: AgentRef {
+            manifest: Hash::of(b"m"),
+            component: Hash::of(b"c"),
+        },
+        input_hash: request_hash("offer", b"{}"),
+        output_hash: Some(Hash::of(b"out")),
+        outcome: Outcome::Ok,
+        fuel_limit: 10,
+        fuel_used: 5,
+        charge: 0,
+        wall_time_us: 12,
+        nested: vec![],
+        parent_call: None,
+        host: host.public(),
+        runtime: "wasmtime 48".into(),
+        seq,
+        prev,
+        timestamp_ms: 1,
+    }
+}
+
+#[test]
+fn a_manifest_verifies_and_every_changed_byte_breaks_it() {
+    let key = SecretKey::generate();
+    let signed = Signed::sign(manifest(&key, "1.0.0", b"wasm"), &key).unwrap();
+    let parsed = SignedManifest::from_bytes(signed.as_bytes()).unwrap();
+    assert_eq!(parsed.body(), signed.body());
+    assert_eq!(parsed.hash(), signed.hash());
+
+    for index in 0..signed.as_bytes().len() {
+        let mut altered = signed.as_bytes().to_vec();
+        altered[index] ^= 0x01;
+        assert!(
+            SignedManifest::from_bytes(&altered).is_err(),
+            "flipping a bit of byte {index} went unnoticed"
+        );
+    }
+}
+
+#[test]
+fn a_receipt_verifies_and_a_changed_byte_breaks_it() {
+    let key = SecretKey::generate();
+    let signed = Signed::sign(receipt(&key, 0, None), &key).unwrap();
+    assert!(SignedReceipt::from_bytes(signed.as_bytes()).is_ok());
+    for index in 0..signed.as_bytes().len() {
+        let mut altered = signed.as_bytes().to_vec();
+        altered[index] = altered[index].wrapping_add(1);
+        assert!(SignedReceipt::from_bytes(&altered).is_err(), "byte {index}");
+    }
+}
+
+#[test]
+fn a_signature_is_bound_to_its_record_type() {
+    let key = SecretKey::generate();
+    let signed = Signed::sign(manifest(&key, "1.0.0", b"wasm"), &key).unwrap();
+    let text = String::from_utf8(signed.as_bytes().to_vec()).unwrap();
+    let retagged = text.replace("agora/manifest/v1", "agora/receipt/v1");
+    let err = SignedManifest::from_bytes(retagged.as_bytes()).unwrap_err();
+    assert!(matches!(err, Error::WrongTag { .. }), "{err}");
+}
+
+#[test]
+fn a_record_cannot_be_signed_by_a_key_it_does_not_name() {
+    let publisher = SecretKey::generate();
+    let impostor = SecretKey::generate();
+    let err = Signed::sign(manifest(&publisher, "1.0.0", b"wasm"), &impostor).unwrap_err();
+    assert!(matches!(err, Error::WrongSigner { .. }), "{err}");
+}
+
+#[test]
+fn weak_keys_are_rejected() {
+    // The identity point: a small-order key under which one signature verifies many messages.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let err = PublicKey::from_bytes(identity).unwrap_err();
+    assert!(err.to_string().contains("weak"), "{err}");
+}
+
+#[test]
+fn key_files_are_private_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys/host.key");
+    let key = SecretKey::generate();
+    key.write_new(&path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
+    assert!(SecretKey::generate().write_new(&path).is_err());
+    assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
+    assert!(!format!("{key:?}").contains(&hex::encode(key.to_bytes())));
+}
+
+#[test]
+fn releases_are_immutable() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let key = SecretKey::generate();
+    let first = Signed::sign(manifest(&key, "1.0.0", b"v1"), &key).unwrap();
+    assert_eq!(registry.insert_manifest(&first).unwrap(), Inserted::New);
+    let same_code = Signed::sign(manifest(&key, "1.0.0", b"v1"), &key).unwrap();
+    assert_eq!(
+        registry.insert_manifest(&same_code).unwrap(),
+        Inserted::AlreadyPresent
+    );
+    let other_code = Signed::sign(manifest(&key, "1.0.0", b"v2"), &key).unwrap();
+    let err = registry.insert_manifest(&other_code).unwrap_err();
+    assert!(matches!(err, Error::ReleaseConflict { .. }), "{err}");
+    let next = Signed::sign(manifest(&key, "1.1.0", b"v2"), &key).unwrap();
+    assert_eq!(registry.insert_manifest(&next).unwrap(), Inserted::New);
+    assert_eq!(registry.resolve("energy-trader").unwrap().body().version, "1.1.0");
+    assert_eq!(
+        registry.resolve("energy-trader@1.0.0").unwrap().hash(),
+        first.hash()
+    );
+    assert_eq!(
+        registry.resolve(&Hash::of(b"v2").to_hex()).unwrap().hash(),
+        next.hash()
+    );
+}
+
+#[test]
+fn the_receipt_chain_links_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let host = SecretKey::generate();
+    {
+        let registry = Registry::open(&path).unwrap();
+        for _ in 0..3 {
+            registry
+                .append_receipt(&host, |seq, prev| receipt(&host, seq, prev))
+                .unwrap();
+        }
+    }
+    let registry = Registry::open(&path).unwrap();
+    registry
+        .append_receipt(&host, |seq, prev| receipt(&host, seq, prev))
+        .unwrap();
+    let chain = registry.receipt_chain(&host.public()).unwrap();
+    assert_eq!(chain.len(), 4);
+    assert_eq!(chain[0].body().prev, None);
+    for (index, pair) in chain.windows(2).enumerate() {
+        assert_eq!(pair[1].body().seq, index as u64 + 1);
+        assert_eq!(pair[1].body().prev, Some(pair[0].hash()));
+    }
+}
+
+#[test]
+fn agent_memory_is_bounded_and_private_to_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let publisher = SecretKey::generate().public();
+    let ns = KvNamespace {
+        publisher,
+        agent: "energy-trader".into(),
+    };
+    let other = KvNamespace {
+        publisher: SecretKey::generate().public(),
+        agent: "energy-trader".into(),
+    };
+    let quota = KvQuota {
+        max_key_bytes: 8,
+        max_value_bytes: 16,
+        max_total_bytes: 23,
+    };
+    registry.kv_set(&ns, "k", b"value", &quota).unwrap();
+    assert_eq!(registry.kv_get(&ns, "k").unwrap().as_deref(), Some(&b"value"[..]));
+    assert_eq!(registry.kv_get(&other, "k").unwrap(), None);
+    assert!(registry.kv_set(&ns, "much-too-long", b"", &quota).is_err());
+    assert!(registry.kv_set(&ns, "k2", &[0; 17], &quota).is_err());
+    assert!(registry.kv_set(&ns, "k2", &[0; 16], &quota).is_err(), "total over quota");
+    // Overwriting a key does not count its old value against the quota.
+    registry.kv_set(&ns, "k", &[1; 16], &quota).unwrap();
+}

@@ -1,1 +1,43 @@
-//! placeholder
+//! The agora host: runs untrusted marketplace agents in a metered wasmtime sandbox and signs a
+//! receipt for every execution.
+//!
+//! - [`Sandbox`] checks components (a valid component under a size cap, exporting
+//!   `agora:agent/handler`, importing only `agora:agent/host` and WASI 0.2) and runs each call
+//!   in a fresh store under fuel, memory, stack, wall-clock, output and log [`Limits`].
+//! - [`Node`] is a host: its key, its [`agora_registry::Registry`] and its [`BlobStore`].
+//!   [`Node::publish`] signs a manifest for a component; [`Node::run`] executes an agent and
+//!   returns an [`Execution`] with the output (or a typed [`ExecutionError`]) and the signed
+//!   receipt.
+//! - [`examples`] holds the example agents, compiled from `guest-examples/` when this crate is
+//!   built, and [`demo`] runs the marketplace demo with them.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use agora_host::{DataDir, Node, NodeConfig, PublishOptions, examples};
+//!
+//! let dir = DataDir::new("/tmp/agora-example");
+//! dir.keygen()?;
+//! let node = Node::open(NodeConfig::new(dir)).await?;
+//! let published = node.publish(examples::RIDE_DRIVER, PublishOptions::default()).await?;
+//! let quote = br#"{"distance_km": 12.5, "minutes": 25, "demand": 1.2}"#;
+//! let execution = node.run(&published.manifest.hash().to_hex(), "quote", quote, None).await?;
+//! println!("{}", String::from_utf8_lossy(&execution.into_output()?));
+//! # Ok(()) }
+//! ```
+
+mod blobs;
+pub mod demo;
+mod error;
+pub mod examples;
+mod limits;
+mod node;
+mod sandbox;
+
+pub use blobs::{BlobError, BlobStore};
+pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};
+pub use limits::Limits;
+pub use node::{DataDir, Execution, Node, NodeConfig, PublishOptions, Published};
+pub use sandbox::{AgentError, AgentInfo, CheckedComponent, LogLevel, LogLine, Request, Sandbox};
+
+/// The runtime named in receipts: fuel counts compare only under the same wasmtime.
+pub const RUNTIME_VERSION: &str = "wasmtime 48.0.8";

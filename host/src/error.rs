@@ -1,0 +1,267 @@
+//! Typed errors of the host.
+
+use std::path::PathBuf;
+
+use agora_registry::{Hash, Outcome};
+
+/// A component refused at publish (or fetch) time.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// Larger than the host accepts.
+    #[error("component is {size} bytes; this host accepts at most {limit}")]
+    TooLarge {
+        /// The component's size.
+        size: u64,
+        /// The host's limit.
+        limit: u64,
+    },
+    /// A core module or other bytes where a component was expected.
+    #[error("not a WebAssembly component ({0}); build agents for wasm32-wasip2 or with a component toolchain")]
+    NotAComponent(String),
+    /// Bytes that do not validate or compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// Imports outside the `agora:agent/host` interface and WASI 0.2.
+    #[error("component imports interfaces outside agora:agent and WASI 0.2: {}", imports.join(", "))]
+    ForbiddenImports {
+        /// The offending import names.
+        imports: Vec<String>,
+    },
+    /// The component does not export `agora:agent/handler`.
+    #[error("component does not export agora:agent/handler@0.1.x (it exports: {})", if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") })]
+    MissingHandler {
+        /// What it exports instead.
+        exports: Vec<String>,
+    },
+    /// The imports are allowed by name but do not link (e.g. a function with the wrong signature).
+    #[error("component does not link against this host: {0}")]
+    Link(String),
+    /// Calling `info()` failed.
+    #[error("component's info() failed: {0}")]
+    Info(String),
+}
+
+/// A call that ran and did not produce output. Each names the agent and, for limits, the limit.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecutionError {
+    /// The agent declined with one of its own errors.
+    #[error("agent {agent} returned {error}: {message}")]
+    Agent {
+        /// The agent (`name@version`).
+        agent: String,
+        /// `bad-request`, `refused` or `internal`.
+        error: String,
+        /// The agent's message.
+        message: String,
+    },
+    /// The guest trapped.
+    #[error("agent {agent} trapped: {message}")]
+    Trap {
+        /// The agent.
+        agent: String,
+        /// What wasmtime reported.
+        message: String,
+    },
+    /// The fuel budget ran out.
+    #[error("agent {agent} ran out of fuel (limit {limit})")]
+    FuelExhausted {
+        /// The agent.
+        agent: String,
+        /// The budget.
+        limit: u64,
+    },
+    /// The wall-clock deadline passed.
+    #[error("agent {agent} timed out after {limit_ms} ms")]
+    Timeout {
+        /// The agent.
+        agent: String,
+        /// The deadline, in milliseconds.
+        limit_ms: u64,
+    },
+    /// Memory (or tables or instances) beyond the limit.
+    #[error("agent {agent} exceeded the memory limit of {limit_bytes} bytes")]
+    MemoryLimit {
+        /// The agent.
+        agent: String,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// Output beyond the limit.
+    #[error("agent {agent} returned more than the output limit of {limit_bytes} bytes")]
+    OutputLimit {
+        /// The agent.
+        agent: String,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// Logging beyond the limit.
+    #[error("agent {agent} logged more than the limit of {limit_bytes} bytes")]
+    LogLimit {
+        /// The agent.
+        agent: String,
+        /// The limit.
+        limit_bytes: u64,
+    },
+}
+
+/// A call that could not be started, or whose result could not be recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The registry failed or has no such agent.
+    #[error(transparent)]
+    Registry(#[from] agora_registry::Error),
+    /// The component is not in the blob store.
+    #[error("component {hash} of agent {agent} is not in this host's blob store")]
+    MissingComponent {
+        /// The agent.
+        agent: String,
+        /// The component hash.
+        hash: Hash,
+    },
+    /// The stored component does not hash to what the manifest names.
+    #[error("component of agent {agent} hashes to {actual}, but its manifest names {expected}")]
+    ComponentMismatch {
+        /// The agent.
+        agent: String,
+        /// What the manifest names.
+        expected: Hash,
+        /// What the bytes hash to.
+        actual: Hash,
+    },
+    /// The stored component no longer passes the checks (e.g. this host's limits changed).
+    #[error("agent {agent}: {source}")]
+    Check {
+        /// The agent.
+        agent: String,
+        /// Why.
+        source: CheckError,
+    },
+    /// The caller asked for more fuel than the agent or host allows.
+    #[error("fuel {requested} exceeds the limit of {limit} for agent {agent}")]
+    FuelAboveLimit {
+        /// The agent.
+        agent: String,
+        /// What was asked.
+        requested: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The blob store failed.
+    #[error("blob store: {0}")]
+    Blobs(String),
+    /// Setting up the sandbox failed (not the guest's fault).
+    #[error("sandbox setup for agent {agent}: {message}")]
+    Sandbox {
+        /// The agent.
+        agent: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Publishing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The component was refused.
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    /// The manifest fields are not acceptable.
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    /// The registry refused the manifest (e.g. the release already exists with other code).
+    #[error(transparent)]
+    Registry(#[from] agora_registry::Error),
+    /// The blob store failed.
+    #[error("blob store: {0}")]
+    Blobs(String),
+    /// The component file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Opening a host's data dir failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No key yet.
+    #[error("no key in {}; run `agora keygen` first", path.display())]
+    NoKey {
+        /// Where the key was expected.
+        path: PathBuf,
+    },
+    /// The key or registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] agora_registry::Error),
+    /// The blob store could not be opened.
+    #[error("blob store at {}: {message}", path.display())]
+    Blobs {
+        /// The store directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The data dir could not be created.
+    #[error("data dir {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The wasmtime engine could not be configured.
+    #[error("wasmtime engine: {0}")]
+    Engine(String),
+}
+
+impl ExecutionError {
+    /// The typed error for a non-`ok` outcome, or `None` for `ok`.
+    pub(crate) fn from_outcome(
+        outcome: &Outcome,
+        agent: String,
+        fuel_limit: u64,
+        limits: &crate::limits::CallLimits,
+        log_limit: usize,
+    ) -> Option<Self> {
+        Some(match outcome {
+            Outcome::Ok => return None,
+            Outcome::AgentError { error, message } => ExecutionError::Agent {
+                agent,
+                error: error.clone(),
+                message: message.clone(),
+            },
+            Outcome::Trap { message } => ExecutionError::Trap {
+                agent,
+                message: message.clone(),
+            },
+            Outcome::FuelExhausted => ExecutionError::FuelExhausted {
+                agent,
+                limit: fuel_limit,
+            },
+            Outcome::Timeout => ExecutionError::Timeout {
+                agent,
+                limit_ms: limits.max_wall.as_millis() as u64,
+            },
+            Outcome::MemoryLimit => ExecutionError::MemoryLimit {
+                agent,
+                limit_bytes: limits.max_memory_bytes,
+            },
+            Outcome::OutputLimit => ExecutionError::OutputLimit {
+                agent,
+                limit_bytes: limits.max_output_bytes,
+            },
+            Outcome::LogLimit => ExecutionError::LogLimit {
+                agent,
+                limit_bytes: log_limit as u64,
+            },
+        })
+    }
+}

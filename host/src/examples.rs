@@ -1,0 +1,2 @@
+//! tmp
+pub const RIDE_DRIVER: &[u8] = &[];

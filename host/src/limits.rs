@@ -1,0 +1,87 @@
+//! The host's ceilings for untrusted agents. One struct, every field with its unit and default.
+
+use std::time::Duration;
+
+use agora_registry::{KvQuota, ManifestLimits};
+
+/// Everything a host bounds. A call runs under the lower of these and its manifest's limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest component accepted at publish or fetch, in bytes. Default 16 MiB.
+    pub max_component_bytes: u64,
+    /// Fuel for a call whose caller names no budget. Default 1e9 (about 50 ms of tight loop).
+    pub default_fuel: u64,
+    /// Most fuel any call may have. Default 1e11.
+    pub max_fuel: u64,
+    /// Linear memory of one instance, all memories together, in bytes. Default 128 MiB.
+    pub max_memory_bytes: u64,
+    /// Elements of all tables of one instance together. Default 100,000.
+    pub max_table_elements: usize,
+    /// Core instances, memories and tables one component may create. Default 64 each.
+    pub max_instances: usize,
+    /// Native stack a guest may use, in bytes. Default 512 KiB.
+    pub max_wasm_stack: usize,
+    /// Wall-clock time of one call. Default 5 s.
+    pub max_wall: Duration,
+    /// Output of one call, in bytes. Default 1 MiB.
+    pub max_output_bytes: u64,
+    /// Everything one call may log (host `log`, stdout and stderr each), in bytes. Default 64 KiB.
+    pub max_log_bytes: usize,
+    /// One `log` message; longer ones are truncated. Default 1 KiB.
+    pub max_log_message_bytes: usize,
+    /// Depth of `call-agent` chains: a top-level call is depth 0. Default 4.
+    pub max_call_depth: u32,
+    /// Each agent's persistent memory on this host.
+    pub kv: KvQuota,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_component_bytes: 16 << 20,
+            default_fuel: 1_000_000_000,
+            max_fuel: 100_000_000_000,
+            max_memory_bytes: 128 << 20,
+            max_table_elements: 100_000,
+            max_instances: 64,
+            max_wasm_stack: 512 << 10,
+            max_wall: Duration::from_secs(5),
+            max_output_bytes: 1 << 20,
+            max_log_bytes: 64 << 10,
+            max_log_message_bytes: 1 << 10,
+            max_call_depth: 4,
+            kv: KvQuota::default(),
+        }
+    }
+}
+
+impl Limits {
+    /// The manifest limits a publisher gets when it names none: this host's own.
+    pub fn manifest_defaults(&self) -> ManifestLimits {
+        ManifestLimits {
+            max_fuel: self.default_fuel,
+            max_memory_bytes: self.max_memory_bytes,
+            max_wall_ms: self.max_wall.as_millis() as u64,
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+
+    /// The limits one call of an agent runs under: the lower of the host's and the manifest's.
+    pub(crate) fn for_call(&self, manifest: &ManifestLimits) -> CallLimits {
+        CallLimits {
+            max_fuel: self.max_fuel.min(manifest.max_fuel),
+            max_memory_bytes: self.max_memory_bytes.min(manifest.max_memory_bytes),
+            max_wall: self.max_wall.min(Duration::from_millis(manifest.max_wall_ms)),
+            max_output_bytes: self.max_output_bytes.min(manifest.max_output_bytes),
+        }
+    }
+}
+
+/// The per-call limits after combining host and manifest.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallLimits {
+    pub max_fuel: u64,
+    pub max_memory_bytes: u64,
+    pub max_wall: Duration,
+    pub max_output_bytes: u64,
+}

@@ -1,0 +1,559 @@
+//! A host node: its identity, registry, blob store and sandbox, and the operations on them.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agora_registry::{
+    AGENT_WORLD, AgentRef, ComponentRef, Hash, Inserted, KvNamespace, Manifest, ManifestLimits,
+    Outcome, ParentCall, PublicKey, Receipt, Registry, SecretKey, Signed, SignedManifest,
+    SignedReceipt, request_hash,
+};
+
+use crate::blobs::BlobStore;
+use crate::error::{ExecutionError, OpenError, PublishError, RunError};
+use crate::limits::Limits;
+use crate::sandbox::{LogLine, Request, Sandbox};
+
+/// Where a host keeps its state, and how it is laid out.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// A data dir rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    /// The default: `$AGORA_DATA_DIR`, else the user's data directory (`~/.local/share/agora`).
+    pub fn default_location() -> PathBuf {
+        std::env::var_os("AGORA_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| dirs::data_dir().map(|d| d.join("agora")))
+            .unwrap_or_else(|| PathBuf::from(".agora"))
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The secret key file (mode 0600).
+    pub fn key_path(&self) -> PathBuf {
+        self.root.join("keys").join("host.key")
+    }
+
+    /// The iroh-blobs store directory.
+    pub fn blobs_path(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// The SQLite registry.
+    pub fn registry_path(&self) -> PathBuf {
+        self.root.join("registry.db")
+    }
+
+    /// Creates a new key; fails if one exists.
+    pub fn keygen(&self) -> Result<PublicKey, agora_registry::Error> {
+        let key = SecretKey::generate();
+        key.write_new(&self.key_path())?;
+        Ok(key.public())
+    }
+}
+
+/// How to open a [`Node`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where state lives.
+    pub data_dir: DataDir,
+    /// The host's limits.
+    pub limits: Limits,
+}
+
+impl NodeConfig {
+    /// A configuration with default limits.
+    pub fn new(data_dir: DataDir) -> Self {
+        NodeConfig {
+            data_dir,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// What to put in a manifest besides what the component itself says.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    /// Agent name; defaults to the name from `info()`.
+    pub name: Option<String>,
+    /// Version; defaults to the version from `info()`.
+    pub version: Option<String>,
+    /// Description; defaults to the one from `info()`.
+    pub description: Option<String>,
+    /// Limits; default to this host's.
+    pub limits: Option<ManifestLimits>,
+    /// Price per million fuel.
+    pub price_per_mfuel: u64,
+}
+
+/// The result of publishing.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The signed manifest.
+    pub manifest: SignedManifest,
+    /// Whether the release is new (or the same release was already published).
+    pub inserted: Inserted,
+}
+
+/// The result of one call: the output or the typed reason there is none, and the signed receipt.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    /// The agent, `name@version`.
+    pub agent: String,
+    /// The agent's manifest.
+    pub manifest: Hash,
+    /// How the call ended.
+    pub outcome: Outcome,
+    /// The output, when the outcome is `ok`.
+    pub output: Option<Vec<u8>>,
+    /// The fuel budget.
+    pub fuel_limit: u64,
+    /// Fuel used, nested calls included.
+    pub fuel_used: u64,
+    /// The charge, nested calls included.
+    pub charge: u64,
+    /// Wall time.
+    pub wall_time: Duration,
+    /// Lines logged through `log`.
+    pub logs: Vec<LogLine>,
+    /// Captured stdout (bounded).
+    pub stdout: Vec<u8>,
+    /// Captured stderr (bounded).
+    pub stderr: Vec<u8>,
+    /// The host's signed receipt.
+    pub receipt: SignedReceipt,
+    error: Option<ExecutionError>,
+}
+
+impl Execution {
+    /// Why there is no output, or `None` if the call succeeded.
+    pub fn error(&self) -> Option<&ExecutionError> {
+        self.error.as_ref()
+    }
+
+    /// The output, or the typed error naming the agent and the limit it hit.
+    pub fn into_output(self) -> Result<Vec<u8>, ExecutionError> {
+        match (self.error, self.output) {
+            (None, Some(output)) => Ok(output),
+            (Some(error), _) => Err(error),
+            (None, None) => Err(ExecutionError::Trap {
+                agent: self.agent,
+                message: "no output".into(),
+            }),
+        }
+    }
+}
+
+/// Host services available to a running agent: its memory and `call-agent`.
+#[derive(Clone)]
+pub(crate) struct CallServices {
+    pub node: Node,
+    pub kv: KvNamespace,
+    pub manifest: Hash,
+}
+
+/// A host: the identity that signs manifests and receipts, the registry, the blob store and the
+/// sandbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Node(Arc<NodeInner>);
+
+struct NodeInner {
+    data_dir: DataDir,
+    key: SecretKey,
+    registry: Registry,
+    blobs: BlobStore,
+    sandbox: Sandbox,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("data_dir", &self.0.data_dir.root)
+            .field("key", &self.0.key.public())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the node in `config.data_dir`, which must hold a key (see [`DataDir::keygen`]).
+    pub async fn open(config: NodeConfig) -> Result<Node, OpenError> {
+        let data_dir = config.data_dir;
+        std::fs::create_dir_all(data_dir.root()).map_err(|source| OpenError::DataDir {
+            path: data_dir.root().to_owned(),
+            source,
+        })?;
+        let key_path = data_dir.key_path();
+        if !key_path.exists() {
+            return Err(OpenError::NoKey { path: key_path });
+        }
+        let key = SecretKey::load(&key_path)?;
+        let registry = Registry::open(&data_dir.registry_path())?;
+        let blobs = BlobStore::open(&data_dir.blobs_path())
+            .await
+            .map_err(|e| OpenError::Blobs {
+                path: data_dir.blobs_path(),
+                message: e.to_string(),
+            })?;
+        let sandbox =
+            Sandbox::new(config.limits).map_err(|e| OpenError::Engine(format!("{e:#}")))?;
+        Ok(Node(Arc::new(NodeInner {
+            data_dir,
+            key,
+            registry,
+            blobs,
+            sandbox,
+        })))
+    }
+
+    /// The host's public key: publisher of what it publishes, signer of its receipts.
+    pub fn public_key(&self) -> PublicKey {
+        self.0.key.public()
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.0.data_dir
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.0.blobs
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.0.sandbox
+    }
+
+    /// Flushes the blob store. The registry commits every write as it happens.
+    pub async fn shutdown(&self) -> Result<(), crate::blobs::BlobError> {
+        self.0.blobs.shutdown().await
+    }
+
+    /// Publishes the component in `path`; see [`Node::publish`].
+    pub async fn publish_file(
+        &self,
+        path: &Path,
+        options: PublishOptions,
+    ) -> Result<Published, PublishError> {
+        let limit = self.0.sandbox.limits().max_component_bytes;
+        let size = std::fs::metadata(path)
+            .map_err(|source| PublishError::Read {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        if size > limit {
+            return Err(crate::error::CheckError::TooLarge { size, limit }.into());
+        }
+        let bytes = std::fs::read(path).map_err(|source| PublishError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.publish(&bytes, options).await
+    }
+
+    /// Checks a component, signs a manifest for it with this node's key, and stores both.
+    pub async fn publish(
+        &self,
+        component: &[u8],
+        options: PublishOptions,
+    ) -> Result<Published, PublishError> {
+        let hash = Hash::of(component);
+        let checked = self.0.sandbox.check(hash, component)?;
+        let info = self.0.sandbox.info(&checked).await?;
+        let name = options.name.unwrap_or(info.name);
+        let version = options.version.unwrap_or(info.version);
+        validate_name(&name)?;
+        if version.is_empty() || version.len() > 64 || version.contains(char::is_whitespace) {
+            return Err(PublishError::InvalidManifest(format!(
+                "version `{version}` must be 1 to 64 characters without spaces"
+            )));
+        }
+        let limits = options
+            .limits
+            .unwrap_or_else(|| self.0.sandbox.limits().manifest_defaults());
+        if limits.max_fuel == 0 || limits.max_wall_ms == 0 {
+            return Err(PublishError::InvalidManifest(
+                "limits must allow some fuel and some wall time".into(),
+            ));
+        }
+        let manifest = Manifest {
+            name,
+            version,
+            publisher: self.public_key(),
+            component: ComponentRef {
+                hash,
+                size: component.len() as u64,
+            },
+            world: AGENT_WORLD.into(),
+            actions: info.actions,
+            capabilities: checked.capabilities.clone(),
+            limits,
+            price_per_mfuel: options.price_per_mfuel,
+            description: options.description.unwrap_or(info.description),
+            created_at: unix_now().as_secs(),
+        };
+        let manifest = Signed::sign(manifest, &self.0.key)?;
+        // Blobs first: a manifest in the registry must always have its component available.
+        let stored = self
+            .0
+            .blobs
+            .put(component.to_vec())
+            .await
+            .map_err(|e| PublishError::Blobs(e.to_string()))?;
+        debug_assert_eq!(stored, hash);
+        let inserted = self.0.registry.insert_manifest(&manifest)?;
+        let manifest = match inserted {
+            Inserted::New => {
+                self.0
+                    .blobs
+                    .put(manifest.as_bytes().to_vec())
+                    .await
+                    .map_err(|e| PublishError::Blobs(e.to_string()))?;
+                manifest
+            }
+            // Re-publishing the same release returns the original manifest.
+            Inserted::AlreadyPresent => self.0.registry.resolve(&format!(
+                "{}@{}",
+                manifest.body().name,
+                manifest.body().version
+            ))?,
+        };
+        tracing::info!(
+            agent = %manifest.body().name,
+            version = %manifest.body().version,
+            manifest = %manifest.hash(),
+            component = %hash,
+            "published"
+        );
+        Ok(Published { manifest, inserted })
+    }
+
+    /// Runs `action` on the agent named by `agent` (a name, `name@version`, a manifest hash or a
+    /// component hash) with a fuel budget (default: the host's default, capped by the
+    /// manifest's limit), and signs a receipt. Guest failures are outcomes in the returned
+    /// [`Execution`], not errors.
+    pub async fn run(
+        &self,
+        agent: &str,
+        action: &str,
+        payload: &[u8],
+        fuel: Option<u64>,
+    ) -> Result<Execution, RunError> {
+        let manifest = self.0.registry.resolve(agent)?;
+        let request = Request {
+            action: action.to_owned(),
+            payload: payload.to_vec(),
+        };
+        let wall = self.0.sandbox.limits().max_wall;
+        self.execute(manifest, request, fuel, Instant::now() + wall, None)
+            .await
+    }
+
+    /// A nested call from `call-agent`. Boxed because it recurses through the sandbox.
+    pub(crate) fn run_nested(
+        &self,
+        agent: String,
+        request: Request,
+        fuel_available: u64,
+        deadline: Instant,
+        parent_manifest: Hash,
+        depth: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Execution, RunError>> + Send + 'static>> {
+        let node = self.clone();
+        Box::pin(async move {
+            let manifest = node.0.registry.resolve(&agent)?;
+            let parent = ParentCall {
+                manifest: parent_manifest,
+                depth,
+            };
+            node.execute(manifest, request, Some(fuel_available), deadline, Some(parent))
+                .await
+        })
+    }
+
+    async fn execute(
+        &self,
+        manifest: SignedManifest,
+        request: Request,
+        fuel: Option<u64>,
+        deadline: Instant,
+        parent: Option<ParentCall>,
+    ) -> Result<Execution, RunError> {
+        let body = manifest.body();
+        let agent = format!("{}@{}", body.name, body.version);
+        let component = self.load_component(&agent, &body.component).await?;
+        let limits = self.0.sandbox.limits().for_call(&body.limits);
+        let fuel_limit = fuel
+            .unwrap_or(self.0.sandbox.limits().default_fuel)
+            .min(limits.max_fuel);
+        let wall = limits
+            .max_wall
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let services = CallServices {
+            node: self.clone(),
+            kv: KvNamespace {
+                publisher: body.publisher,
+                agent: body.name.clone(),
+            },
+            manifest: manifest.hash(),
+        };
+        let depth = parent.map_or(0, |p| p.depth);
+        let call = self
+            .0
+            .sandbox
+            .call_state(agent.clone(), Some(services), depth, wall);
+        let invocation = self
+            .0
+            .sandbox
+            .invoke(&component, call, &limits, fuel_limit, &request)
+            .await
+            .map_err(|e| RunError::Sandbox {
+                agent: agent.clone(),
+                message: format!("{e:#}"),
+            })?;
+
+        let nested_fuel: u64 = invocation.nested.iter().map(|n| n.fuel_used).sum();
+        let nested_charge: u64 = invocation.nested.iter().map(|n| n.charge).sum();
+        let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
+        let charge = charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
+        let input_hash = request_hash(&request.action, &request.payload);
+        let output_hash = invocation.output.as_deref().map(Hash::of);
+        let receipt = self.0.registry.append_receipt(&self.0.key, |seq, prev| Receipt {
+            agent: AgentRef {
+                manifest: manifest.hash(),
+                component: body.component.hash,
+            },
+            input_hash,
+            output_hash,
+            outcome: invocation.outcome.clone(),
+            fuel_limit,
+            fuel_used: invocation.fuel_used,
+            charge,
+            wall_time_us: invocation.wall_time.as_micros() as u64,
+            nested: invocation.nested.iter().map(|n| n.receipt).collect(),
+            parent_call: parent,
+            host: self.0.key.public(),
+            runtime: crate::RUNTIME_VERSION.into(),
+            seq,
+            prev,
+            timestamp_ms: unix_now().as_millis() as u64,
+        })?;
+        tracing::debug!(
+            agent = %agent,
+            outcome = %invocation.outcome,
+            fuel = invocation.fuel_used,
+            receipt = %receipt.hash(),
+            "executed"
+        );
+        let error = ExecutionError::from_outcome(
+            &invocation.outcome,
+            agent.clone(),
+            fuel_limit,
+            &limits,
+            self.0.sandbox.limits().max_log_bytes,
+        );
+        Ok(Execution {
+            agent,
+            manifest: manifest.hash(),
+            outcome: invocation.outcome,
+            output: invocation.output,
+            fuel_limit,
+            fuel_used: invocation.fuel_used,
+            charge,
+            wall_time: invocation.wall_time,
+            logs: invocation.logs,
+            stdout: invocation.stdout,
+            stderr: invocation.stderr,
+            receipt,
+            error,
+        })
+    }
+
+    async fn load_component(
+        &self,
+        agent: &str,
+        component: &ComponentRef,
+    ) -> Result<crate::sandbox::CheckedComponent, RunError> {
+        if let Some(checked) = self.0.sandbox.cached(&component.hash) {
+            return Ok(checked);
+        }
+        let bytes = self
+            .0
+            .blobs
+            .get(&component.hash)
+            .await
+            .map_err(|e| RunError::Blobs(e.to_string()))?
+            .ok_or_else(|| RunError::MissingComponent {
+                agent: agent.to_owned(),
+                hash: component.hash,
+            })?;
+        let actual = Hash::of(&bytes);
+        if actual != component.hash {
+            return Err(RunError::ComponentMismatch {
+                agent: agent.to_owned(),
+                expected: component.hash,
+                actual,
+            });
+        }
+        self.0
+            .sandbox
+            .check(component.hash, &bytes)
+            .map_err(|source| RunError::Check {
+                agent: agent.to_owned(),
+                source,
+            })
+    }
+}
+
+/// `fuel × price / 10⁶`, rounded up so that any work costs something at a non-zero price.
+fn charge_for(fuel: u64, price_per_mfuel: u64) -> u64 {
+    let charge = (fuel as u128 * price_per_mfuel as u128).div_ceil(1_000_000);
+    u64::try_from(charge).unwrap_or(u64::MAX)
+}
+
+fn validate_name(name: &str) -> Result<(), PublishError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(PublishError::InvalidManifest(format!(
+            "agent name `{name}` must be 1 to 64 characters of lowercase letters, digits and '-'"
+        )))
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}

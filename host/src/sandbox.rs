@@ -1,0 +1,729 @@
+//! The sandbox: one wasmtime engine, one linker, and a fresh store for every call.
+//!
+//! An agent gets exactly the `agora:agent/host` interface and a locked-down WASI 0.2: no
+//! preopened directories, no environment or arguments, stdout and stderr captured into bounded
+//! buffers, sockets, name lookup and outgoing HTTP linked (language runtimes import them) but
+//! denied on every use. Each call runs under fuel (deterministic metering, reported in the
+//! receipt), an epoch deadline (wall clock, so a guest stuck in a loop with fuel to spare still
+//! stops), a limiter that counts all memories and tables of the instance together, a bounded
+//! wasm stack, and bounds on output and logs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use agora_registry::{Hash, Outcome};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::error::CheckError;
+use crate::limits::{CallLimits, Limits};
+use crate::node::CallServices;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "agent",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::agora::agent::host::LogLevel;
+pub use bindings::agora::agent::types::{AgentError, AgentInfo, Request};
+use bindings::{Agent, AgentPre};
+
+/// How often the epoch advances; the wall-clock deadline is accurate to about this.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often a running guest yields to the async runtime, in fuel units.
+const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+/// Messages in receipts and errors are cut to this many bytes.
+const MAX_MESSAGE_BYTES: usize = 512;
+
+/// The WASI 0.2 packages a component may import. Anything else (besides agora:agent) is refused.
+const WASI_PACKAGES: &[&str] = &[
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:http",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
+
+/// Interfaces whose use carries authority beyond computing. They are linked so that agents built
+/// by runtimes that import them unconditionally still run, but every use is denied; the manifest
+/// records which of them a component imports.
+const AUTHORITY_PACKAGES: &[&str] = &["wasi:filesystem", "wasi:sockets", "wasi:http"];
+
+/// One line an agent logged through the `log` host function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Severity.
+    pub level: LogLevel,
+    /// The message, truncated to the host's per-message bound.
+    pub message: String,
+}
+
+/// A component that passed every check, compiled and linked, ready to instantiate.
+#[derive(Clone)]
+pub struct CheckedComponent {
+    pre: AgentPre<AgentState>,
+    /// Every interface the component imports.
+    pub imports: Vec<String>,
+    /// The authority-bearing interfaces among the imports (without versions), sorted.
+    pub capabilities: Vec<String>,
+}
+
+impl std::fmt::Debug for CheckedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedComponent")
+            .field("imports", &self.imports)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine, linker and compiled-component cache shared by every call on a host.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<AgentState>,
+    limits: Limits,
+    compiled: Mutex<HashMap<Hash, CheckedComponent>>,
+    ticker: Arc<()>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine and linker for `limits`, and starts the epoch ticker that enforces
+    /// wall-clock deadlines (it stops when the sandbox is dropped).
+    pub fn new(limits: Limits) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(limits.max_wasm_stack);
+        // Features outside what agents need, and outside wasmtime's best-tested tier.
+        config.wasm_threads(false);
+        config.wasm_component_model_async(false);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<AgentState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        add_host_interface(&mut linker, &limits)?;
+
+        let ticker = Arc::new(());
+        spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker));
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits,
+            compiled: Mutex::new(HashMap::new()),
+            ticker,
+        })
+    }
+
+    /// The host limits this sandbox enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Checks untrusted component bytes: size cap, a valid component, imports only from
+    /// `agora:agent` and WASI 0.2, an `agora:agent/handler` export, and linking against this
+    /// host. Compiles once per content hash.
+    pub fn check(&self, hash: Hash, bytes: &[u8]) -> Result<CheckedComponent, CheckError> {
+        if let Some(checked) = self.cached(&hash) {
+            return Ok(checked);
+        }
+        let size = bytes.len() as u64;
+        if size > self.limits.max_component_bytes {
+            return Err(CheckError::TooLarge {
+                size,
+                limit: self.limits.max_component_bytes,
+            });
+        }
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(CheckError::NotAComponent(
+                    "this is a core WebAssembly module".into(),
+                ));
+            }
+            _ => {
+                return Err(CheckError::NotAComponent(
+                    "missing the component header".into(),
+                ));
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| CheckError::Invalid(truncate(&format!("{e:#}"), 2048)))?;
+        let ty = component.component_type();
+
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let forbidden: Vec<String> = imports
+            .iter()
+            .filter(|name| !import_allowed(name))
+            .cloned()
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(CheckError::ForbiddenImports { imports: forbidden });
+        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        if !exports.iter().any(|name| name.starts_with("agora:agent/handler@0.1.")) {
+            return Err(CheckError::MissingHandler { exports });
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(AgentPre::new)
+            .map_err(|e| CheckError::Link(truncate(&format!("{e:#}"), 2048)))?;
+
+        let mut capabilities: Vec<String> = imports
+            .iter()
+            .filter_map(|name| {
+                let interface = name.split('@').next().unwrap_or(name);
+                let package = interface.split('/').next().unwrap_or(interface);
+                AUTHORITY_PACKAGES
+                    .contains(&package)
+                    .then(|| interface.to_owned())
+            })
+            .collect();
+        capabilities.sort();
+        capabilities.dedup();
+
+        let checked = CheckedComponent {
+            pre,
+            imports,
+            capabilities,
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, checked.clone());
+        Ok(checked)
+    }
+
+    /// A component already checked and compiled on this host, if any.
+    pub fn cached(&self, hash: &Hash) -> Option<CheckedComponent> {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    /// Calls the agent's `info()` under the host's default limits, with no host services.
+    pub async fn info(&self, component: &CheckedComponent) -> Result<AgentInfo, CheckError> {
+        let limits = CallLimits {
+            max_fuel: self.limits.default_fuel,
+            max_memory_bytes: self.limits.max_memory_bytes,
+            max_wall: self.limits.max_wall,
+            max_output_bytes: self.limits.max_output_bytes,
+        };
+        let mut store = self.new_store(
+            CallState::new("(publishing)".into(), None, 0, &self.limits, limits.max_wall),
+            &limits,
+            self.limits.default_fuel,
+        )
+        .map_err(|e| CheckError::Info(e.to_string()))?;
+        let call = async {
+            let agent = component.pre.instantiate_async(&mut store).await?;
+            agent.agora_agent_handler().call_info(&mut store).await
+        };
+        match tokio::time::timeout(limits.max_wall + Duration::from_secs(1), call).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(e)) => Err(CheckError::Info(truncate(&format!("{e:#}"), MAX_MESSAGE_BYTES))),
+            Err(_) => Err(CheckError::Info("timed out".into())),
+        }
+    }
+
+    fn new_store(
+        &self,
+        call: CallState,
+        limits: &CallLimits,
+        fuel: u64,
+    ) -> wasmtime::Result<Store<AgentState>> {
+        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes);
+        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        let state = AgentState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            http_hooks: DenyOutgoingHttp,
+            table: ResourceTable::new(),
+            limiter: InstanceLimiter {
+                max_memory_bytes: limits.max_memory_bytes,
+                memory_bytes: 0,
+                max_table_elements: self.limits.max_table_elements,
+                table_elements: 0,
+                max_instances: self.limits.max_instances,
+                exceeded: false,
+            },
+            stdout,
+            stderr,
+            call,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_fuel(fuel)?;
+        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
+        let ticks = limits.max_wall.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    /// Runs `handle(request)` in a fresh instance. Never fails because of the guest: every guest
+    /// failure is an [`Outcome`].
+    pub(crate) async fn invoke(
+        &self,
+        component: &CheckedComponent,
+        call: CallState,
+        limits: &CallLimits,
+        fuel: u64,
+        request: &Request,
+    ) -> wasmtime::Result<Invocation> {
+        let started = Instant::now();
+        let wall = call.wall;
+        let mut store = self.new_store(call, limits, fuel)?;
+        let run = async {
+            let agent: Agent = component.pre.instantiate_async(&mut store).await?;
+            agent.agora_agent_handler().call_handle(&mut store, request).await
+        };
+        // The epoch deadline stops guest code; this backstop also stops a guest blocked in a
+        // host call.
+        let result = tokio::time::timeout(wall + EPOCH_TICK * 10, run).await;
+        let wall_time = started.elapsed();
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_used = fuel.saturating_sub(fuel_left);
+        let state = store.into_data();
+
+        let (outcome, output) = match result {
+            Err(_elapsed) => (Outcome::Timeout, None),
+            Ok(Ok(Ok(output))) if output.len() as u64 > limits.max_output_bytes => {
+                (Outcome::OutputLimit, None)
+            }
+            Ok(Ok(Ok(output))) => (Outcome::Ok, Some(output)),
+            Ok(Ok(Err(agent_error))) => {
+                let (error, message) = match agent_error {
+                    AgentError::BadRequest(m) => ("bad-request", m),
+                    AgentError::Refused(m) => ("refused", m),
+                    AgentError::Internal(m) => ("internal", m),
+                };
+                (
+                    Outcome::AgentError {
+                        error: error.into(),
+                        message: truncate(&message, MAX_MESSAGE_BYTES),
+                    },
+                    None,
+                )
+            }
+            Ok(Err(error)) => (classify_trap(&error, &state), None),
+        };
+        Ok(Invocation {
+            outcome,
+            output,
+            fuel_used,
+            wall_time,
+            logs: state.call.log.lines,
+            stdout: state.stdout.contents().to_vec(),
+            stderr: state.stderr.contents().to_vec(),
+            nested: state.call.nested,
+        })
+    }
+
+    /// Builds the store state for a call; see [`CallState`].
+    pub(crate) fn call_state(
+        &self,
+        agent: String,
+        services: Option<CallServices>,
+        depth: u32,
+        wall: Duration,
+    ) -> CallState {
+        CallState::new(agent, services, depth, &self.limits, wall)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The ticker holds a weak reference to `self.ticker` and exits once it is gone.
+        let _ = &self.ticker;
+    }
+}
+
+fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
+    let spawned = std::thread::Builder::new()
+        .name("agora-epoch".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(error) = spawned {
+        // Without the ticker every deadline is "never"; fuel still bounds every call.
+        tracing::error!(%error, "could not start the epoch ticker; wall-clock deadlines are off");
+    }
+}
+
+fn import_allowed(name: &str) -> bool {
+    let Some((interface, version)) = name.split_once('@') else {
+        return false;
+    };
+    let Some((package, _)) = interface.split_once('/') else {
+        return false;
+    };
+    (package == "agora:agent" && version.starts_with("0.1."))
+        || (WASI_PACKAGES.contains(&package) && version.starts_with("0.2."))
+}
+
+fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outcome {
+    if state.limiter.exceeded {
+        return Outcome::MemoryLimit;
+    }
+    if state.call.log.exceeded
+        || state.stdout.contents().len() >= state.call.log.max_total
+        || state.stderr.contents().len() >= state.call.log.max_total
+    {
+        return Outcome::LogLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
+        Some(Trap::Interrupt) => Outcome::Timeout,
+        _ => Outcome::Trap {
+            message: truncate(&format!("{error:#}"), MAX_MESSAGE_BYTES),
+        },
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// What one call produced, before it is signed into a receipt.
+pub(crate) struct Invocation {
+    pub outcome: Outcome,
+    pub output: Option<Vec<u8>>,
+    pub fuel_used: u64,
+    pub wall_time: Duration,
+    pub logs: Vec<LogLine>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub nested: Vec<NestedCall>,
+}
+
+/// A `call-agent` made during a call, as recorded for the caller's receipt.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NestedCall {
+    pub receipt: Hash,
+    pub fuel_used: u64,
+    pub charge: u64,
+}
+
+/// The store's data for one call.
+pub(crate) struct AgentState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_hooks: DenyOutgoingHttp,
+    table: ResourceTable,
+    limiter: InstanceLimiter,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    call: CallState,
+}
+
+impl WasiView for AgentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for AgentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP is a capability no agent has yet; every request is denied.
+struct DenyOutgoingHttp;
+
+impl WasiHttpHooks for DenyOutgoingHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Bounds memory, tables and instances of one component instance, counting all of its
+/// memories and tables together (wasmtime's own `StoreLimits` checks each memory alone).
+struct InstanceLimiter {
+    max_memory_bytes: u64,
+    memory_bytes: u64,
+    max_table_elements: usize,
+    table_elements: usize,
+    max_instances: usize,
+    exceeded: bool,
+}
+
+/// The error that stops a guest asking for more memory or table space than it may have.
+#[derive(Debug, thiserror::Error)]
+#[error("resource limit exceeded: {0}")]
+struct ResourceLimitExceeded(&'static str);
+
+impl ResourceLimiter for InstanceLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.memory_bytes - current as u64 + desired as u64;
+        if total > self.max_memory_bytes {
+            self.exceeded = true;
+            return Err(ResourceLimitExceeded("memory").into());
+        }
+        self.memory_bytes = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.table_elements - current + desired;
+        if total > self.max_table_elements {
+            self.exceeded = true;
+            return Err(ResourceLimitExceeded("table elements").into());
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.max_instances
+    }
+
+    fn tables(&self) -> usize {
+        self.max_instances
+    }
+
+    fn memories(&self) -> usize {
+        self.max_instances
+    }
+}
+
+/// Per-call context the host functions need.
+pub(crate) struct CallState {
+    /// `name@version`, for messages.
+    pub agent: String,
+    /// Host services; `None` while publishing (`info()` must not depend on host state).
+    pub services: Option<CallServices>,
+    /// 0 for a top-level call.
+    pub depth: u32,
+    pub max_depth: u32,
+    /// When this call must be done; nested calls inherit what is left of it.
+    pub deadline: Instant,
+    pub wall: Duration,
+    pub log: LogState,
+    pub nested: Vec<NestedCall>,
+}
+
+impl CallState {
+    fn new(
+        agent: String,
+        services: Option<CallServices>,
+        depth: u32,
+        limits: &Limits,
+        wall: Duration,
+    ) -> Self {
+        CallState {
+            agent,
+            services,
+            depth,
+            max_depth: limits.max_call_depth,
+            deadline: Instant::now() + wall,
+            wall,
+            log: LogState {
+                lines: Vec::new(),
+                used: 0,
+                max_total: limits.max_log_bytes,
+                max_message: limits.max_log_message_bytes,
+                exceeded: false,
+            },
+            nested: Vec::new(),
+        }
+    }
+}
+
+pub(crate) struct LogState {
+    lines: Vec<LogLine>,
+    used: usize,
+    max_total: usize,
+    max_message: usize,
+    exceeded: bool,
+}
+
+fn add_host_interface(linker: &mut Linker<AgentState>, limits: &Limits) -> wasmtime::Result<()> {
+    // `types` holds only types; it still has to exist for components that import it.
+    linker.instance("agora:agent/types@0.1.0")?;
+    let mut host = linker.instance("agora:agent/host@0.1.0")?;
+
+    host.func_wrap(
+        "log",
+        |mut store: StoreContextMut<'_, AgentState>, (level, message): (LogLevel, String)| {
+            let state = store.data_mut();
+            let log = &mut state.call.log;
+            let message = truncate(&message, log.max_message);
+            log.used += message.len();
+            if log.used > log.max_total {
+                log.exceeded = true;
+                return Err(wasmtime::format_err!(
+                    "agent {} logged more than {} bytes",
+                    state.call.agent,
+                    log.max_total
+                ));
+            }
+            tracing::debug!(agent = %state.call.agent, ?level, message = %message, "agent log");
+            log.lines.push(LogLine { level, message });
+            Ok(())
+        },
+    )?;
+
+    host.func_wrap(
+        "kv-get",
+        |store: StoreContextMut<'_, AgentState>, (key,): (String,)| {
+            let Some(services) = &store.data().call.services else {
+                return Ok((None,));
+            };
+            match services.node.registry().kv_get(&services.kv, &key) {
+                Ok(value) => Ok((value,)),
+                // A storage failure is the host's problem; the agent sees an absent key and the
+                // operator sees the error.
+                Err(error) => {
+                    tracing::error!(%error, "agent kv read failed");
+                    Ok((None,))
+                }
+            }
+        },
+    )?;
+
+    let kv_quota = limits.kv;
+    host.func_wrap(
+        "kv-set",
+        move |store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
+            let Some(services) = &store.data().call.services else {
+                return Ok((Err("agent memory is not available while publishing".to_string()),));
+            };
+            let result = services
+                .node
+                .registry()
+                .kv_set(&services.kv, &key, &value, &kv_quota)
+                .map_err(|e| e.to_string());
+            Ok((result,))
+        },
+    )?;
+
+    host.func_wrap_async(
+        "call-agent",
+        |mut store: StoreContextMut<'_, AgentState>, (agent, request): (String, Request)| {
+            Box::new(async move {
+                let remaining = store.get_fuel()?;
+                let state = store.data();
+                let Some(services) = state.call.services.clone() else {
+                    return Ok((Err(AgentError::Refused(
+                        "call-agent is not available while publishing".into(),
+                    )),));
+                };
+                if state.call.depth >= state.call.max_depth {
+                    return Ok((Err(AgentError::Refused(format!(
+                        "call depth limit of {} reached",
+                        state.call.max_depth
+                    ))),));
+                }
+                let depth = state.call.depth + 1;
+                let deadline = state.call.deadline;
+                let nested = services
+                    .node
+                    .run_nested(agent, request, remaining, deadline, services.manifest, depth)
+                    .await;
+                let execution = match nested {
+                    Ok(execution) => execution,
+                    Err(error) => {
+                        return Ok((Err(AgentError::BadRequest(truncate(
+                            &error.to_string(),
+                            MAX_MESSAGE_BYTES,
+                        ))),));
+                    }
+                };
+                // The callee's fuel comes out of the caller's budget.
+                store.set_fuel(remaining.saturating_sub(execution.fuel_used))?;
+                store.data_mut().call.nested.push(NestedCall {
+                    receipt: execution.receipt.hash(),
+                    fuel_used: execution.fuel_used,
+                    charge: execution.charge,
+                });
+                let result = match (execution.outcome, execution.output) {
+                    (Outcome::Ok, Some(output)) => Ok(output),
+                    (Outcome::AgentError { error, message }, _) => Err(match error.as_str() {
+                        "bad-request" => AgentError::BadRequest(message),
+                        "refused" => AgentError::Refused(message),
+                        _ => AgentError::Internal(message),
+                    }),
+                    (outcome, _) => Err(AgentError::Internal(format!(
+                        "agent {} failed: {outcome}",
+                        execution.agent
+                    ))),
+                };
+                Ok((result,))
+            })
+        },
+    )?;
+    Ok(())
+}

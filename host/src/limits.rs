@@ -56,10 +56,10 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The manifest limits a publisher gets when it names none: this host's own.
+    /// The manifest limits a publisher gets when it names none: this host's ceilings.
     pub fn manifest_defaults(&self) -> ManifestLimits {
         ManifestLimits {
-            max_fuel: self.default_fuel,
+            max_fuel: self.max_fuel,
             max_memory_bytes: self.max_memory_bytes,
             max_wall_ms: self.max_wall.as_millis() as u64,
             max_output_bytes: self.max_output_bytes,

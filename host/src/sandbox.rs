@@ -406,8 +406,12 @@ fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outcome {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
         Some(Trap::Interrupt) => Outcome::Timeout,
-        _ => Outcome::Trap {
-            message: truncate(&format!("{error:#}"), MAX_MESSAGE_BYTES),
+        // The cause, not wasmtime's context: its wasm backtrace would crowd out the reason.
+        Some(trap) => Outcome::Trap {
+            message: truncate(&trap.to_string(), MAX_MESSAGE_BYTES),
+        },
+        None => Outcome::Trap {
+            message: truncate(&error.root_cause().to_string(), MAX_MESSAGE_BYTES),
         },
     }
 }

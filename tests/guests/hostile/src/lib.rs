@@ -1,0 +1,140 @@
+//! A guest that misbehaves on request, one action per attack, for agora's sandbox tests.
+//! Actions that probe a denied capability return what happened as text instead of trapping,
+//! so a test can check the denial itself.
+
+wit_bindgen::generate!({ path: "../../../wit", world: "agent" });
+
+use agora::agent::host::{self, LogLevel};
+use agora::agent::types::{AgentError, AgentInfo, Request};
+
+struct Hostile;
+
+fn text(s: impl Into<String>) -> Result<Vec<u8>, AgentError> {
+    Ok(s.into().into_bytes())
+}
+
+fn payload_str(req: &Request) -> String {
+    String::from_utf8_lossy(&req.payload).into_owned()
+}
+
+#[allow(unconditional_recursion)]
+fn recurse_forever(depth: u64) -> u64 {
+    let frame = [depth; 64];
+    std::hint::black_box(&frame);
+    recurse_forever(depth + 1) + frame[0]
+}
+
+impl exports::agora::agent::handler::Guest for Hostile {
+    fn info() -> AgentInfo {
+        AgentInfo {
+            name: "hostile".into(),
+            version: "0.1.0".into(),
+            description: "misbehaves on request".into(),
+            actions: vec!["echo".into(), "loop".into(), "grow-memory".into()],
+        }
+    }
+
+    fn handle(req: Request) -> Result<Vec<u8>, AgentError> {
+        match req.action.as_str() {
+            "echo" => Ok(req.payload),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "grow-memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "big-output" => Ok(vec![7u8; 100 << 20]),
+            "panic" => panic!("the hostile guest panics on purpose"),
+            "stack-overflow" => text(recurse_forever(0).to_string()),
+            "open-file" => match std::fs::read(payload_str(&req)) {
+                Ok(bytes) => text(format!("read {} bytes", bytes.len())),
+                Err(e) => text(format!("denied: {e}")),
+            },
+            "write-file" => match std::fs::write("/tmp/agora-hostile", b"x") {
+                Ok(()) => text("wrote"),
+                Err(e) => text(format!("denied: {e}")),
+            },
+            "open-socket" => match std::net::TcpStream::connect(payload_str(&req)) {
+                Ok(_) => text("connected"),
+                Err(e) => text(format!("denied: {e}")),
+            },
+            "resolve" => match std::net::ToSocketAddrs::to_socket_addrs(&(payload_str(&req).as_str(), 80)) {
+                Ok(addrs) => text(format!("resolved {} addresses", addrs.count())),
+                Err(e) => text(format!("denied: {e}")),
+            },
+            "http" => {
+                use wasi::http::outgoing_handler;
+                use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+                let request = OutgoingRequest::new(Fields::new());
+                let _ = request.set_scheme(Some(&Scheme::Http));
+                let _ = request.set_authority(Some(&payload_str(&req)));
+                let _ = request.set_path_with_query(Some("/"));
+                match outgoing_handler::handle(request, None) {
+                    Ok(response) => {
+                        response.subscribe().block();
+                        match response.get() {
+                            Some(Ok(Ok(_))) => text("got a response"),
+                            other => text(format!("denied: {other:?}")),
+                        }
+                    }
+                    Err(e) => text(format!("denied: {e:?}")),
+                }
+            }
+            "env" => text(format!(
+                "{} vars, {} args",
+                std::env::vars().count(),
+                std::env::args().count()
+            )),
+            "log-flood" => loop {
+                host::log(LogLevel::Info, &"flood ".repeat(200));
+            },
+            "stdout-flood" => loop {
+                println!("{}", "flood ".repeat(200));
+            },
+            // Calls the agent named in the payload with `recurse`, passing its own name on, and
+            // reports how deep the chain went and what stopped it.
+            "recurse" => {
+                let me = payload_str(&req);
+                let inner = Request { action: "recurse".into(), payload: req.payload.clone() };
+                match host::call_agent(&me, &inner) {
+                    Ok(bytes) => {
+                        let s = String::from_utf8_lossy(&bytes).into_owned();
+                        let (depth, reason) = s.split_once(' ').unwrap_or(("0", ""));
+                        let depth: u32 = depth.parse().unwrap_or(0);
+                        text(format!("{} {reason}", depth + 1))
+                    }
+                    Err(e) => text(format!("0 {e:?}")),
+                }
+            }
+            // Calls the agent named in the payload with `loop`, then reports what happened.
+            "call-loop" => {
+                let callee = payload_str(&req);
+                let inner = Request { action: "loop".into(), payload: vec![] };
+                let result = host::call_agent(&callee, &inner);
+                text(format!("callee: {result:?}"))
+            }
+            "kv" => {
+                let previous = host::kv_get("counter")
+                    .map(|b| String::from_utf8_lossy(&b).parse::<u64>().unwrap_or(0))
+                    .unwrap_or(0);
+                host::kv_set("counter", (previous + 1).to_string().as_bytes())
+                    .map_err(AgentError::Internal)?;
+                text((previous + 1).to_string())
+            }
+            "kv-hog" => match host::kv_set("hog", &vec![0u8; 10 << 20]) {
+                Ok(()) => text("stored"),
+                Err(e) => text(format!("refused: {e}")),
+            },
+            other => Err(AgentError::BadRequest(format!("unknown action {other}"))),
+        }
+    }
+}
+
+export!(Hostile);

@@ -1,0 +1,160 @@
+//! Hostile guests get a typed outcome naming the limit, and the host keeps serving.
+
+use std::time::Duration;
+
+use agora_host::{Execution, ExecutionError, Limits};
+use agora_registry::Outcome;
+use agora_tests::{HOSTILE, TestHost};
+
+/// A host running the hostile guest; returns the host and the guest's manifest hash.
+async fn hostile_host(limits: Limits) -> (TestHost, String) {
+    let host = TestHost::with_limits(limits).await;
+    let manifest = host.publish(HOSTILE).await;
+    (host, manifest.hash().to_hex())
+}
+
+async fn run(host: &TestHost, agent: &str, action: &str, payload: &[u8], fuel: Option<u64>) -> Execution {
+    host.node.run(agent, action, payload, fuel).await.expect("the call starts")
+}
+
+/// After any failure, the same host runs the same agent normally.
+async fn assert_still_serving(host: &TestHost, agent: &str) {
+    let execution = run(host, agent, "echo", b"still here", None).await;
+    assert_eq!(execution.into_output().unwrap(), b"still here");
+}
+
+fn text(execution: &Execution) -> String {
+    String::from_utf8_lossy(execution.output.as_deref().unwrap_or_default()).into_owned()
+}
+
+#[tokio::test]
+async fn an_infinite_loop_runs_out_of_fuel() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let execution = run(&host, &agent, "loop", b"", Some(5_000_000)).await;
+    assert_eq!(execution.outcome, Outcome::FuelExhausted);
+    assert_eq!(execution.fuel_used, 5_000_000);
+    assert!(matches!(
+        execution.error(),
+        Some(ExecutionError::FuelExhausted { limit: 5_000_000, agent }) if agent == "hostile@0.1.0"
+    ));
+    assert_eq!(execution.receipt.body().outcome, Outcome::FuelExhausted);
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn a_loop_with_a_huge_budget_hits_the_wall_clock_deadline() {
+    let (host, agent) = hostile_host(Limits {
+        max_wall: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let execution = run(&host, &agent, "loop", b"", Some(u64::MAX)).await;
+    assert_eq!(execution.outcome, Outcome::Timeout);
+    assert!(execution.fuel_used < execution.fuel_limit, "stopped with fuel to spare");
+    assert!(execution.wall_time < Duration::from_secs(3), "{:?}", execution.wall_time);
+    assert!(matches!(execution.error(), Some(ExecutionError::Timeout { limit_ms: 300, .. })));
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn unbounded_allocation_hits_the_memory_limit() {
+    let (host, agent) = hostile_host(Limits {
+        max_memory_bytes: 32 << 20,
+        ..Limits::default()
+    })
+    .await;
+    let execution = run(&host, &agent, "grow-memory", b"", None).await;
+    assert_eq!(execution.outcome, Outcome::MemoryLimit);
+    let error = execution.error().unwrap().to_string();
+    assert!(error.contains("hostile@0.1.0") && error.contains(&(32u64 << 20).to_string()), "{error}");
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn returning_100_mib_hits_the_output_limit() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let execution = run(&host, &agent, "big-output", b"", None).await;
+    assert_eq!(execution.outcome, Outcome::OutputLimit);
+    assert!(execution.output.is_none());
+    assert!(execution.receipt.body().output_hash.is_none());
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn a_panic_is_a_trap() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let execution = run(&host, &agent, "panic", b"", None).await;
+    assert!(matches!(execution.outcome, Outcome::Trap { .. }), "{}", execution.outcome);
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn a_stack_overflow_is_a_trap() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let execution = run(&host, &agent, "stack-overflow", b"", None).await;
+    // Rust keeps its frames on a shadow stack in linear memory, so running off it is an
+    // out-of-bounds access; either way the guest traps and only the guest.
+    assert!(matches!(execution.outcome, Outcome::Trap { .. }), "{}", execution.outcome);
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn flooding_the_log_or_stdout_hits_the_log_limit() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    for action in ["log-flood", "stdout-flood"] {
+        let execution = run(&host, &agent, action, b"", None).await;
+        assert_eq!(execution.outcome, Outcome::LogLimit, "{action}");
+        assert!(execution.stdout.len() <= 64 << 10);
+        assert!(execution.logs.iter().map(|l| l.message.len()).sum::<usize>() <= 64 << 10);
+    }
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn files_are_denied() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let secret = host.dir.path().join("keys/host.key");
+    let execution = run(&host, &agent, "open-file", secret.to_string_lossy().as_bytes(), None).await;
+    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    let execution = run(&host, &agent, "write-file", b"", None).await;
+    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    assert!(!std::path::Path::new("/tmp/agora-hostile").exists());
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn sockets_name_lookup_and_outgoing_http_are_denied() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+
+    let execution = run(&host, &agent, "open-socket", address.as_bytes(), None).await;
+    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    let execution = run(&host, &agent, "resolve", b"localhost", None).await;
+    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    let execution = run(&host, &agent, "http", address.as_bytes(), None).await;
+    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    assert!(text(&execution).contains("HttpRequestDenied"), "{}", text(&execution));
+
+    // Nothing reached the listener.
+    assert!(listener.accept().is_err());
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn the_guest_sees_no_environment_or_arguments() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let execution = run(&host, &agent, "env", b"", None).await;
+    assert_eq!(text(&execution), "0 vars, 0 args");
+}
+
+#[tokio::test]
+async fn agent_memory_persists_between_calls_within_its_quota() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    for expected in ["1", "2", "3"] {
+        assert_eq!(text(&run(&host, &agent, "kv", b"", None).await), expected);
+    }
+    let execution = run(&host, &agent, "kv-hog", b"", None).await;
+    assert!(text(&execution).starts_with("refused: agent memory quota"), "{}", text(&execution));
+}

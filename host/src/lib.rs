@@ -31,6 +31,7 @@ mod error;
 pub mod examples;
 mod limits;
 mod node;
+pub mod report;
 mod sandbox;
 
 pub use blobs::{BlobError, BlobStore};

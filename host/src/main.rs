@@ -1,1 +1,300 @@
-fn main() {}
+//! `agora`: publish, list and run marketplace agents on this machine.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agora_host::{DataDir, Limits, Node, NodeConfig, PublishOptions, report};
+use agora_registry::ManifestLimits;
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A runtime for an open marketplace of AI agents: sandboxed, metered WebAssembly agents,
+/// signed manifests and a signed receipt for every execution.
+#[derive(Parser)]
+#[command(name = "agora", version, about)]
+struct Cli {
+    /// Where keys, blobs and the registry live.
+    #[arg(long, global = true, env = "AGORA_DATA_DIR", default_value_os_t = DataDir::default_location())]
+    data_dir: PathBuf,
+
+    /// Log more (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create this data dir's ed25519 key (publisher and host identity), file mode 0600.
+    Keygen,
+    /// Check a component, sign a manifest for it and store both.
+    Publish(PublishArgs),
+    /// List the agents in the registry.
+    Agents {
+        /// Print the signed manifests as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an agent and print its output; exits non-zero if the call fails.
+    Run(RunArgs),
+    /// List receipts, newest first.
+    Receipts {
+        /// Only receipts about this agent (name, manifest hash or component hash).
+        agent: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the signed receipts as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the example agents into a temporary data dir, run a ride negotiation and an
+    /// energy auction, and print the receipts.
+    Demo {
+        /// Keep the demo's data dir here instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// The component (.wasm) to publish.
+    component: PathBuf,
+    /// Agent name (default: the name the agent reports from info()).
+    #[arg(long)]
+    name: Option<String>,
+    /// Version (default: the version from info()).
+    #[arg(long)]
+    version: Option<String>,
+    /// Description (default: the description from info()).
+    #[arg(long)]
+    description: Option<String>,
+    /// Most fuel per call (default: this host's ceiling).
+    #[arg(long)]
+    max_fuel: Option<u64>,
+    /// Most linear memory per call, in bytes.
+    #[arg(long)]
+    max_memory: Option<u64>,
+    /// Most wall time per call, in milliseconds.
+    #[arg(long)]
+    max_wall_ms: Option<u64>,
+    /// Most output per call, in bytes.
+    #[arg(long)]
+    max_output: Option<u64>,
+    /// Price per million fuel.
+    #[arg(long, default_value_t = 0)]
+    price: u64,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The agent: name, name@version, manifest hash or component hash.
+    agent: String,
+    /// The action to perform.
+    #[arg(long, short)]
+    action: String,
+    /// The payload, JSON; `@file` reads it from a file.
+    #[arg(long, short, default_value = "{}")]
+    payload: String,
+    /// Fuel budget (default: the host's default, capped by the manifest's limit).
+    #[arg(long)]
+    fuel: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = DataDir::new(&cli.data_dir);
+    match cli.command {
+        Command::Keygen => {
+            let key = data_dir.keygen()?;
+            println!("{key}");
+            eprintln!("key written to {}", data_dir.key_path().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish(args) => publish(data_dir, args).await,
+        Command::Agents { json } => {
+            let node = open(data_dir).await?;
+            let manifests = node.registry().manifests()?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for manifest in &manifests {
+                    out.write_all(manifest.as_bytes())?;
+                    writeln!(out)?;
+                }
+            } else if manifests.is_empty() {
+                eprintln!("no agents yet; publish one with `agora publish <component.wasm>`");
+            } else {
+                report::write_agents(&mut out, &manifests)?;
+            }
+            node.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(data_dir, args).await,
+        Command::Receipts { agent, limit, json } => {
+            let node = open(data_dir).await?;
+            let mut receipts = match agent {
+                Some(agent) => {
+                    let manifest = node.registry().resolve(&agent)?;
+                    node.registry().receipts_for_manifest(&manifest.hash(), limit)?
+                }
+                None => node.registry().receipts(limit)?,
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                for receipt in &receipts {
+                    out.write_all(receipt.as_bytes())?;
+                    writeln!(out)?;
+                }
+            } else {
+                report::write_receipts(&mut out, node.registry(), &mut receipts)?;
+            }
+            node.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { keep } => {
+            let temp;
+            let dir = match keep {
+                Some(dir) => {
+                    if dir.join("keys").exists() {
+                        bail!("{} already holds a data dir; pick an empty directory", dir.display());
+                    }
+                    dir
+                }
+                None => {
+                    temp = tempfile::tempdir().context("creating a temporary data dir")?;
+                    temp.path().to_owned()
+                }
+            };
+            let spinner = spinner("running the demo marketplace");
+            let mut report = Vec::new();
+            let result = agora_host::demo::run(&dir, &mut report).await;
+            spinner.finish_and_clear();
+            std::io::stdout().write_all(&report)?;
+            result?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn open(data_dir: DataDir) -> anyhow::Result<Node> {
+    Ok(Node::open(NodeConfig::new(data_dir)).await?)
+}
+
+async fn publish(data_dir: DataDir, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let node = open(data_dir).await?;
+    let defaults = Limits::default().manifest_defaults();
+    let limits = ManifestLimits {
+        max_fuel: args.max_fuel.unwrap_or(defaults.max_fuel),
+        max_memory_bytes: args.max_memory.unwrap_or(defaults.max_memory_bytes),
+        max_wall_ms: args.max_wall_ms.unwrap_or(defaults.max_wall_ms),
+        max_output_bytes: args.max_output.unwrap_or(defaults.max_output_bytes),
+    };
+    let options = PublishOptions {
+        name: args.name,
+        version: args.version,
+        description: args.description,
+        limits: Some(limits),
+        price_per_mfuel: args.price,
+    };
+    let spinner = spinner(&format!("checking and compiling {}", args.component.display()));
+    let published = node.publish_file(&args.component, options).await;
+    spinner.finish_and_clear();
+    let published = published?;
+    let body = published.manifest.body();
+    println!("published {}@{}", body.name, body.version);
+    println!("manifest  {}", published.manifest.hash());
+    println!("component {} ({} bytes)", body.component.hash, body.component.size);
+    println!("actions   {}", body.actions.join(", "));
+    if !body.capabilities.is_empty() {
+        println!("imports   {} (denied unless granted)", body.capabilities.join(", "));
+    }
+    if published.inserted == agora_registry::Inserted::AlreadyPresent {
+        eprintln!("(this release was already published; nothing changed)");
+    }
+    node.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let payload = match args.payload.strip_prefix('@') {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading payload file {path}"))?,
+        None => args.payload.into_bytes(),
+    };
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&payload) {
+        bail!("--payload is not JSON: {e}");
+    }
+    let node = open(data_dir).await?;
+    let spinner = spinner(&format!("running {}", args.agent));
+    let execution = node.run(&args.agent, &args.action, &payload, args.fuel).await;
+    spinner.finish_and_clear();
+    let execution = execution?;
+    let receipt = execution.receipt.hash();
+    let fuel = format!("fuel {} of {}", execution.fuel_used, execution.fuel_limit);
+    let code = match execution.error().cloned() {
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(execution.output.as_deref().unwrap_or_default())?;
+            writeln!(out)?;
+            eprintln!("{fuel}, charge {}, receipt {receipt}", execution.charge);
+            ExitCode::SUCCESS
+        }
+        Some(error) => {
+            eprintln!("error: {error}");
+            eprintln!("{fuel}, receipt {receipt}");
+            ExitCode::from(2)
+        }
+    };
+    node.shutdown().await?;
+    Ok(code)
+}
+
+/// A spinner on a terminal; nothing otherwise.
+fn spinner(message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner().with_message(message.to_owned());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        spinner.set_style(style);
+    }
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
+}

@@ -11,7 +11,8 @@ const EXAMPLES: &[(&str, &str)] = &[
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let guest_examples = manifest_dir.join("../guest-examples");
     println!("cargo:rerun-if-changed={}", guest_examples.display());
     let packages: Vec<&str> = EXAMPLES.iter().map(|(package, _)| *package).collect();

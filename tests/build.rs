@@ -4,7 +4,8 @@ include!("../host/build_guests.rs");
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let guests_dir = manifest_dir.join("guests");
     println!("cargo:rerun-if-changed={}", guests_dir.display());
     let mut packages: Vec<String> = std::fs::read_dir(&guests_dir)

@@ -46,7 +46,11 @@ impl BlobStore {
 
     /// Stores `data` under its BLAKE3 hash and returns the hash.
     pub async fn put(&self, data: impl Into<Bytes>) -> Result<Hash, BlobError> {
-        let tag = self.store.add_bytes(data).await.map_err(|e| self.error(e))?;
+        let tag = self
+            .store
+            .add_bytes(data)
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(Hash::from_bytes(*tag.hash.as_bytes()))
     }
 

@@ -31,10 +31,18 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
             node.publish(component, options).await
         }
     };
-    let rider = publish(examples::RIDE_RIDER, "ride-rider", 2).await?.manifest;
-    let ava = publish(examples::RIDE_DRIVER, "driver-ava", 5).await?.manifest;
-    let ben = publish(examples::RIDE_DRIVER, "driver-ben", 4).await?.manifest;
-    let trader = publish(examples::ENERGY_TRADER, "energy-trader", 3).await?.manifest;
+    let rider = publish(examples::RIDE_RIDER, "ride-rider", 2)
+        .await?
+        .manifest;
+    let ava = publish(examples::RIDE_DRIVER, "driver-ava", 5)
+        .await?
+        .manifest;
+    let ben = publish(examples::RIDE_DRIVER, "driver-ben", 4)
+        .await?
+        .manifest;
+    let trader = publish(examples::ENERGY_TRADER, "energy-trader", 3)
+        .await?
+        .manifest;
     writeln!(out, "published")?;
     for manifest in [&rider, &ava, &ben, &trader] {
         let body = manifest.body();
@@ -52,7 +60,15 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     // Ben undercuts the default pricing; his rules live in his agent's memory on this host.
     let ben_rules = json!({"base_cents": 200, "per_km_cents": 100, "per_min_cents": 25,
                            "minimum_cents": 600, "max_surge_pct": 200, "max_discount_pct": 20});
-    output(node.run("driver-ben", "configure", ben_rules.to_string().as_bytes(), None).await?)?;
+    output(
+        node.run(
+            "driver-ben",
+            "configure",
+            ben_rules.to_string().as_bytes(),
+            None,
+        )
+        .await?,
+    )?;
 
     let trip = json!({"distance_m": 12_500, "duration_s": 1_500, "demand_pct": 120});
     let budget = 2_200;
@@ -68,8 +84,13 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         "max_rounds": 4,
     });
     let result = output(
-        node.run("ride-rider", "negotiate", negotiation.to_string().as_bytes(), None)
-            .await?,
+        node.run(
+            "ride-rider",
+            "negotiate",
+            negotiation.to_string().as_bytes(),
+            None,
+        )
+        .await?,
     )?;
     let name_of = |hash: &str| {
         if hash == ava.hash().to_hex() {
@@ -117,7 +138,10 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         writeln!(
             out,
             "  {:<12} {} {:>5} Wh at {:>2} c/kWh",
-            household, order["side"].as_str().unwrap_or("?"), order["quantity_wh"], order["price_cents_per_kwh"]
+            household,
+            order["side"].as_str().unwrap_or("?"),
+            order["quantity_wh"],
+            order["price_cents_per_kwh"]
         )?;
         orders.push(order);
     }
@@ -125,7 +149,9 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         node.run(
             "energy-trader",
             "clear",
-            json!({"slot": slot, "orders": orders}).to_string().as_bytes(),
+            json!({"slot": slot, "orders": orders})
+                .to_string()
+                .as_bytes(),
             None,
         )
         .await?,
@@ -145,9 +171,13 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         )?;
     }
 
-    let mut chain = node.registry().receipt_chain(&node.public_key())?;
-    writeln!(out, "\nreceipts signed by this host ({}), oldest first", chain.len())?;
-    crate::report::write_receipts(out, node.registry(), &mut chain)?;
+    let chain = node.registry().receipt_chain(&node.public_key())?;
+    writeln!(
+        out,
+        "\nreceipts signed by this host ({}), oldest first",
+        chain.len()
+    )?;
+    crate::report::write_receipts(out, node.registry(), &chain)?;
     node.shutdown().await?;
     Ok(())
 }

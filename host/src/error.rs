@@ -17,7 +17,9 @@ pub enum CheckError {
         limit: u64,
     },
     /// A core module or other bytes where a component was expected.
-    #[error("not a WebAssembly component ({0}); build agents for wasm32-wasip2 or with a component toolchain")]
+    #[error(
+        "not a WebAssembly component ({0}); build agents for wasm32-wasip2 or with a component toolchain"
+    )]
     NotAComponent(String),
     /// Bytes that do not validate or compile.
     #[error("invalid component: {0}")]

@@ -71,7 +71,9 @@ impl Limits {
         CallLimits {
             max_fuel: self.max_fuel.min(manifest.max_fuel),
             max_memory_bytes: self.max_memory_bytes.min(manifest.max_memory_bytes),
-            max_wall: self.max_wall.min(Duration::from_millis(manifest.max_wall_ms)),
+            max_wall: self
+                .max_wall
+                .min(Duration::from_millis(manifest.max_wall_ms)),
             max_output_bytes: self.max_output_bytes.min(manifest.max_output_bytes),
         }
     }

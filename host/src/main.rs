@@ -170,10 +170,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(data_dir, args).await,
         Command::Receipts { agent, limit, json } => {
             let node = open(data_dir).await?;
-            let mut receipts = match agent {
+            let receipts = match agent {
                 Some(agent) => {
                     let manifest = node.registry().resolve(&agent)?;
-                    node.registry().receipts_for_manifest(&manifest.hash(), limit)?
+                    node.registry()
+                        .receipts_for_manifest(&manifest.hash(), limit)?
                 }
                 None => node.registry().receipts(limit)?,
             };
@@ -184,7 +185,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     writeln!(out)?;
                 }
             } else {
-                report::write_receipts(&mut out, node.registry(), &mut receipts)?;
+                report::write_receipts(&mut out, node.registry(), &receipts)?;
             }
             node.shutdown().await?;
             Ok(ExitCode::SUCCESS)
@@ -194,7 +195,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let dir = match keep {
                 Some(dir) => {
                     if dir.join("keys").exists() {
-                        bail!("{} already holds a data dir; pick an empty directory", dir.display());
+                        bail!(
+                            "{} already holds a data dir; pick an empty directory",
+                            dir.display()
+                        );
                     }
                     dir
                 }
@@ -234,17 +238,26 @@ async fn publish(data_dir: DataDir, args: PublishArgs) -> anyhow::Result<ExitCod
         limits: Some(limits),
         price_per_mfuel: args.price,
     };
-    let spinner = spinner(&format!("checking and compiling {}", args.component.display()));
+    let spinner = spinner(&format!(
+        "checking and compiling {}",
+        args.component.display()
+    ));
     let published = node.publish_file(&args.component, options).await;
     spinner.finish_and_clear();
     let published = published?;
     let body = published.manifest.body();
     println!("published {}@{}", body.name, body.version);
     println!("manifest  {}", published.manifest.hash());
-    println!("component {} ({} bytes)", body.component.hash, body.component.size);
+    println!(
+        "component {} ({} bytes)",
+        body.component.hash, body.component.size
+    );
     println!("actions   {}", body.actions.join(", "));
     if !body.capabilities.is_empty() {
-        println!("imports   {} (denied unless granted)", body.capabilities.join(", "));
+        println!(
+            "imports   {} (denied unless granted)",
+            body.capabilities.join(", ")
+        );
     }
     if published.inserted == agora_registry::Inserted::AlreadyPresent {
         eprintln!("(this release was already published; nothing changed)");
@@ -255,7 +268,9 @@ async fn publish(data_dir: DataDir, args: PublishArgs) -> anyhow::Result<ExitCod
 
 async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     let payload = match args.payload.strip_prefix('@') {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading payload file {path}"))?,
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("reading payload file {path}"))?
+        }
         None => args.payload.into_bytes(),
     };
     if let Err(e) = serde_json::from_slice::<serde_json::Value>(&payload) {
@@ -263,7 +278,9 @@ async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let node = open(data_dir).await?;
     let spinner = spinner(&format!("running {}", args.agent));
-    let execution = node.run(&args.agent, &args.action, &payload, args.fuel).await;
+    let execution = node
+        .run(&args.agent, &args.action, &payload, args.fuel)
+        .await;
     spinner.finish_and_clear();
     let execution = execution?;
     let receipt = execution.receipt.hash();

@@ -206,12 +206,13 @@ impl Node {
         }
         let key = SecretKey::load(&key_path)?;
         let registry = Registry::open(&data_dir.registry_path())?;
-        let blobs = BlobStore::open(&data_dir.blobs_path())
-            .await
-            .map_err(|e| OpenError::Blobs {
-                path: data_dir.blobs_path(),
-                message: e.to_string(),
-            })?;
+        let blobs =
+            BlobStore::open(&data_dir.blobs_path())
+                .await
+                .map_err(|e| OpenError::Blobs {
+                    path: data_dir.blobs_path(),
+                    message: e.to_string(),
+                })?;
         let sandbox =
             Sandbox::new(config.limits).map_err(|e| OpenError::Engine(format!("{e:#}")))?;
         Ok(Node(Arc::new(NodeInner {
@@ -391,8 +392,14 @@ impl Node {
                 manifest: parent_manifest,
                 depth,
             };
-            node.execute(manifest, request, Some(fuel_available), deadline, Some(parent))
-                .await
+            node.execute(
+                manifest,
+                request,
+                Some(fuel_available),
+                deadline,
+                Some(parent),
+            )
+            .await
         })
     }
 
@@ -443,26 +450,29 @@ impl Node {
         let charge = charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
         let input_hash = request_hash(&request.action, &request.payload);
         let output_hash = invocation.output.as_deref().map(Hash::of);
-        let receipt = self.0.registry.append_receipt(&self.0.key, |seq, prev| Receipt {
-            agent: AgentRef {
-                manifest: manifest.hash(),
-                component: body.component.hash,
-            },
-            input_hash,
-            output_hash,
-            outcome: invocation.outcome.clone(),
-            fuel_limit,
-            fuel_used: invocation.fuel_used,
-            charge,
-            wall_time_us: invocation.wall_time.as_micros() as u64,
-            nested: invocation.nested.iter().map(|n| n.receipt).collect(),
-            parent_call: parent,
-            host: self.0.key.public(),
-            runtime: crate::RUNTIME_VERSION.into(),
-            seq,
-            prev,
-            timestamp_ms: unix_now().as_millis() as u64,
-        })?;
+        let receipt = self
+            .0
+            .registry
+            .append_receipt(&self.0.key, |seq, prev| Receipt {
+                agent: AgentRef {
+                    manifest: manifest.hash(),
+                    component: body.component.hash,
+                },
+                input_hash,
+                output_hash,
+                outcome: invocation.outcome.clone(),
+                fuel_limit,
+                fuel_used: invocation.fuel_used,
+                charge,
+                wall_time_us: invocation.wall_time.as_micros() as u64,
+                nested: invocation.nested.iter().map(|n| n.receipt).collect(),
+                parent_call: parent,
+                host: self.0.key.public(),
+                runtime: crate::RUNTIME_VERSION.into(),
+                seq,
+                prev,
+                timestamp_ms: unix_now().as_millis() as u64,
+            })?;
         tracing::debug!(
             agent = %agent,
             outcome = %invocation.outcome,

@@ -9,12 +9,12 @@ use agora_registry::{Registry, SignedManifest, SignedReceipt};
 pub fn write_receipts(
     out: &mut impl Write,
     registry: &Registry,
-    receipts: &mut [SignedReceipt],
+    receipts: &[SignedReceipt],
 ) -> anyhow::Result<()> {
     writeln!(
         out,
-        "  {:>4}  {:<22} {:<16} {:>12} {:>8}  {:<12}  {:<12}  {}",
-        "seq", "agent", "outcome", "fuel", "charge", "receipt", "prev", "host"
+        "  {:>4}  {:<22} {:<16} {:>12} {:>8}  {:<12}  {:<12}  host",
+        "seq", "agent", "outcome", "fuel", "charge", "receipt", "prev"
     )?;
     for receipt in receipts.iter() {
         let body = receipt.body();

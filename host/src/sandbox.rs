@@ -168,7 +168,10 @@ impl Sandbox {
             .map_err(|e| CheckError::Invalid(truncate(&format!("{e:#}"), 2048)))?;
         let ty = component.component_type();
 
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let forbidden: Vec<String> = imports
             .iter()
             .filter(|name| !import_allowed(name))
@@ -177,8 +180,14 @@ impl Sandbox {
         if !forbidden.is_empty() {
             return Err(CheckError::ForbiddenImports { imports: forbidden });
         }
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
-        if !exports.iter().any(|name| name.starts_with("agora:agent/handler@0.1.")) {
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if !exports
+            .iter()
+            .any(|name| name.starts_with("agora:agent/handler@0.1."))
+        {
             return Err(CheckError::MissingHandler { exports });
         }
         let pre = self
@@ -229,19 +238,29 @@ impl Sandbox {
             max_wall: self.limits.max_wall,
             max_output_bytes: self.limits.max_output_bytes,
         };
-        let mut store = self.new_store(
-            CallState::new("(publishing)".into(), None, 0, &self.limits, limits.max_wall),
-            &limits,
-            self.limits.default_fuel,
-        )
-        .map_err(|e| CheckError::Info(e.to_string()))?;
+        let mut store = self
+            .new_store(
+                CallState::new(
+                    "(publishing)".into(),
+                    None,
+                    0,
+                    &self.limits,
+                    limits.max_wall,
+                ),
+                &limits,
+                self.limits.default_fuel,
+            )
+            .map_err(|e| CheckError::Info(e.to_string()))?;
         let call = async {
             let agent = component.pre.instantiate_async(&mut store).await?;
             agent.agora_agent_handler().call_info(&mut store).await
         };
         match tokio::time::timeout(limits.max_wall + Duration::from_secs(1), call).await {
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => Err(CheckError::Info(truncate(&format!("{e:#}"), MAX_MESSAGE_BYTES))),
+            Ok(Err(e)) => Err(CheckError::Info(truncate(
+                &format!("{e:#}"),
+                MAX_MESSAGE_BYTES,
+            ))),
             Err(_) => Err(CheckError::Info("timed out".into())),
         }
     }
@@ -283,7 +302,11 @@ impl Sandbox {
         store.limiter(|state| &mut state.limiter);
         store.set_fuel(fuel)?;
         store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
-        let ticks = limits.max_wall.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        let ticks = limits
+            .max_wall
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
         Ok(store)
@@ -304,7 +327,10 @@ impl Sandbox {
         let mut store = self.new_store(call, limits, fuel)?;
         let run = async {
             let agent: Agent = component.pre.instantiate_async(&mut store).await?;
-            agent.agora_agent_handler().call_handle(&mut store, request).await
+            agent
+                .agora_agent_handler()
+                .call_handle(&mut store, request)
+                .await
         };
         // The epoch deadline stops guest code; this backstop also stops a guest blocked in a
         // host call.
@@ -663,7 +689,9 @@ fn add_host_interface(linker: &mut Linker<AgentState>, limits: &Limits) -> wasmt
         "kv-set",
         move |store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
             let Some(services) = &store.data().call.services else {
-                return Ok((Err("agent memory is not available while publishing".to_string()),));
+                return Ok((Err(
+                    "agent memory is not available while publishing".to_string()
+                ),));
             };
             let result = services
                 .node
@@ -695,7 +723,14 @@ fn add_host_interface(linker: &mut Linker<AgentState>, limits: &Limits) -> wasmt
                 let deadline = state.call.deadline;
                 let nested = services
                     .node
-                    .run_nested(agent, request, remaining, deadline, services.manifest, depth)
+                    .run_nested(
+                        agent,
+                        request,
+                        remaining,
+                        deadline,
+                        services.manifest,
+                        depth,
+                    )
                     .await;
                 let execution = match nested {
                     Ok(execution) => execution,

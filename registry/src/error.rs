@@ -85,7 +85,9 @@ pub enum Error {
         existing: String,
     },
     /// No stored manifest matches an agent reference.
-    #[error("no agent `{reference}` in the registry (give a name, a manifest hash or a component hash)")]
+    #[error(
+        "no agent `{reference}` in the registry (give a name, a manifest hash or a component hash)"
+    )]
     UnknownAgent {
         /// The reference given.
         reference: String,

@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Hash;
 use crate::identity::PublicKey;
 use crate::signed::{Record, Signed};
-use crate::Hash;
 
 /// The WIT world every manifest currently targets.
 pub const AGENT_WORLD: &str = "agora:agent/agent@0.1.0";

@@ -4,9 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Hash;
 use crate::identity::PublicKey;
 use crate::signed::{Record, Signed};
-use crate::Hash;
 
 /// What happened in one execution. Signed by the host that ran it.
 ///

@@ -110,7 +110,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("path", &self.path).finish()
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -122,7 +124,8 @@ impl Registry {
             source,
         };
         let conn = Connection::open(path).map_err(db_error)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_error)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(db_error)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -254,10 +257,8 @@ impl Registry {
             if let Some(manifest) = self.manifest(&hash)? {
                 return Ok(manifest);
             }
-            let mut by_component = self.query_manifests(
-                "WHERE component_hash = ?1",
-                params![hash.to_hex()],
-            )?;
+            let mut by_component =
+                self.query_manifests("WHERE component_hash = ?1", params![hash.to_hex()])?;
             if !by_component.is_empty() {
                 return Ok(by_component.swap_remove(0));
             }
@@ -270,10 +271,9 @@ impl Registry {
             None => (reference, None),
         };
         let mut found = match version {
-            Some(version) => self.query_manifests(
-                "WHERE name = ?1 AND version = ?2",
-                params![name, version],
-            )?,
+            Some(version) => {
+                self.query_manifests("WHERE name = ?1 AND version = ?2", params![name, version])?
+            }
             None => self.query_manifests("WHERE name = ?1", params![name])?,
         };
         let mut publishers: Vec<PublicKey> = found.iter().map(|m| m.body().publisher).collect();
@@ -297,9 +297,8 @@ impl Registry {
         params: impl rusqlite::Params,
     ) -> Result<Vec<SignedManifest>, Error> {
         let conn = self.conn();
-        let sql = format!(
-            "SELECT signed FROM manifests {filter} ORDER BY created_at DESC, rowid DESC"
-        );
+        let sql =
+            format!("SELECT signed FROM manifests {filter} ORDER BY created_at DESC, rowid DESC");
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_error(e))?;
         let rows = stmt
             .query_map(params, |row| row.get::<_, Vec<u8>>(0))
@@ -386,7 +385,8 @@ impl Registry {
 
     /// One host's receipts in chain order (oldest first).
     pub fn receipt_chain(&self, host: &PublicKey) -> Result<Vec<SignedReceipt>, Error> {
-        let mut chain = self.query_receipts("WHERE host = ?1", params![host.to_hex()], usize::MAX)?;
+        let mut chain =
+            self.query_receipts("WHERE host = ?1", params![host.to_hex()], usize::MAX)?;
         chain.sort_by_key(|r| r.body().seq);
         Ok(chain)
     }

@@ -139,7 +139,10 @@ fn releases_are_immutable() {
     assert!(matches!(err, Error::ReleaseConflict { .. }), "{err}");
     let next = Signed::sign(manifest(&key, "1.1.0", b"v2"), &key).unwrap();
     assert_eq!(registry.insert_manifest(&next).unwrap(), Inserted::New);
-    assert_eq!(registry.resolve("energy-trader").unwrap().body().version, "1.1.0");
+    assert_eq!(
+        registry.resolve("energy-trader").unwrap().body().version,
+        "1.1.0"
+    );
     assert_eq!(
         registry.resolve("energy-trader@1.0.0").unwrap().hash(),
         first.hash()
@@ -195,11 +198,17 @@ fn agent_memory_is_bounded_and_private_to_the_agent() {
         max_total_bytes: 23,
     };
     registry.kv_set(&ns, "k", b"value", &quota).unwrap();
-    assert_eq!(registry.kv_get(&ns, "k").unwrap().as_deref(), Some(&b"value"[..]));
+    assert_eq!(
+        registry.kv_get(&ns, "k").unwrap().as_deref(),
+        Some(&b"value"[..])
+    );
     assert_eq!(registry.kv_get(&other, "k").unwrap(), None);
     assert!(registry.kv_set(&ns, "much-too-long", b"", &quota).is_err());
     assert!(registry.kv_set(&ns, "k2", &[0; 17], &quota).is_err());
-    assert!(registry.kv_set(&ns, "k2", &[0; 16], &quota).is_err(), "total over quota");
+    assert!(
+        registry.kv_set(&ns, "k2", &[0; 16], &quota).is_err(),
+        "total over quota"
+    );
     // Overwriting a key does not count its old value against the quota.
     registry.kv_set(&ns, "k", &[1; 16], &quota).unwrap();
 }

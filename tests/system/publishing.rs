@@ -19,11 +19,29 @@ async fn publishing_signs_a_manifest_naming_the_component_by_hash() {
     assert!(body.capabilities.is_empty(), "{:?}", body.capabilities);
 
     // The manifest and the component are blobs, the manifest is in the registry, and all verify.
-    let stored = host.node.blobs().get(&manifest.hash()).await.unwrap().unwrap();
-    assert_eq!(SignedManifest::from_bytes(&stored).unwrap().hash(), manifest.hash());
-    let component = host.node.blobs().get(&body.component.hash).await.unwrap().unwrap();
+    let stored = host
+        .node
+        .blobs()
+        .get(&manifest.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        SignedManifest::from_bytes(&stored).unwrap().hash(),
+        manifest.hash()
+    );
+    let component = host
+        .node
+        .blobs()
+        .get(&body.component.hash)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&component[..], examples::RIDE_DRIVER);
-    assert_eq!(host.node.registry().resolve("ride-driver").unwrap().hash(), manifest.hash());
+    assert_eq!(
+        host.node.registry().resolve("ride-driver").unwrap().hash(),
+        manifest.hash()
+    );
 }
 
 #[tokio::test]
@@ -38,7 +56,10 @@ async fn a_component_importing_outside_the_world_is_rejected_naming_the_import()
         panic!("expected forbidden imports, got {err}");
     };
     assert_eq!(imports, &["test:forbidden/exfiltrate"]);
-    assert!(err.to_string().contains("test:forbidden/exfiltrate"), "{err}");
+    assert!(
+        err.to_string().contains("test:forbidden/exfiltrate"),
+        "{err}"
+    );
     assert!(host.node.registry().manifests().unwrap().is_empty());
 }
 
@@ -53,16 +74,33 @@ async fn core_modules_garbage_and_oversized_components_are_rejected() {
     let cases: [(&[u8], &str); 4] = [
         (&core_module, "core WebAssembly module"),
         (b"#!/bin/sh\nrm -rf /\n", "component header"),
-        (&[0, b'a', b's', b'm', 0x0d, 0, 1, 0, 0xff, 0xff], "invalid component"),
+        (
+            &[0, b'a', b's', b'm', 0x0d, 0, 1, 0, 0xff, 0xff],
+            "invalid component",
+        ),
         (&[0u8; 300_000], "accepts at most 200000"),
     ];
     for (bytes, expected) in cases {
-        let err = host.node.publish(bytes, PublishOptions::default()).await.unwrap_err();
-        assert!(err.to_string().contains(expected), "{err} should mention {expected}");
+        let err = host
+            .node
+            .publish(bytes, PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(expected),
+            "{err} should mention {expected}"
+        );
     }
     let no_handler = wat::parse_str("(component)").unwrap();
-    let err = host.node.publish(&no_handler, PublishOptions::default()).await.unwrap_err();
-    assert!(matches!(err, PublishError::Check(CheckError::MissingHandler { .. })), "{err}");
+    let err = host
+        .node
+        .publish(&no_handler, PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::Check(CheckError::MissingHandler { .. })),
+        "{err}"
+    );
     // The host is unharmed.
     host.publish(examples::ENERGY_TRADER).await;
 }
@@ -74,8 +112,15 @@ async fn runtimes_that_import_sockets_http_and_newer_wasi_still_publish_and_run(
     // The hostile guest uses std::fs, std::net and wasi:http, so it imports all three; the
     // manifest lists them so a listing shows what the agent could ask for.
     let capabilities = &hostile.body().capabilities;
-    for expected in ["wasi:filesystem/preopens", "wasi:http/outgoing-handler", "wasi:sockets/tcp"] {
-        assert!(capabilities.iter().any(|c| c == expected), "{expected} missing from {capabilities:?}");
+    for expected in [
+        "wasi:filesystem/preopens",
+        "wasi:http/outgoing-handler",
+        "wasi:sockets/tcp",
+    ] {
+        assert!(
+            capabilities.iter().any(|c| c == expected),
+            "{expected} missing from {capabilities:?}"
+        );
     }
 
     let newer = host.publish(WASI_NEWER).await;
@@ -97,15 +142,37 @@ async fn releases_are_immutable() {
         version: Some(version.into()),
         ..PublishOptions::default()
     };
-    let first = host.node.publish(examples::ENERGY_TRADER, options("1.0.0")).await.unwrap();
-    let again = host.node.publish(examples::ENERGY_TRADER, options("1.0.0")).await.unwrap();
-    assert_eq!(again.manifest.hash(), first.manifest.hash(), "re-publishing is idempotent");
-    let err = host.node.publish(examples::RIDE_DRIVER, options("1.0.0")).await.unwrap_err();
+    let first = host
+        .node
+        .publish(examples::ENERGY_TRADER, options("1.0.0"))
+        .await
+        .unwrap();
+    let again = host
+        .node
+        .publish(examples::ENERGY_TRADER, options("1.0.0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.manifest.hash(),
+        first.manifest.hash(),
+        "re-publishing is idempotent"
+    );
+    let err = host
+        .node
+        .publish(examples::RIDE_DRIVER, options("1.0.0"))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, PublishError::Registry(RegistryError::ReleaseConflict { .. })),
+        matches!(
+            err,
+            PublishError::Registry(RegistryError::ReleaseConflict { .. })
+        ),
         "{err}"
     );
-    host.node.publish(examples::RIDE_DRIVER, options("1.0.1")).await.unwrap();
+    host.node
+        .publish(examples::RIDE_DRIVER, options("1.0.1"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -116,7 +183,14 @@ async fn bad_names_are_refused() {
             name: Some(name.into()),
             ..PublishOptions::default()
         };
-        let err = host.node.publish(examples::RIDE_DRIVER, options).await.unwrap_err();
-        assert!(matches!(err, PublishError::InvalidManifest(_)), "{name}: {err}");
+        let err = host
+            .node
+            .publish(examples::RIDE_DRIVER, options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::InvalidManifest(_)),
+            "{name}: {err}"
+        );
     }
 }

@@ -9,7 +9,11 @@ async fn publish_run_receipt_round_trip() {
     let host = TestHost::new().await;
     let manifest = host.publish(examples::RIDE_DRIVER).await;
     let payload = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
-    let execution = host.node.run("ride-driver", "quote", payload, Some(50_000_000)).await.unwrap();
+    let execution = host
+        .node
+        .run("ride-driver", "quote", payload, Some(50_000_000))
+        .await
+        .unwrap();
     assert_eq!(execution.outcome, Outcome::Ok);
     let output = execution.output.clone().unwrap();
     assert_eq!(output, br#"{"fare_cents":1150}"#);
@@ -26,7 +30,12 @@ async fn publish_run_receipt_round_trip() {
     assert_eq!(execution.logs.len(), 1, "the driver logs its quote");
 
     // Stored, and it verifies from the stored bytes; one changed byte breaks it.
-    let stored = host.node.registry().receipt(&execution.receipt.hash()).unwrap().unwrap();
+    let stored = host
+        .node
+        .registry()
+        .receipt(&execution.receipt.hash())
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.as_bytes(), execution.receipt.as_bytes());
     let mut altered = stored.as_bytes().to_vec();
     let position = altered.len() / 2;
@@ -48,7 +57,11 @@ async fn the_charge_is_fuel_at_the_agents_price() {
         .await
         .unwrap();
     let payload = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
-    let execution = host.node.run("ride-driver", "quote", payload, None).await.unwrap();
+    let execution = host
+        .node
+        .run("ride-driver", "quote", payload, None)
+        .await
+        .unwrap();
     assert_eq!(execution.charge, execution.fuel_used.div_ceil(1_000));
     assert_eq!(execution.receipt.body().charge, execution.charge);
 }
@@ -59,11 +72,21 @@ async fn the_receipt_chain_links_every_execution() {
     host.publish(examples::ENERGY_TRADER).await;
     let offer = br#"{"household": "h", "net_wh": 10, "reserve_cents_per_kwh": 9, "slot": "s"}"#;
     for _ in 0..3 {
-        host.node.run("energy-trader", "offer", offer, None).await.unwrap();
+        host.node
+            .run("energy-trader", "offer", offer, None)
+            .await
+            .unwrap();
     }
     // Failures are receipted too.
-    host.node.run("energy-trader", "offer", b"{", None).await.unwrap();
-    let chain = host.node.registry().receipt_chain(&host.node.public_key()).unwrap();
+    host.node
+        .run("energy-trader", "offer", b"{", None)
+        .await
+        .unwrap();
+    let chain = host
+        .node
+        .registry()
+        .receipt_chain(&host.node.public_key())
+        .unwrap();
     assert_eq!(chain.len(), 4);
     assert_eq!(chain[0].body().seq, 0);
     assert_eq!(chain[0].body().prev, None);
@@ -77,6 +100,13 @@ async fn the_receipt_chain_links_every_execution() {
 #[tokio::test]
 async fn unknown_agents_are_a_clear_error() {
     let host = TestHost::new().await;
-    let err = host.node.run("no-such-agent", "x", b"", None).await.unwrap_err();
-    assert!(err.to_string().contains("no agent `no-such-agent`"), "{err}");
+    let err = host
+        .node
+        .run("no-such-agent", "x", b"", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no agent `no-such-agent`"),
+        "{err}"
+    );
 }

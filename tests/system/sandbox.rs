@@ -13,8 +13,17 @@ async fn hostile_host(limits: Limits) -> (TestHost, String) {
     (host, manifest.hash().to_hex())
 }
 
-async fn run(host: &TestHost, agent: &str, action: &str, payload: &[u8], fuel: Option<u64>) -> Execution {
-    host.node.run(agent, action, payload, fuel).await.expect("the call starts")
+async fn run(
+    host: &TestHost,
+    agent: &str,
+    action: &str,
+    payload: &[u8],
+    fuel: Option<u64>,
+) -> Execution {
+    host.node
+        .run(agent, action, payload, fuel)
+        .await
+        .expect("the call starts")
 }
 
 /// After any failure, the same host runs the same agent normally.
@@ -50,9 +59,19 @@ async fn a_loop_with_a_huge_budget_hits_the_wall_clock_deadline() {
     .await;
     let execution = run(&host, &agent, "loop", b"", Some(u64::MAX)).await;
     assert_eq!(execution.outcome, Outcome::Timeout);
-    assert!(execution.fuel_used < execution.fuel_limit, "stopped with fuel to spare");
-    assert!(execution.wall_time < Duration::from_secs(3), "{:?}", execution.wall_time);
-    assert!(matches!(execution.error(), Some(ExecutionError::Timeout { limit_ms: 300, .. })));
+    assert!(
+        execution.fuel_used < execution.fuel_limit,
+        "stopped with fuel to spare"
+    );
+    assert!(
+        execution.wall_time < Duration::from_secs(3),
+        "{:?}",
+        execution.wall_time
+    );
+    assert!(matches!(
+        execution.error(),
+        Some(ExecutionError::Timeout { limit_ms: 300, .. })
+    ));
     assert_still_serving(&host, &agent).await;
 }
 
@@ -66,7 +85,10 @@ async fn unbounded_allocation_hits_the_memory_limit() {
     let execution = run(&host, &agent, "grow-memory", b"", None).await;
     assert_eq!(execution.outcome, Outcome::MemoryLimit);
     let error = execution.error().unwrap().to_string();
-    assert!(error.contains("hostile@0.1.0") && error.contains(&(32u64 << 20).to_string()), "{error}");
+    assert!(
+        error.contains("hostile@0.1.0") && error.contains(&(32u64 << 20).to_string()),
+        "{error}"
+    );
     assert_still_serving(&host, &agent).await;
 }
 
@@ -84,7 +106,11 @@ async fn returning_100_mib_hits_the_output_limit() {
 async fn a_panic_is_a_trap() {
     let (host, agent) = hostile_host(Limits::default()).await;
     let execution = run(&host, &agent, "panic", b"", None).await;
-    assert!(matches!(execution.outcome, Outcome::Trap { .. }), "{}", execution.outcome);
+    assert!(
+        matches!(execution.outcome, Outcome::Trap { .. }),
+        "{}",
+        execution.outcome
+    );
     assert_still_serving(&host, &agent).await;
 }
 
@@ -94,7 +120,11 @@ async fn a_stack_overflow_is_a_trap() {
     let execution = run(&host, &agent, "stack-overflow", b"", None).await;
     // Rust keeps its frames on a shadow stack in linear memory, so running off it is an
     // out-of-bounds access; either way the guest traps and only the guest.
-    assert!(matches!(execution.outcome, Outcome::Trap { .. }), "{}", execution.outcome);
+    assert!(
+        matches!(execution.outcome, Outcome::Trap { .. }),
+        "{}",
+        execution.outcome
+    );
     assert_still_serving(&host, &agent).await;
 }
 
@@ -105,7 +135,14 @@ async fn flooding_the_log_or_stdout_hits_the_log_limit() {
         let execution = run(&host, &agent, action, b"", None).await;
         assert_eq!(execution.outcome, Outcome::LogLimit, "{action}");
         assert!(execution.stdout.len() <= 64 << 10);
-        assert!(execution.logs.iter().map(|l| l.message.len()).sum::<usize>() <= 64 << 10);
+        assert!(
+            execution
+                .logs
+                .iter()
+                .map(|l| l.message.len())
+                .sum::<usize>()
+                <= 64 << 10
+        );
     }
     assert_still_serving(&host, &agent).await;
 }
@@ -114,10 +151,25 @@ async fn flooding_the_log_or_stdout_hits_the_log_limit() {
 async fn files_are_denied() {
     let (host, agent) = hostile_host(Limits::default()).await;
     let secret = host.dir.path().join("keys/host.key");
-    let execution = run(&host, &agent, "open-file", secret.to_string_lossy().as_bytes(), None).await;
-    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    let execution = run(
+        &host,
+        &agent,
+        "open-file",
+        secret.to_string_lossy().as_bytes(),
+        None,
+    )
+    .await;
+    assert!(
+        text(&execution).starts_with("denied"),
+        "{}",
+        text(&execution)
+    );
     let execution = run(&host, &agent, "write-file", b"", None).await;
-    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    assert!(
+        text(&execution).starts_with("denied"),
+        "{}",
+        text(&execution)
+    );
     assert!(!std::path::Path::new("/tmp/agora-hostile").exists());
     assert_still_serving(&host, &agent).await;
 }
@@ -130,12 +182,28 @@ async fn sockets_name_lookup_and_outgoing_http_are_denied() {
     let address = listener.local_addr().unwrap().to_string();
 
     let execution = run(&host, &agent, "open-socket", address.as_bytes(), None).await;
-    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    assert!(
+        text(&execution).starts_with("denied"),
+        "{}",
+        text(&execution)
+    );
     let execution = run(&host, &agent, "resolve", b"localhost", None).await;
-    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
+    assert!(
+        text(&execution).starts_with("denied"),
+        "{}",
+        text(&execution)
+    );
     let execution = run(&host, &agent, "http", address.as_bytes(), None).await;
-    assert!(text(&execution).starts_with("denied"), "{}", text(&execution));
-    assert!(text(&execution).contains("HttpRequestDenied"), "{}", text(&execution));
+    assert!(
+        text(&execution).starts_with("denied"),
+        "{}",
+        text(&execution)
+    );
+    assert!(
+        text(&execution).contains("HttpRequestDenied"),
+        "{}",
+        text(&execution)
+    );
 
     // Nothing reached the listener.
     assert!(listener.accept().is_err());
@@ -156,5 +224,9 @@ async fn agent_memory_persists_between_calls_within_its_quota() {
         assert_eq!(text(&run(&host, &agent, "kv", b"", None).await), expected);
     }
     let execution = run(&host, &agent, "kv-hog", b"", None).await;
-    assert!(text(&execution).starts_with("refused: agent memory quota"), "{}", text(&execution));
+    assert!(
+        text(&execution).starts_with("refused: agent memory quota"),
+        "{}",
+        text(&execution)
+    );
 }

@@ -131,7 +131,9 @@ pub fn make_order(
 /// matched buyer can afford and every matched seller accepts.
 pub fn clear(slot: &str, orders: &[Order]) -> Result<Clearing, AgentError> {
     if orders.len() > MAX_ORDERS {
-        return Err(AgentError::BadRequest(format!("at most {MAX_ORDERS} orders per auction")));
+        return Err(AgentError::BadRequest(format!(
+            "at most {MAX_ORDERS} orders per auction"
+        )));
     }
     let mut ids = BTreeSet::new();
     for order in orders {
@@ -142,23 +144,40 @@ pub fn clear(slot: &str, orders: &[Order]) -> Result<Clearing, AgentError> {
             )));
         }
         if order.quantity_wh == 0 {
-            return Err(AgentError::BadRequest(format!("order {} has no quantity", order.id)));
+            return Err(AgentError::BadRequest(format!(
+                "order {} has no quantity",
+                order.id
+            )));
         }
         if !ids.insert(order.id.as_str()) {
-            return Err(AgentError::BadRequest(format!("order id {} appears twice", order.id)));
+            return Err(AgentError::BadRequest(format!(
+                "order id {} appears twice",
+                order.id
+            )));
         }
     }
     let mut bids: Vec<&Order> = orders.iter().filter(|o| o.side == Side::Bid).collect();
     let mut asks: Vec<&Order> = orders.iter().filter(|o| o.side == Side::Ask).collect();
-    bids.sort_by(|a, b| b.price_cents_per_kwh.cmp(&a.price_cents_per_kwh).then(a.id.cmp(&b.id)));
-    asks.sort_by(|a, b| a.price_cents_per_kwh.cmp(&b.price_cents_per_kwh).then(a.id.cmp(&b.id)));
+    bids.sort_by(|a, b| {
+        b.price_cents_per_kwh
+            .cmp(&a.price_cents_per_kwh)
+            .then(a.id.cmp(&b.id))
+    });
+    asks.sort_by(|a, b| {
+        a.price_cents_per_kwh
+            .cmp(&b.price_cents_per_kwh)
+            .then(a.id.cmp(&b.id))
+    });
 
     let mut bid_left: Vec<u64> = bids.iter().map(|o| o.quantity_wh).collect();
     let mut ask_left: Vec<u64> = asks.iter().map(|o| o.quantity_wh).collect();
     let (mut i, mut j) = (0, 0);
     let mut trades = Vec::new();
     let mut last_pair = None;
-    while i < bids.len() && j < asks.len() && bids[i].price_cents_per_kwh >= asks[j].price_cents_per_kwh {
+    while i < bids.len()
+        && j < asks.len()
+        && bids[i].price_cents_per_kwh >= asks[j].price_cents_per_kwh
+    {
         let quantity = bid_left[i].min(ask_left[j]);
         trades.push(Trade {
             buyer: bids[i].id.clone(),
@@ -216,7 +235,13 @@ impl exports::agora::agent::handler::Guest for Trader {
                 let r: OfferRequest = serde_json::from_slice(&req.payload).map_err(bad)?;
                 let last = host::kv_get(LAST_PRICE_KEY)
                     .and_then(|b| serde_json::from_slice::<u64>(&b).ok());
-                serde_json::to_vec(&make_order(&r.household, r.net_wh, r.reserve_cents_per_kwh, &r.slot, last)?)
+                serde_json::to_vec(&make_order(
+                    &r.household,
+                    r.net_wh,
+                    r.reserve_cents_per_kwh,
+                    &r.slot,
+                    last,
+                )?)
             }
             "clear" => {
                 let r: ClearRequest = serde_json::from_slice(&req.payload).map_err(bad)?;
@@ -224,12 +249,20 @@ impl exports::agora::agent::handler::Guest for Trader {
                 if let Some(price) = clearing.price_cents_per_kwh {
                     // Remembering the price is advice for later offers, not part of the result.
                     if let Err(e) = host::kv_set(LAST_PRICE_KEY, price.to_string().as_bytes()) {
-                        host::log(LogLevel::Warn, &format!("could not remember the price: {e}"));
+                        host::log(
+                            LogLevel::Warn,
+                            &format!("could not remember the price: {e}"),
+                        );
                     }
                 }
                 host::log(
                     LogLevel::Info,
-                    &format!("slot {} cleared {} Wh in {} trades", clearing.slot, clearing.volume_wh, clearing.trades.len()),
+                    &format!(
+                        "slot {} cleared {} Wh in {} trades",
+                        clearing.slot,
+                        clearing.volume_wh,
+                        clearing.trades.len()
+                    ),
                 );
                 serde_json::to_vec(&clearing)
             }
@@ -264,9 +297,15 @@ mod tests {
     #[test]
     fn surplus_becomes_an_ask_and_deficit_a_bid() {
         let ask = make_order("solar-house", 3_000, 12, SLOT, None).unwrap();
-        assert_eq!((ask.side, ask.quantity_wh, ask.price_cents_per_kwh), (Side::Ask, 3_000, 12));
+        assert_eq!(
+            (ask.side, ask.quantity_wh, ask.price_cents_per_kwh),
+            (Side::Ask, 3_000, 12)
+        );
         let bid = make_order("ev-house", -5_000, 30, SLOT, Some(20)).unwrap();
-        assert_eq!((bid.side, bid.quantity_wh, bid.price_cents_per_kwh), (Side::Bid, 5_000, 30));
+        assert_eq!(
+            (bid.side, bid.quantity_wh, bid.price_cents_per_kwh),
+            (Side::Bid, 5_000, 30)
+        );
         assert!(make_order("idle", 0, 10, SLOT, None).is_err());
     }
 
@@ -290,13 +329,29 @@ mod tests {
         assert_eq!(
             result.trades,
             vec![
-                Trade { buyer: "a".into(), seller: "x".into(), quantity_wh: 3_000 },
-                Trade { buyer: "a".into(), seller: "y".into(), quantity_wh: 1_000 },
-                Trade { buyer: "b".into(), seller: "y".into(), quantity_wh: 1_500 },
+                Trade {
+                    buyer: "a".into(),
+                    seller: "x".into(),
+                    quantity_wh: 3_000
+                },
+                Trade {
+                    buyer: "a".into(),
+                    seller: "y".into(),
+                    quantity_wh: 1_000
+                },
+                Trade {
+                    buyer: "b".into(),
+                    seller: "y".into(),
+                    quantity_wh: 1_500
+                },
             ]
         );
         assert_eq!(result.volume_wh, 5_500);
-        assert_eq!(result.price_cents_per_kwh, Some(21), "midpoint of 22 and 20");
+        assert_eq!(
+            result.price_cents_per_kwh,
+            Some(21),
+            "midpoint of 22 and 20"
+        );
         for trade in &result.trades {
             let buyer = orders.iter().find(|o| o.id == trade.buyer).unwrap();
             let seller = orders.iter().find(|o| o.id == trade.seller).unwrap();
@@ -305,9 +360,21 @@ mod tests {
         assert_eq!(
             result.unmatched,
             vec![
-                Unmatched { id: "b".into(), side: Side::Bid, quantity_wh: 500 },
-                Unmatched { id: "c".into(), side: Side::Bid, quantity_wh: 3_000 },
-                Unmatched { id: "z".into(), side: Side::Ask, quantity_wh: 5_000 },
+                Unmatched {
+                    id: "b".into(),
+                    side: Side::Bid,
+                    quantity_wh: 500
+                },
+                Unmatched {
+                    id: "c".into(),
+                    side: Side::Bid,
+                    quantity_wh: 3_000
+                },
+                Unmatched {
+                    id: "z".into(),
+                    side: Side::Ask,
+                    quantity_wh: 5_000
+                },
             ]
         );
     }
@@ -326,14 +393,27 @@ mod tests {
 
     #[test]
     fn nothing_trades_when_bids_and_asks_do_not_cross() {
-        let result = clear(SLOT, &[order("a", Side::Bid, 1_000, 10), order("x", Side::Ask, 1_000, 11)]).unwrap();
+        let result = clear(
+            SLOT,
+            &[
+                order("a", Side::Bid, 1_000, 10),
+                order("x", Side::Ask, 1_000, 11),
+            ],
+        )
+        .unwrap();
         assert!(result.trades.is_empty());
         assert_eq!(result.price_cents_per_kwh, None);
     }
 
     #[test]
     fn malformed_auctions_are_rejected() {
-        assert!(clear(SLOT, &[order("a", Side::Bid, 1, 1), order("a", Side::Ask, 1, 1)]).is_err());
+        assert!(
+            clear(
+                SLOT,
+                &[order("a", Side::Bid, 1, 1), order("a", Side::Ask, 1, 1)]
+            )
+            .is_err()
+        );
         assert!(clear(SLOT, &[order("a", Side::Bid, 0, 1)]).is_err());
         let mut other_slot = order("a", Side::Bid, 1, 1);
         other_slot.slot = "tomorrow".into();

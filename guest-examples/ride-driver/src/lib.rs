@@ -271,6 +271,8 @@ mod tests {
 
     #[test]
     fn unknown_trip_fields_are_rejected() {
-        assert!(parse::<QuoteRequest>(br#"{"trip":{"distance_m":1,"duration_s":1,"tip":5}}"#).is_err());
+        assert!(
+            parse::<QuoteRequest>(br#"{"trip":{"distance_m":1,"duration_s":1,"tip":5}}"#).is_err()
+        );
     }
 }

@@ -79,7 +79,12 @@ pub trait Drivers {
     /// Asks `driver` for a quote.
     fn quote(&mut self, driver: &str) -> Result<u64, String>;
     /// Sends `driver` an offer; returns (accepted, fare or counter).
-    fn counter(&mut self, driver: &str, offer_cents: u64, round: u32) -> Result<(bool, u64), String>;
+    fn counter(
+        &mut self,
+        driver: &str,
+        offer_cents: u64,
+        round: u32,
+    ) -> Result<(bool, u64), String>;
 }
 
 /// Runs a negotiation: quotes from all drivers, then rounds of offers with each driver from the
@@ -167,7 +172,12 @@ struct CallAgent<'a> {
 }
 
 impl CallAgent<'_> {
-    fn call(&self, driver: &str, action: &str, payload: serde_json::Value) -> Result<serde_json::Value, String> {
+    fn call(
+        &self,
+        driver: &str,
+        action: &str,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
         let request = Request {
             action: action.into(),
             payload: payload.to_string().into_bytes(),
@@ -177,7 +187,8 @@ impl CallAgent<'_> {
             AgentError::Refused(m) => format!("refused: {m}"),
             AgentError::Internal(m) => format!("failed: {m}"),
         })?;
-        serde_json::from_slice(&output).map_err(|e| format!("driver answered with invalid JSON: {e}"))
+        serde_json::from_slice(&output)
+            .map_err(|e| format!("driver answered with invalid JSON: {e}"))
     }
 }
 
@@ -189,7 +200,12 @@ impl Drivers for CallAgent<'_> {
             .ok_or_else(|| "quote without fare_cents".to_string())
     }
 
-    fn counter(&mut self, driver: &str, offer_cents: u64, round: u32) -> Result<(bool, u64), String> {
+    fn counter(
+        &mut self,
+        driver: &str,
+        offer_cents: u64,
+        round: u32,
+    ) -> Result<(bool, u64), String> {
         let reply = self.call(
             driver,
             "counter",
@@ -228,11 +244,21 @@ impl exports::agora::agent::handler::Guest for Rider {
                 "give between 1 and {MAX_DRIVERS} drivers"
             )));
         }
-        let mut market = CallAgent { trip: &request.trip };
-        let outcome = negotiate(&request.drivers, request.budget_cents, request.max_rounds, &mut market);
+        let mut market = CallAgent {
+            trip: &request.trip,
+        };
+        let outcome = negotiate(
+            &request.drivers,
+            request.budget_cents,
+            request.max_rounds,
+            &mut market,
+        );
         host::log(
             LogLevel::Info,
-            &format!("negotiation {} after {} rounds", outcome.status, outcome.rounds),
+            &format!(
+                "negotiation {} after {} rounds",
+                outcome.status, outcome.rounds
+            ),
         );
         serde_json::to_vec(&outcome).map_err(|e| AgentError::Internal(e.to_string()))
     }
@@ -253,19 +279,29 @@ mod tests {
 
     impl Drivers for Market {
         fn quote(&mut self, driver: &str) -> Result<u64, String> {
-            self.drivers.get(driver).map(|d| d.0).ok_or_else(|| "unknown driver".into())
+            self.drivers
+                .get(driver)
+                .map(|d| d.0)
+                .ok_or_else(|| "unknown driver".into())
         }
         fn counter(&mut self, driver: &str, offer: u64, round: u32) -> Result<(bool, u64), String> {
             self.calls.push((driver.to_owned(), offer));
             let (quote, floor) = self.drivers[driver];
             let ask = quote - (quote - floor) * u64::from(round.min(3)) / 3;
-            Ok(if offer >= ask { (true, offer) } else { (false, ask) })
+            Ok(if offer >= ask {
+                (true, offer)
+            } else {
+                (false, ask)
+            })
         }
     }
 
     fn market(drivers: &[(&str, u64, u64)]) -> Market {
         Market {
-            drivers: drivers.iter().map(|(n, q, f)| (n.to_string(), (*q, *f))).collect(),
+            drivers: drivers
+                .iter()
+                .map(|(n, q, f)| (n.to_string(), (*q, *f)))
+                .collect(),
             calls: vec![],
         }
     }
@@ -298,7 +334,10 @@ mod tests {
         let mut m = market(&[("ava", 2_500, 2_125), ("ben", 2_600, 2_400)]);
         let outcome = negotiate(&names(&["ava", "ben"]), 1_500, 3, &mut m);
         assert_eq!(outcome.status, "no-deal");
-        assert!(m.calls.iter().all(|(_, offer)| *offer <= 1_500), "offers never exceed budget");
+        assert!(
+            m.calls.iter().all(|(_, offer)| *offer <= 1_500),
+            "offers never exceed budget"
+        );
     }
 
     #[test]

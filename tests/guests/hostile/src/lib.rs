@@ -65,10 +65,12 @@ impl exports::agora::agent::handler::Guest for Hostile {
                 Ok(_) => text("connected"),
                 Err(e) => text(format!("denied: {e}")),
             },
-            "resolve" => match std::net::ToSocketAddrs::to_socket_addrs(&(payload_str(&req).as_str(), 80)) {
-                Ok(addrs) => text(format!("resolved {} addresses", addrs.count())),
-                Err(e) => text(format!("denied: {e}")),
-            },
+            "resolve" => {
+                match std::net::ToSocketAddrs::to_socket_addrs(&(payload_str(&req).as_str(), 80)) {
+                    Ok(addrs) => text(format!("resolved {} addresses", addrs.count())),
+                    Err(e) => text(format!("denied: {e}")),
+                }
+            }
             "http" => {
                 use wasi::http::outgoing_handler;
                 use wasi::http::types::{Fields, OutgoingRequest, Scheme};
@@ -102,7 +104,10 @@ impl exports::agora::agent::handler::Guest for Hostile {
             // reports how deep the chain went and what stopped it.
             "recurse" => {
                 let me = payload_str(&req);
-                let inner = Request { action: "recurse".into(), payload: req.payload.clone() };
+                let inner = Request {
+                    action: "recurse".into(),
+                    payload: req.payload.clone(),
+                };
                 match host::call_agent(&me, &inner) {
                     Ok(bytes) => {
                         let s = String::from_utf8_lossy(&bytes).into_owned();
@@ -116,7 +121,10 @@ impl exports::agora::agent::handler::Guest for Hostile {
             // Calls the agent named in the payload with `loop`, then reports what happened.
             "call-loop" => {
                 let callee = payload_str(&req);
-                let inner = Request { action: "loop".into(), payload: vec![] };
+                let inner = Request {
+                    action: "loop".into(),
+                    payload: vec![],
+                };
                 let result = host::call_agent(&callee, &inner);
                 text(format!("callee: {result:?}"))
             }

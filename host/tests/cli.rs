@@ -1,0 +1,148 @@
+//! The `agora` binary, driven as a user would drive it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn agora(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agora"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run agora")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn keygen_publish_run_and_list_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, agora_host::examples::RIDE_DRIVER).unwrap();
+
+    let out = agora(&data, &["publish", component.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("run `agora keygen` first"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = agora(&data, &["keygen"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = stdout(&out).trim().to_string();
+    assert_eq!(key.len(), 64);
+    let key_file = std::fs::read_to_string(data.join("keys/host.key")).unwrap();
+    assert!(!stdout(&out).contains(key_file.trim()) && !stderr(&out).contains(key_file.trim()));
+    assert!(
+        !agora(&data, &["keygen"]).status.success(),
+        "an existing key is never overwritten"
+    );
+
+    let out = agora(
+        &data,
+        &["publish", component.to_str().unwrap(), "--price", "100"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("published ride-driver@1.0.0"),
+        "{}",
+        stdout(&out)
+    );
+    let manifest = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("manifest  "))
+        .unwrap()
+        .to_string();
+
+    let out = agora(&data, &["agents"]);
+    assert!(stdout(&out).contains("ride-driver") && stdout(&out).contains(&manifest[..12]));
+
+    let payload = r#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let out = agora(
+        &data,
+        &["run", &manifest, "--action", "quote", "--payload", payload],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"{"fare_cents":1150}"#);
+    assert!(stderr(&out).contains("receipt "), "{}", stderr(&out));
+
+    // A failing call exits non-zero with the typed error naming agent and limit.
+    let out = agora(
+        &data,
+        &[
+            "run",
+            "ride-driver",
+            "--action",
+            "quote",
+            "--payload",
+            payload,
+            "--fuel",
+            "1000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("agent ride-driver@1.0.0 ran out of fuel (limit 1000)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = agora(
+        &data,
+        &[
+            "run",
+            "ride-driver",
+            "--action",
+            "quote",
+            "--payload",
+            "{not json",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--payload is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = agora(&data, &["receipts", "ride-driver"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("fuel-exhausted") && table.contains(" ok "),
+        "{table}"
+    );
+
+    let out = agora(&data, &["receipts", "--json"]);
+    let json_lines = stdout(&out);
+    let lines: Vec<&str> = json_lines.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for line in lines {
+        agora_registry::SignedReceipt::from_bytes(line.as_bytes()).expect("receipts verify");
+    }
+}
+
+#[test]
+fn the_demo_negotiates_a_ride_and_clears_an_energy_auction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agora(
+        &dir.path().join("unused"),
+        &["demo", "--keep", dir.path().join("demo").to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(report.contains("agreed with driver-ben"), "{report}");
+    assert!(report.contains("cleared 5000 Wh at 20 c/kWh"), "{report}");
+    assert!(
+        report.contains("receipts signed by this host (12)"),
+        "{report}"
+    );
+}

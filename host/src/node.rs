@@ -284,7 +284,7 @@ impl Node {
         options: PublishOptions,
     ) -> Result<Published, PublishError> {
         let hash = Hash::of(component);
-        let checked = self.0.sandbox.check(hash, component)?;
+        let checked = self.0.sandbox.check(component)?;
         let info = self.0.sandbox.info(&checked).await?;
         let name = options.name.unwrap_or(info.name);
         let version = options.version.unwrap_or(info.version);
@@ -338,11 +338,13 @@ impl Node {
                 manifest
             }
             // Re-publishing the same release returns the original manifest.
-            Inserted::AlreadyPresent => self.0.registry.resolve(&format!(
-                "{}@{}",
-                manifest.body().name,
-                manifest.body().version
-            ))?,
+            Inserted::AlreadyPresent => {
+                let body = manifest.body();
+                self.0
+                    .registry
+                    .release(&body.publisher, &body.name, &body.version)?
+                    .unwrap_or(manifest)
+            }
         };
         tracing::info!(
             agent = %manifest.body().name,
@@ -532,7 +534,7 @@ impl Node {
         }
         self.0
             .sandbox
-            .check(component.hash, &bytes)
+            .check(&bytes)
             .map_err(|source| RunError::Check {
                 agent: agent.to_owned(),
                 source,

@@ -92,7 +92,8 @@ pub struct Sandbox {
     linker: Linker<AgentState>,
     limits: Limits,
     compiled: Mutex<HashMap<Hash, CheckedComponent>>,
-    ticker: Arc<()>,
+    /// The epoch ticker holds a weak reference to this and stops once the sandbox is dropped.
+    _ticker: Arc<()>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -128,7 +129,7 @@ impl Sandbox {
             linker,
             limits,
             compiled: Mutex::new(HashMap::new()),
-            ticker,
+            _ticker: ticker,
         })
     }
 
@@ -140,16 +141,18 @@ impl Sandbox {
     /// Checks untrusted component bytes: size cap, a valid component, imports only from
     /// `agora:agent` and WASI 0.2, an `agora:agent/handler` export, and linking against this
     /// host. Compiles once per content hash.
-    pub fn check(&self, hash: Hash, bytes: &[u8]) -> Result<CheckedComponent, CheckError> {
-        if let Some(checked) = self.cached(&hash) {
-            return Ok(checked);
-        }
+    pub fn check(&self, bytes: &[u8]) -> Result<CheckedComponent, CheckError> {
         let size = bytes.len() as u64;
         if size > self.limits.max_component_bytes {
             return Err(CheckError::TooLarge {
                 size,
                 limit: self.limits.max_component_bytes,
             });
+        }
+        // The cache is keyed by the hash of the bytes themselves, never by a hash someone claims.
+        let hash = Hash::of(bytes);
+        if let Some(checked) = self.cached(&hash) {
+            return Ok(checked);
         }
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
@@ -386,13 +389,6 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // The ticker holds a weak reference to `self.ticker` and exits once it is gone.
-        let _ = &self.ticker;
-    }
-}
-
 fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
     let spawned = std::thread::Builder::new()
         .name("agora-epoch".into())
@@ -552,7 +548,8 @@ impl ResourceLimiter for InstanceLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.memory_bytes - current as u64 + desired as u64;
+        let total =
+            (self.memory_bytes.saturating_sub(current as u64)).saturating_add(desired as u64);
         if total > self.max_memory_bytes {
             self.exceeded = true;
             return Err(ResourceLimitExceeded("memory").into());
@@ -567,7 +564,10 @@ impl ResourceLimiter for InstanceLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.table_elements - current + desired;
+        let total = self
+            .table_elements
+            .saturating_sub(current)
+            .saturating_add(desired);
         if total > self.max_table_elements {
             self.exceeded = true;
             return Err(ResourceLimitExceeded("table elements").into());

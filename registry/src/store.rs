@@ -244,6 +244,20 @@ impl Registry {
             .map(|mut found| found.pop())
     }
 
+    /// The manifest `publisher` released as `name` `version`, if stored.
+    pub fn release(
+        &self,
+        publisher: &PublicKey,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<SignedManifest>, Error> {
+        self.query_manifests(
+            "WHERE publisher = ?1 AND name = ?2 AND version = ?3",
+            params![publisher.to_hex(), name, version],
+        )
+        .map(|mut found| found.pop())
+    }
+
     /// Every stored manifest, newest first.
     pub fn manifests(&self) -> Result<Vec<SignedManifest>, Error> {
         self.query_manifests("", params![])

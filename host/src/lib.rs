@@ -30,6 +30,7 @@ pub mod demo;
 mod error;
 pub mod examples;
 mod limits;
+pub mod net;
 mod node;
 pub mod report;
 mod sandbox;

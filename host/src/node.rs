@@ -229,6 +229,11 @@ impl Node {
         self.0.key.public()
     }
 
+    /// The secret key's bytes, for deriving the host's network identity from the same key.
+    pub(crate) fn secret_key_bytes(&self) -> [u8; 32] {
+        self.0.key.to_bytes()
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> &DataDir {
         &self.0.data_dir

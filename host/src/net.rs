@@ -1,0 +1,457 @@
+//! The host on the network: an iroh endpoint whose node id is the host's own key, serving the
+//! host's blob store to peers, and fetching agents from peers by content hash.
+//!
+//! Networking is local-only unless asked otherwise ([`NetConfig::local`]): no relays, no DNS or
+//! pkarr discovery, no port mapping, bound to loopback, and peers reached by direct address.
+//! [`NetConfig::internet`] turns relays and discovery on for production.
+//!
+//! A fetch never stores anything unverified. Blobs are streamed with BLAKE3 verification into a
+//! staging store in memory; the manifest's signature is checked, the component's size is
+//! checked against the host's limit before it is requested, and the component is checked as a
+//! component. Only then are both copied into the host's store and the manifest recorded.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agora_registry::{Hash, SignedManifest};
+use iroh::endpoint::{PortmapperConfig, presets};
+use iroh::protocol::Router;
+use iroh::{Endpoint, EndpointAddr, RelayMode};
+use iroh_blobs::BlobsProtocol;
+use iroh_blobs::api::remote::GetProgressItem;
+use iroh_blobs::store::mem::MemStore;
+use iroh_tickets::endpoint::EndpointTicket;
+use n0_future::StreamExt;
+
+use crate::node::Node;
+
+/// Largest manifest a host accepts from a peer. Real manifests are a few hundred bytes.
+const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+/// How long to wait for a peer to answer a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a transfer may go without progress before the peer is given up on.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the endpoint listens and how far it reaches.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The UDP address to bind.
+    pub bind: SocketAddr,
+    /// Use n0's relays and DNS discovery. Off by default: nothing leaves the machine unless a
+    /// peer address says so.
+    pub internet: bool,
+}
+
+impl NetConfig {
+    /// Loopback only, no relays, no discovery, no port mapping: for tests, the demo, and hosts
+    /// that know their peers' addresses.
+    pub fn local() -> Self {
+        NetConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internet: false,
+        }
+    }
+
+    /// Production: relays and discovery on, bound to `bind` (e.g. `0.0.0.0:0`).
+    pub fn internet(bind: SocketAddr) -> Self {
+        NetConfig {
+            bind,
+            internet: true,
+        }
+    }
+
+    /// Replaces the bind address.
+    pub fn bind(mut self, bind: SocketAddr) -> Self {
+        self.bind = bind;
+        self
+    }
+}
+
+/// A network failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The endpoint could not start.
+    #[error("starting the iroh endpoint on {bind}: {message}")]
+    Bind {
+        /// The address.
+        bind: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// A peer address that does not parse.
+    #[error("`{input}` is not a peer ticket")]
+    BadTicket {
+        /// The input (truncated).
+        input: String,
+    },
+}
+
+/// Why fetching an agent failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No peers were given.
+    #[error("no peers to fetch {hash} from")]
+    NoPeers {
+        /// The manifest hash.
+        hash: Hash,
+    },
+    /// Every peer failed; each attempt says why.
+    #[error("{hash} not found on any of {} peers:{}", attempts.len(), attempts.iter().map(|a| format!("\n  {a}")).collect::<String>())]
+    NotFound {
+        /// The manifest hash.
+        hash: Hash,
+        /// Why each peer failed, in the order tried.
+        attempts: Vec<PeerFailure>,
+    },
+    /// The manifest is fine but names a component larger than this host accepts; nothing was
+    /// downloaded.
+    #[error("agent {agent} has a {size}-byte component; this host accepts at most {limit}")]
+    TooLarge {
+        /// The agent.
+        agent: String,
+        /// Its component size.
+        size: u64,
+        /// This host's limit.
+        limit: u64,
+    },
+    /// Storing the verified blobs or manifest failed.
+    #[error("storing {hash}: {message}")]
+    Store {
+        /// What was being stored.
+        hash: Hash,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One peer's failure during a fetch.
+#[derive(Debug, Clone)]
+pub struct PeerFailure {
+    /// The peer.
+    pub peer: iroh::EndpointId,
+    /// The hash being fetched when it failed.
+    pub hash: Hash,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for PeerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "peer {}: {} ({})",
+            self.peer.fmt_short(),
+            self.reason,
+            self.hash.short()
+        )
+    }
+}
+
+/// Observes transfers, e.g. to draw a progress bar.
+pub trait FetchProgress: Send + Sync {
+    /// A transfer of `size` bytes of `what` from `peer` starts.
+    fn start(&self, what: &str, size: u64);
+    /// `bytes` of the current transfer have arrived.
+    fn progress(&self, bytes: u64);
+    /// The current transfer ended.
+    fn finish(&self);
+}
+
+/// Progress that is not shown.
+pub struct NoProgress;
+
+impl FetchProgress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn progress(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// A host's presence on the network.
+pub struct Network {
+    node: Node,
+    endpoint: Endpoint,
+    router: Router,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("id", &self.endpoint.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Network {
+    /// Opens the endpoint with the node's key as its identity and serves the node's blobs.
+    pub async fn start(node: Node, config: NetConfig) -> Result<Network, NetError> {
+        let bind_error = |message: String| NetError::Bind {
+            bind: config.bind,
+            message,
+        };
+        let secret = iroh::SecretKey::from_bytes(&node.secret_key_bytes());
+        let builder = if config.internet {
+            Endpoint::builder(presets::N0)
+        } else {
+            Endpoint::builder(presets::Minimal)
+                .relay_mode(RelayMode::Disabled)
+                .portmapper_config(PortmapperConfig::Disabled)
+        };
+        let endpoint = builder
+            .clear_ip_transports()
+            .bind_addr(config.bind)
+            .map_err(|e| bind_error(e.to_string()))?
+            .secret_key(secret)
+            .bind()
+            .await
+            .map_err(|e| bind_error(e.to_string()))?;
+        let blobs = BlobsProtocol::new(node.blobs().iroh_store(), None);
+        let router = Router::builder(endpoint.clone())
+            .accept(iroh_blobs::ALPN, blobs)
+            .spawn();
+        tracing::info!(id = %endpoint.id(), addr = ?endpoint.addr(), "serving blobs");
+        Ok(Network {
+            node,
+            endpoint,
+            router,
+        })
+    }
+
+    /// This host's address: its node id and the sockets it listens on.
+    pub fn addr(&self) -> EndpointAddr {
+        let mut addr = EndpointAddr::new(self.endpoint.id());
+        for socket in self.endpoint.bound_sockets() {
+            addr = addr.with_ip_addr(socket);
+        }
+        addr
+    }
+
+    /// A ticket others pass to `--from` to reach this host.
+    pub fn ticket(&self) -> String {
+        EndpointTicket::new(self.addr()).to_string()
+    }
+
+    /// Parses a peer ticket as printed by [`Network::ticket`].
+    pub fn parse_ticket(ticket: &str) -> Result<EndpointAddr, NetError> {
+        ticket
+            .trim()
+            .parse::<EndpointTicket>()
+            .map(|t| t.endpoint_addr().clone())
+            .map_err(|_| NetError::BadTicket {
+                input: ticket.chars().take(80).collect(),
+            })
+    }
+
+    /// Fetches the agent whose manifest hash is `manifest` from the first of `peers` that has
+    /// it, verifying everything before storing it. Blobs already present are not fetched again.
+    pub async fn fetch_agent(
+        &self,
+        manifest: Hash,
+        peers: &[EndpointAddr],
+        progress: &dyn FetchProgress,
+    ) -> Result<SignedManifest, FetchError> {
+        if let Ok(Some(known)) = self.node.registry().manifest(&manifest)
+            && self
+                .node
+                .blobs()
+                .has(&known.body().component.hash)
+                .await
+                .unwrap_or(false)
+        {
+            return Ok(known);
+        }
+        if peers.is_empty() {
+            return Err(FetchError::NoPeers { hash: manifest });
+        }
+        let mut attempts = Vec::new();
+        for peer in peers {
+            match self.fetch_from(manifest, peer, progress).await {
+                Ok(found) => return Ok(found),
+                Err(Attempt::Fatal(error)) => return Err(error),
+                Err(Attempt::Failed(failure)) => {
+                    tracing::warn!(%failure, "peer failed; trying the next");
+                    attempts.push(failure);
+                }
+            }
+        }
+        Err(FetchError::NotFound {
+            hash: manifest,
+            attempts,
+        })
+    }
+
+    async fn fetch_from(
+        &self,
+        manifest_hash: Hash,
+        peer: &EndpointAddr,
+        progress: &dyn FetchProgress,
+    ) -> Result<SignedManifest, Attempt> {
+        let failed = |hash: Hash, reason: String| {
+            Attempt::Failed(PeerFailure {
+                peer: peer.id,
+                hash,
+                reason,
+            })
+        };
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.endpoint.connect(peer.clone(), iroh_blobs::ALPN),
+        )
+        .await
+        .map_err(|_| failed(manifest_hash, "did not answer within 5 s".into()))?
+        .map_err(|e| failed(manifest_hash, format!("connection failed: {e}")))?;
+
+        // Verified streaming into memory; the host's store only ever sees checked data.
+        let staging = MemStore::new();
+        let manifest_bytes = fetch_blob(
+            &staging,
+            &connection,
+            manifest_hash,
+            MAX_MANIFEST_BYTES,
+            "manifest",
+            progress,
+        )
+        .await
+        .map_err(|reason| failed(manifest_hash, reason))?;
+        let manifest = SignedManifest::from_bytes(&manifest_bytes)
+            .map_err(|e| failed(manifest_hash, format!("rejected manifest: {e}")))?;
+        let body = manifest.body();
+        let agent = format!("{}@{}", body.name, body.version);
+        let limit = self.node.sandbox().limits().max_component_bytes;
+        if body.component.size > limit {
+            return Err(Attempt::Fatal(FetchError::TooLarge {
+                agent,
+                size: body.component.size,
+                limit,
+            }));
+        }
+        let component_hash = body.component.hash;
+        let component = match self.node.blobs().get(&component_hash).await {
+            Ok(Some(bytes)) => bytes,
+            _ => fetch_blob(
+                &staging,
+                &connection,
+                component_hash,
+                body.component.size,
+                &agent,
+                progress,
+            )
+            .await
+            .map_err(|reason| failed(component_hash, reason))?,
+        };
+        if component.len() as u64 != body.component.size {
+            return Err(failed(
+                component_hash,
+                format!(
+                    "component is {} bytes but the manifest says {}",
+                    component.len(),
+                    body.component.size
+                ),
+            ));
+        }
+        self.node
+            .sandbox()
+            .check(&component)
+            .map_err(|e| failed(component_hash, format!("rejected component: {e}")))?;
+        connection.close(0u32.into(), b"done");
+
+        let store_error = |hash: Hash| {
+            move |e: &dyn std::fmt::Display| FetchError::Store {
+                hash,
+                message: e.to_string(),
+            }
+        };
+        self.node
+            .blobs()
+            .put(component)
+            .await
+            .map_err(|e| Attempt::Fatal(store_error(component_hash)(&e)))?;
+        self.node
+            .blobs()
+            .put(manifest.as_bytes().to_vec())
+            .await
+            .map_err(|e| Attempt::Fatal(store_error(manifest_hash)(&e)))?;
+        self.node
+            .registry()
+            .insert_manifest(&manifest)
+            .map_err(|e| Attempt::Fatal(store_error(manifest_hash)(&e)))?;
+        tracing::info!(%agent, manifest = %manifest_hash, peer = %peer.id.fmt_short(), "fetched");
+        Ok(manifest)
+    }
+
+    /// Stops serving and closes the endpoint.
+    ///
+    /// This also closes the node's blob store (iroh's router shuts down the protocols it
+    /// serves), so call it last, after the node's other work is done.
+    pub async fn shutdown(self) {
+        if let Err(error) = self.router.shutdown().await {
+            tracing::warn!(%error, "network shutdown");
+        }
+    }
+}
+
+enum Attempt {
+    /// This peer failed; another may do better.
+    Failed(PeerFailure),
+    /// No peer can help (e.g. the agent is too large for this host).
+    Fatal(FetchError),
+}
+
+/// Fetches one blob into `staging` with BLAKE3-verified streaming, giving up if it grows past
+/// `max_bytes` or stalls, and returns its bytes.
+async fn fetch_blob(
+    staging: &MemStore,
+    connection: &iroh::endpoint::Connection,
+    hash: Hash,
+    max_bytes: u64,
+    what: &str,
+    progress: &dyn FetchProgress,
+) -> Result<bytes::Bytes, String> {
+    let iroh_hash = iroh_blobs::Hash::from_bytes(*hash.as_bytes());
+    progress.start(what, max_bytes);
+    let mut stream = staging
+        .remote()
+        .fetch(connection.clone(), iroh_hash)
+        .stream();
+    let result = loop {
+        let item = match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
+            Err(_) => {
+                break Err(format!(
+                    "transfer stalled for {} s",
+                    STALL_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => break Err("transfer ended without a result".to_string()),
+            Ok(Some(item)) => item,
+        };
+        match item {
+            GetProgressItem::Progress(bytes) if bytes > max_bytes => {
+                break Err(format!(
+                    "peer sent more than the expected {max_bytes} bytes"
+                ));
+            }
+            GetProgressItem::Progress(bytes) => progress.progress(bytes),
+            GetProgressItem::Done(_) => break Ok(()),
+            GetProgressItem::Error(error) => break Err(describe_get_error(&error)),
+        }
+    };
+    progress.finish();
+    result?;
+    if !staging.has(iroh_hash).await.unwrap_or(false) {
+        return Err("the peer does not have it".into());
+    }
+    staging
+        .get_bytes(iroh_hash)
+        .await
+        .map_err(|e| format!("reading the verified blob: {e}"))
+}
+
+fn describe_get_error(error: &iroh_blobs::get::GetError) -> String {
+    let text = format!("{error:#}");
+    if text.to_lowercase().contains("decode") || text.to_lowercase().contains("hash") {
+        format!("verification failed, the peer served data that does not match the hash: {text}")
+    } else {
+        format!("transfer failed: {text}")
+    }
+}

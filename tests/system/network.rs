@@ -1,0 +1,288 @@
+//! Hosts fetching agents from each other by content hash over iroh, on loopback only.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agora_host::net::{FetchError, FetchProgress, NetConfig, Network, NoProgress};
+use agora_host::{Limits, examples};
+use agora_registry::{Hash, Outcome, SignedManifest};
+use agora_tests::TestHost;
+
+async fn online(host: &TestHost) -> Network {
+    Network::start(host.node.clone(), NetConfig::local())
+        .await
+        .expect("start network")
+}
+
+/// Records what was transferred.
+#[derive(Default)]
+struct Transfers(Mutex<Vec<String>>);
+
+impl FetchProgress for Transfers {
+    fn start(&self, what: &str, _size: u64) {
+        self.0.lock().unwrap().push(what.to_owned());
+    }
+    fn progress(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+#[tokio::test]
+async fn a_host_fetches_an_agent_by_hash_and_runs_it_under_its_own_key() {
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    // Peers pass tickets around as text.
+    let peer = Network::parse_ticket(&a_net.ticket()).unwrap();
+
+    let transfers = Transfers::default();
+    let fetched = b_net
+        .fetch_agent(manifest.hash(), std::slice::from_ref(&peer), &transfers)
+        .await
+        .unwrap();
+    assert_eq!(fetched.hash(), manifest.hash());
+    assert_eq!(
+        transfers.0.lock().unwrap().as_slice(),
+        ["manifest", "ride-driver@1.0.0"]
+    );
+    let component = b
+        .node
+        .blobs()
+        .get(&manifest.body().component.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&component[..], examples::RIDE_DRIVER);
+
+    let payload = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let execution = b
+        .node
+        .run(&manifest.hash().to_hex(), "quote", payload, None)
+        .await
+        .unwrap();
+    assert_eq!(execution.outcome, Outcome::Ok);
+    assert_eq!(execution.receipt.body().host, b.node.public_key());
+    assert_eq!(execution.receipt.body().agent.manifest, manifest.hash());
+
+    // Already present: nothing is transferred again.
+    let again = Transfers::default();
+    b_net
+        .fetch_agent(manifest.hash(), &[peer], &again)
+        .await
+        .unwrap();
+    assert!(again.0.lock().unwrap().is_empty());
+    b_net.shutdown().await;
+    a_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_hash_is_not_found_on_any_peer() {
+    let a = TestHost::new().await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let unknown = Hash::of(b"no such manifest");
+    let err = b_net
+        .fetch_agent(unknown, &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::NotFound { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{unknown} not found on any of 1 peers")),
+        "{err}"
+    );
+    b_net.shutdown().await;
+    a_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_serving_corrupted_data_is_named_and_the_next_peer_is_tried() {
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::ENERGY_TRADER).await;
+    let a_net = online(&a).await;
+    // C gets a good copy from A before A's disk goes bad.
+    let c = TestHost::new().await;
+    let c_net = online(&c).await;
+    c_net
+        .fetch_agent(manifest.hash(), &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap();
+    corrupt_blob_files(&a, &manifest.body().component.hash);
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let transfers = Transfers::default();
+    let fetched = b_net
+        .fetch_agent(manifest.hash(), &[a_net.addr(), c_net.addr()], &transfers)
+        .await
+        .unwrap();
+    assert_eq!(fetched.hash(), manifest.hash());
+    // The component was requested twice: from A (failed verification), then from C.
+    let transfers = transfers.0.lock().unwrap().clone();
+    assert_eq!(
+        transfers
+            .iter()
+            .filter(|t| t.starts_with("energy-trader"))
+            .count(),
+        2,
+        "{transfers:?}"
+    );
+    let stored = b
+        .node
+        .blobs()
+        .get(&manifest.body().component.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Hash::of(&stored), manifest.body().component.hash);
+
+    // With only the corrupt peer, the error names the peer and the hash.
+    let d = TestHost::new().await;
+    let d_net = online(&d).await;
+    let err = d_net
+        .fetch_agent(manifest.hash(), &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap_err();
+    let FetchError::NotFound { attempts, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].peer, a_net.addr().id);
+    assert_eq!(attempts[0].hash, manifest.body().component.hash);
+    // A's own store notices its data no longer matches the hash and refuses to serve it; a
+    // peer that sends bad bytes anyway fails BLAKE3 verification on our side.
+    assert!(!attempts[0].reason.is_empty());
+    assert!(
+        !d.node
+            .blobs()
+            .has(&manifest.body().component.hash)
+            .await
+            .unwrap(),
+        "nothing corrupt stored"
+    );
+    assert!(d.node.registry().manifests().unwrap().is_empty());
+    for net in [a_net, b_net, c_net, d_net] {
+        net.shutdown().await;
+    }
+}
+
+/// Flips bytes in the middle of every file the blob store keeps for `hash`, as a failing disk
+/// or a malicious operator would.
+fn corrupt_blob_files(host: &TestHost, hash: &Hash) {
+    let mut corrupted = 0;
+    let mut dirs = vec![host.node.data_dir().blobs_path()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().unwrap().to_string_lossy()
+                == format!("{}.data", hash.to_hex())
+            {
+                let mut bytes = std::fs::read(&path).unwrap();
+                let middle = bytes.len() / 2;
+                for byte in &mut bytes[middle..middle + 64] {
+                    *byte ^= 0xff;
+                }
+                std::fs::write(&path, bytes).unwrap();
+                corrupted += 1;
+            }
+        }
+    }
+    assert_eq!(corrupted, 1, "the component's data file");
+}
+
+#[tokio::test]
+async fn a_manifest_that_does_not_verify_is_rejected_and_not_stored() {
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::RIDE_DRIVER).await;
+    // A forged manifest: valid bytes for its own hash, but the body no longer matches the signature.
+    let forged = String::from_utf8(manifest.as_bytes().to_vec())
+        .unwrap()
+        .replace("\"price_per_mfuel\":0", "\"price_per_mfuel\":9");
+    assert!(SignedManifest::from_bytes(forged.as_bytes()).is_err());
+    let forged_hash = a.node.blobs().put(forged.into_bytes()).await.unwrap();
+    let a_net = online(&a).await;
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let err = b_net
+        .fetch_agent(forged_hash, &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rejected manifest: manifest signature does not verify"),
+        "{err}"
+    );
+    assert!(!b.node.blobs().has(&forged_hash).await.unwrap());
+    assert!(
+        !b.node
+            .blobs()
+            .has(&manifest.body().component.hash)
+            .await
+            .unwrap()
+    );
+    assert!(b.node.registry().manifests().unwrap().is_empty());
+    b_net.shutdown().await;
+    a_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_component_above_the_hosts_limit_is_refused_before_download() {
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::RIDE_RIDER).await;
+    let a_net = online(&a).await;
+    let b = TestHost::with_limits(Limits {
+        max_component_bytes: 50_000,
+        ..Limits::default()
+    })
+    .await;
+    let b_net = online(&b).await;
+    let transfers = Transfers::default();
+    let err = b_net
+        .fetch_agent(manifest.hash(), &[a_net.addr()], &transfers)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 50_000, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        transfers.0.lock().unwrap().as_slice(),
+        ["manifest"],
+        "the component was never requested"
+    );
+    b_net.shutdown().await;
+    a_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_is_gone_fails_in_bounded_time_and_the_next_is_tried() {
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let a_addr = a_net.addr();
+    // C has a copy; then A goes away.
+    let c = TestHost::new().await;
+    let c_net = online(&c).await;
+    c_net
+        .fetch_agent(manifest.hash(), std::slice::from_ref(&a_addr), &NoProgress)
+        .await
+        .unwrap();
+    a_net.shutdown().await;
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let fetched = tokio::time::timeout(
+        Duration::from_secs(20),
+        b_net.fetch_agent(manifest.hash(), &[a_addr, c_net.addr()], &NoProgress),
+    )
+    .await
+    .expect("bounded")
+    .unwrap();
+    assert_eq!(fetched.hash(), manifest.hash());
+    b_net.shutdown().await;
+    c_net.shutdown().await;
+}

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agora_host::net::{FetchProgress, NetConfig, Network};
 use agora_host::{DataDir, Limits, Node, NodeConfig, PublishOptions, report};
+use agora_registry::Hash;
 use agora_registry::ManifestLimits;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -42,6 +44,21 @@ enum Command {
     },
     /// Run an agent and print its output; exits non-zero if the call fails.
     Run(RunArgs),
+    /// Serve this host's agents to peers over iroh until Ctrl-C or SIGTERM.
+    Host {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Fetch an agent by manifest hash from peers, verify it and store it.
+    Fetch {
+        /// The agent's manifest hash.
+        manifest: Hash,
+        /// Peers to fetch from (tickets printed by `agora host`), tried in order.
+        #[arg(long = "from", required = true)]
+        peers: Vec<String>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
     /// List receipts, newest first.
     Receipts {
         /// Only receipts about this agent (name, manifest hash or component hash).
@@ -105,6 +122,32 @@ struct RunArgs {
     /// Fuel budget (default: the host's default, capped by the manifest's limit).
     #[arg(long)]
     fuel: Option<u64>,
+    /// Fetch the agent (by manifest hash) from these peers first, unless already present.
+    #[arg(long = "from")]
+    peers: Vec<String>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(clap::Args)]
+struct NetArgs {
+    /// UDP address to listen on (default: an ephemeral port on 127.0.0.1, or 0.0.0.0 with --internet).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Use n0's relays and DNS discovery to reach peers beyond this network. Off by default:
+    /// peers are reached only at the addresses in their tickets.
+    #[arg(long)]
+    internet: bool,
+}
+
+impl NetArgs {
+    fn config(&self) -> NetConfig {
+        match (self.internet, self.bind) {
+            (false, None) => NetConfig::local(),
+            (false, Some(bind)) => NetConfig::local().bind(bind),
+            (true, bind) => NetConfig::internet(bind.unwrap_or_else(|| ([0, 0, 0, 0], 0).into())),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -168,6 +211,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(data_dir, args).await,
+        Command::Host { net } => {
+            let node = open(data_dir).await?;
+            let network = Network::start(node.clone(), net.config()).await?;
+            println!("host {}", node.public_key());
+            println!("ticket {}", network.ticket());
+            eprintln!(
+                "serving {} agents; Ctrl-C to stop",
+                node.registry().manifests()?.len()
+            );
+            shutdown_signal().await?;
+            eprintln!("stopping");
+            network.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch {
+            manifest,
+            peers,
+            net,
+        } => {
+            let node = open(data_dir).await?;
+            let network = Network::start(node.clone(), net.config()).await?;
+            let fetched = fetch(&network, manifest, &peers).await;
+            network.shutdown().await;
+            let fetched = fetched?;
+            let body = fetched.body();
+            println!("fetched {}@{}", body.name, body.version);
+            println!("manifest  {}", fetched.hash());
+            println!("publisher {}", body.publisher);
+            println!(
+                "component {} ({} bytes)",
+                body.component.hash, body.component.size
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Receipts { agent, limit, json } => {
             let node = open(data_dir).await?;
             let receipts = match agent {
@@ -277,6 +354,21 @@ async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("--payload is not JSON: {e}");
     }
     let node = open(data_dir).await?;
+    // The network closes the blob store when it shuts down, so it stays up until the end.
+    let network = if args.peers.is_empty() {
+        None
+    } else {
+        let manifest: Hash = args
+            .agent
+            .parse()
+            .context("with --from, name the agent by its manifest hash")?;
+        let network = Network::start(node.clone(), args.net.config()).await?;
+        if let Err(error) = fetch(&network, manifest, &args.peers).await {
+            network.shutdown().await;
+            return Err(error);
+        }
+        Some(network)
+    };
     let spinner = spinner(&format!("running {}", args.agent));
     let execution = node
         .run(&args.agent, &args.action, &payload, args.fuel)
@@ -299,8 +391,74 @@ async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(2)
         }
     };
-    node.shutdown().await?;
+    match network {
+        Some(network) => network.shutdown().await,
+        None => node.shutdown().await?,
+    }
     Ok(code)
+}
+
+async fn fetch(
+    network: &Network,
+    manifest: Hash,
+    peers: &[String],
+) -> anyhow::Result<agora_registry::SignedManifest> {
+    let peers = peers
+        .iter()
+        .map(|ticket| Network::parse_ticket(ticket))
+        .collect::<Result<Vec<_>, _>>()?;
+    let progress = TransferBar::new();
+    Ok(network.fetch_agent(manifest, &peers, &progress).await?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// A progress bar with bytes and rate for transfers, on a terminal only.
+struct TransferBar(ProgressBar);
+
+impl TransferBar {
+    fn new() -> Self {
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        TransferBar(bar)
+    }
+}
+
+impl FetchProgress for TransferBar {
+    fn start(&self, what: &str, size: u64) {
+        self.0.reset();
+        self.0.set_length(size);
+        self.0.set_message(what.to_owned());
+    }
+
+    fn progress(&self, bytes: u64) {
+        self.0.set_position(bytes);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// A spinner on a terminal; nothing otherwise.

@@ -138,15 +138,24 @@ struct NetArgs {
     /// peers are reached only at the addresses in their tickets.
     #[arg(long)]
     internet: bool,
+    /// Join the marketplace gossip through this peer (a ticket from `agora host`); repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
 }
 
 impl NetArgs {
-    fn config(&self) -> NetConfig {
-        match (self.internet, self.bind) {
+    fn config(&self) -> anyhow::Result<NetConfig> {
+        let config = match (self.internet, self.bind) {
             (false, None) => NetConfig::local(),
             (false, Some(bind)) => NetConfig::local().bind(bind),
             (true, bind) => NetConfig::internet(bind.unwrap_or_else(|| ([0, 0, 0, 0], 0).into())),
-        }
+        };
+        let peers = self
+            .peers
+            .iter()
+            .map(|ticket| Network::parse_ticket(ticket))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(config.peers(peers))
     }
 }
 
@@ -213,7 +222,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(data_dir, args).await,
         Command::Host { net } => {
             let node = open(data_dir).await?;
-            let network = Network::start(node.clone(), net.config()).await?;
+            let network = Network::start(node.clone(), net.config()?).await?;
             println!("host {}", node.public_key());
             println!("ticket {}", network.ticket());
             eprintln!(
@@ -231,7 +240,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             net,
         } => {
             let node = open(data_dir).await?;
-            let network = Network::start(node.clone(), net.config()).await?;
+            let network = Network::start(node.clone(), net.config()?).await?;
             let fetched = fetch(&network, manifest, &peers).await;
             network.shutdown().await;
             let fetched = fetched?;
@@ -362,7 +371,7 @@ async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
             .agent
             .parse()
             .context("with --from, name the agent by its manifest hash")?;
-        let network = Network::start(node.clone(), args.net.config()).await?;
+        let network = Network::start(node.clone(), args.net.config()?).await?;
         if let Err(error) = fetch(&network, manifest, &args.peers).await {
             network.shutdown().await;
             return Err(error);

@@ -11,15 +11,20 @@
 //! component. Only then are both copied into the host's store and the manifest recorded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_registry::{Hash, SignedManifest};
+use iroh::address_lookup::memory::MemoryLookup;
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, RelayMode};
 use iroh_blobs::BlobsProtocol;
 use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::store::mem::MemStore;
+use iroh_gossip::api::{Event, GossipSender};
+use iroh_gossip::{Gossip, TopicId};
 use iroh_tickets::endpoint::EndpointTicket;
 use n0_future::StreamExt;
 
@@ -31,6 +36,36 @@ const MAX_MANIFEST_BYTES: u64 = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a transfer may go without progress before the peer is given up on.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest gossip message: a kind byte and a manifest.
+const MAX_GOSSIP_MESSAGE: usize = MAX_MANIFEST_BYTES as usize + 1;
+/// Most manifests sent to a new neighbour so it can catch up.
+const MAX_CATALOG_ANNOUNCEMENTS: usize = 1_000;
+/// Gossip message kind: a signed manifest follows.
+const ANNOUNCE_MANIFEST: u8 = 1;
+
+/// The gossip topic every agora host joins to hear about agents.
+pub fn marketplace_topic() -> TopicId {
+    TopicId::from_bytes(*blake3::hash(b"agora/marketplace/v1").as_bytes())
+}
+
+/// Counts of gossip announcements received.
+#[derive(Debug, Default)]
+pub struct GossipStats {
+    accepted: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl GossipStats {
+    /// Announcements that verified and added a manifest to the registry.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Announcements dropped: oversized, unknown kind, malformed, or failing verification.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
 
 /// Where the endpoint listens and how far it reaches.
 #[derive(Clone, Debug)]
@@ -40,6 +75,8 @@ pub struct NetConfig {
     /// Use n0's relays and DNS discovery. Off by default: nothing leaves the machine unless a
     /// peer address says so.
     pub internet: bool,
+    /// Peers to join the marketplace gossip through.
+    pub peers: Vec<EndpointAddr>,
 }
 
 impl NetConfig {
@@ -49,6 +86,7 @@ impl NetConfig {
         NetConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             internet: false,
+            peers: Vec::new(),
         }
     }
 
@@ -57,7 +95,14 @@ impl NetConfig {
         NetConfig {
             bind,
             internet: true,
+            peers: Vec::new(),
         }
+    }
+
+    /// Adds peers to join the marketplace gossip through.
+    pub fn peers(mut self, peers: impl IntoIterator<Item = EndpointAddr>) -> Self {
+        self.peers.extend(peers);
+        self
     }
 
     /// Replaces the bind address.
@@ -79,6 +124,9 @@ pub enum NetError {
         /// What failed.
         message: String,
     },
+    /// Joining the marketplace gossip failed.
+    #[error("joining the marketplace gossip: {0}")]
+    Gossip(String),
     /// A peer address that does not parse.
     #[error("`{input}` is not a peer ticket")]
     BadTicket {
@@ -173,6 +221,9 @@ pub struct Network {
     node: Node,
     endpoint: Endpoint,
     router: Router,
+    announcements: GossipSender,
+    stats: Arc<GossipStats>,
+    listener: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Network {
@@ -198,7 +249,13 @@ impl Network {
                 .relay_mode(RelayMode::Disabled)
                 .portmapper_config(PortmapperConfig::Disabled)
         };
+        // Gossip names peers by id only; their addresses come from here.
+        let addresses = MemoryLookup::new();
+        for peer in &config.peers {
+            addresses.add_endpoint_info(peer.clone());
+        }
         let endpoint = builder
+            .address_lookup(addresses)
             .clear_ip_transports()
             .bind_addr(config.bind)
             .map_err(|e| bind_error(e.to_string()))?
@@ -207,15 +264,48 @@ impl Network {
             .await
             .map_err(|e| bind_error(e.to_string()))?;
         let blobs = BlobsProtocol::new(node.blobs().iroh_store(), None);
+        let gossip = Gossip::builder()
+            .max_message_size(MAX_GOSSIP_MESSAGE.max(4096))
+            .spawn(endpoint.clone());
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
+            .accept(iroh_gossip::ALPN, gossip.clone())
             .spawn();
-        tracing::info!(id = %endpoint.id(), addr = ?endpoint.addr(), "serving blobs");
+        let bootstrap = config.peers.iter().map(|p| p.id).collect();
+        let topic = gossip
+            .subscribe(marketplace_topic(), bootstrap)
+            .await
+            .map_err(|e| NetError::Gossip(e.to_string()))?;
+        let (announcements, receiver) = topic.split();
+        let stats = Arc::new(GossipStats::default());
+        let listener = tokio::spawn(listen(
+            node.clone(),
+            receiver,
+            announcements.clone(),
+            stats.clone(),
+        ));
+        tracing::info!(id = %endpoint.id(), addr = ?endpoint.addr(), "serving blobs and gossip");
         Ok(Network {
             node,
             endpoint,
             router,
+            announcements,
+            stats,
+            listener,
         })
+    }
+
+    /// Tells the marketplace about an agent this host has (after publishing or fetching it).
+    pub async fn announce(&self, manifest: &SignedManifest) {
+        let message = announcement(manifest);
+        if let Err(error) = self.announcements.broadcast(message).await {
+            tracing::warn!(%error, manifest = %manifest.hash(), "announcing failed");
+        }
+    }
+
+    /// What gossip has delivered so far.
+    pub fn gossip_stats(&self) -> &GossipStats {
+        &self.stats
     }
 
     /// This host's address: its node id and the sockets it listens on.
@@ -377,6 +467,7 @@ impl Network {
             .insert_manifest(&manifest)
             .map_err(|e| Attempt::Fatal(store_error(manifest_hash)(&e)))?;
         tracing::info!(%agent, manifest = %manifest_hash, peer = %peer.id.fmt_short(), "fetched");
+        self.announce(&manifest).await;
         Ok(manifest)
     }
 
@@ -385,9 +476,84 @@ impl Network {
     /// This also closes the node's blob store (iroh's router shuts down the protocols it
     /// serves), so call it last, after the node's other work is done.
     pub async fn shutdown(self) {
+        self.listener.abort();
         if let Err(error) = self.router.shutdown().await {
             tracing::warn!(%error, "network shutdown");
         }
+    }
+}
+
+fn announcement(manifest: &SignedManifest) -> bytes::Bytes {
+    let mut message = Vec::with_capacity(1 + manifest.as_bytes().len());
+    message.push(ANNOUNCE_MANIFEST);
+    message.extend_from_slice(manifest.as_bytes());
+    message.into()
+}
+
+/// Records verified announcements and helps new neighbours catch up.
+async fn listen(
+    node: Node,
+    mut receiver: iroh_gossip::api::GossipReceiver,
+    sender: GossipSender,
+    stats: Arc<GossipStats>,
+) {
+    while let Some(event) = receiver.next().await {
+        match event {
+            Ok(Event::Received(message)) => {
+                match record_announcement(&node, &message.content).await {
+                    Ok(true) => {
+                        stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(reason) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(from = %message.delivered_from.fmt_short(), %reason, "dropped announcement");
+                    }
+                }
+            }
+            Ok(Event::NeighborUp(peer)) => {
+                tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; sending our catalog");
+                let manifests = node.registry().manifests().unwrap_or_default();
+                for manifest in manifests.iter().take(MAX_CATALOG_ANNOUNCEMENTS) {
+                    if sender
+                        .broadcast_neighbors(announcement(manifest))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "marketplace gossip closed");
+                break;
+            }
+        }
+    }
+}
+
+/// Verifies an announcement and records its manifest; `Ok(false)` if it was already known.
+async fn record_announcement(node: &Node, message: &[u8]) -> Result<bool, String> {
+    let Some((&ANNOUNCE_MANIFEST, bytes)) = message.split_first() else {
+        return Err("unknown message kind".into());
+    };
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err("oversized manifest".into());
+    }
+    let manifest = SignedManifest::from_bytes(bytes).map_err(|e| e.to_string())?;
+    match node.registry().insert_manifest(&manifest) {
+        Ok(agora_registry::Inserted::AlreadyPresent) => Ok(false),
+        Ok(agora_registry::Inserted::New) => {
+            // Keep the manifest blob too, so this host can serve it to whoever asks.
+            node.blobs()
+                .put(manifest.as_bytes().to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(agent = %manifest.body().name, manifest = %manifest.hash(), "learned of agent");
+            Ok(true)
+        }
+        Err(error) => Err(error.to_string()),
     }
 }
 

@@ -286,3 +286,214 @@ async fn a_peer_that_is_gone_fails_in_bounded_time_and_the_next_is_tried() {
     b_net.shutdown().await;
     c_net.shutdown().await;
 }
+
+async fn online_with_peers(host: &TestHost, peers: &[&Network]) -> Network {
+    let config = NetConfig::local().peers(peers.iter().map(|p| p.addr()));
+    Network::start(host.node.clone(), config)
+        .await
+        .expect("start network")
+}
+
+/// Waits (bounded) until `host` knows the manifest.
+async fn learns_of(host: &TestHost, manifest: &SignedManifest) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while host
+        .node
+        .registry()
+        .manifest(&manifest.hash())
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never arrived",
+            manifest.body().name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_hosts_discover_fetch_and_negotiate_through_each_other() {
+    // A publishes the drivers before it is online and the rider after; B joins through A, C
+    // joins through B and never talks to A.
+    let a = TestHost::new().await;
+    let driver = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    let c = TestHost::new().await;
+    let c_net = online_with_peers(&c, &[&b_net]).await;
+    let rider = a.publish(examples::RIDE_RIDER).await;
+    learns_of(&b, &driver).await;
+    a_net.announce(&rider).await;
+
+    // B fetches both by hash from A and runs a negotiation.
+    for manifest in [&driver, &rider] {
+        b_net
+            .fetch_agent(manifest.hash(), &[a_net.addr()], &NoProgress)
+            .await
+            .unwrap();
+    }
+    let negotiation = serde_json::json!({
+        "trip": {"distance_m": 8000, "duration_s": 900},
+        "budget_cents": 2_000,
+        "drivers": [driver.hash().to_hex()],
+    })
+    .to_string();
+    let on_b = b
+        .node
+        .run(
+            &rider.hash().to_hex(),
+            "negotiate",
+            negotiation.as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_b.outcome, Outcome::Ok, "{:?}", on_b.error());
+    assert_eq!(on_b.receipt.body().host, b.node.public_key());
+
+    // C heard of both agents through B (gossip), and fetches them from B alone.
+    learns_of(&c, &driver).await;
+    learns_of(&c, &rider).await;
+    assert!(c_net.gossip_stats().accepted() >= 2);
+    assert_eq!(c_net.gossip_stats().dropped(), 0);
+    let listing: Vec<String> = c
+        .node
+        .registry()
+        .manifests()
+        .unwrap()
+        .iter()
+        .map(|m| m.body().name.clone())
+        .collect();
+    assert!(
+        listing.contains(&"ride-driver".to_string()) && listing.contains(&"ride-rider".to_string())
+    );
+    for manifest in [&driver, &rider] {
+        c_net
+            .fetch_agent(manifest.hash(), &[b_net.addr()], &NoProgress)
+            .await
+            .unwrap();
+    }
+    let on_c = c
+        .node
+        .run(
+            &rider.hash().to_hex(),
+            "negotiate",
+            negotiation.as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_c.outcome, Outcome::Ok);
+    assert_eq!(on_c.receipt.body().host, c.node.public_key());
+    assert_eq!(
+        on_c.output, on_b.output,
+        "the same agents give the same answer on any host"
+    );
+    for net in [a_net, b_net, c_net] {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_announcements_are_dropped_and_counted() {
+    use agora_registry::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SecretKey, Signed};
+    use iroh::endpoint::{PortmapperConfig, presets};
+
+    let a = TestHost::new().await;
+    let a_net = online(&a).await;
+
+    // A hostile peer: a plain iroh endpoint speaking gossip on the marketplace topic.
+    let lookup = iroh::address_lookup::memory::MemoryLookup::new();
+    lookup.add_endpoint_info(a_net.addr());
+    let endpoint = iroh::Endpoint::builder(presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .address_lookup(lookup)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let gossip = iroh_gossip::Gossip::builder().spawn(endpoint.clone());
+    let router = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(iroh_gossip::ALPN, gossip.clone())
+        .spawn();
+    let mut topic = gossip
+        .subscribe_and_join(agora_host::net::marketplace_topic(), vec![a_net.addr().id])
+        .await
+        .unwrap();
+
+    let publisher = SecretKey::generate();
+    let manifest = Signed::sign(
+        Manifest {
+            name: "solar-forecast".into(),
+            version: "0.1.0".into(),
+            publisher: publisher.public(),
+            component: ComponentRef {
+                hash: Hash::of(b"code"),
+                size: 4,
+            },
+            world: AGENT_WORLD.into(),
+            actions: vec!["forecast".into()],
+            capabilities: vec![],
+            limits: ManifestLimits {
+                max_fuel: 1,
+                max_memory_bytes: 1,
+                max_wall_ms: 1,
+                max_output_bytes: 1,
+            },
+            price_per_mfuel: 1,
+            description: "valid, from a stranger".into(),
+            created_at: 0,
+        },
+        &publisher,
+    )
+    .unwrap();
+    let forged = String::from_utf8(manifest.as_bytes().to_vec())
+        .unwrap()
+        .replace("stranger", "stranded");
+    let with_kind = |kind: u8, body: &[u8]| {
+        let mut message = vec![kind];
+        message.extend_from_slice(body);
+        bytes::Bytes::from(message)
+    };
+    for message in [
+        with_kind(1, b"not a manifest"),
+        with_kind(1, forged.as_bytes()),
+        with_kind(9, manifest.as_bytes()),
+        with_kind(1, manifest.as_bytes()),
+    ] {
+        topic.broadcast(message).await.unwrap();
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while a_net.gossip_stats().accepted() < 1 || a_net.gossip_stats().dropped() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "accepted {} dropped {}",
+            a_net.gossip_stats().accepted(),
+            a_net.gossip_stats().dropped()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a_net.gossip_stats().dropped(), 3);
+    let known: Vec<Hash> = a
+        .node
+        .registry()
+        .manifests()
+        .unwrap()
+        .iter()
+        .map(|m| m.hash())
+        .collect();
+    assert_eq!(
+        known,
+        vec![manifest.hash()],
+        "only the valid announcement was recorded"
+    );
+    router.shutdown().await.unwrap();
+    a_net.shutdown().await;
+}

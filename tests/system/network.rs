@@ -497,3 +497,100 @@ async fn invalid_announcements_are_dropped_and_counted() {
     router.shutdown().await.unwrap();
     a_net.shutdown().await;
 }
+
+/// A peer that answers every blob request with a well-formed stream of the wrong data: the size
+/// header and a valid BLAKE3 tree, but for other content than the hash asked for.
+#[derive(Debug, Clone)]
+struct LyingBlobServer;
+
+impl iroh::protocol::ProtocolHandler for LyingBlobServer {
+    async fn accept(
+        &self,
+        connection: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        use bao_tree::io::outboard::PreOrderMemOutboard;
+        let bogus = vec![0x5a_u8; 100_000];
+        let outboard = PreOrderMemOutboard::create(&bogus, bao_tree::BlockSize::from_chunk_log(4));
+        let mut encoded = (bogus.len() as u64).to_le_bytes().to_vec();
+        bao_tree::io::sync::encode_ranges_validated(
+            &bogus[..],
+            &outboard,
+            &bao_tree::ChunkRanges::all(),
+            &mut encoded,
+        )
+        .expect("encoding bogus data");
+        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let _request = recv.read_to_end(64 * 1024).await;
+            if send.write_all(&encoded).await.is_err() {
+                break;
+            }
+            let _ = send.finish();
+        }
+        connection.closed().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_peer_sending_data_that_does_not_match_the_hash_fails_verification() {
+    use iroh::endpoint::{PortmapperConfig, presets};
+
+    let endpoint = iroh::Endpoint::builder(presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let liar = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(iroh_blobs::ALPN, LyingBlobServer)
+        .spawn();
+    let liar_addr =
+        iroh::EndpointAddr::new(endpoint.id()).with_ip_addr(endpoint.bound_sockets()[0]);
+
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+
+    let err = b_net
+        .fetch_agent(
+            manifest.hash(),
+            std::slice::from_ref(&liar_addr),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    let FetchError::NotFound { attempts, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].peer, endpoint.id());
+    assert_eq!(attempts[0].hash, manifest.hash());
+    assert!(
+        attempts[0].reason.starts_with("verification failed"),
+        "{}",
+        attempts[0].reason
+    );
+    assert!(
+        err.to_string()
+            .contains(&endpoint.id().fmt_short().to_string()),
+        "{err}"
+    );
+    assert!(
+        !b.node.blobs().has(&manifest.hash()).await.unwrap(),
+        "nothing unverified stored"
+    );
+
+    // The next peer in the list is tried.
+    let fetched = b_net
+        .fetch_agent(manifest.hash(), &[liar_addr, a_net.addr()], &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(fetched.hash(), manifest.hash());
+    liar.shutdown().await.unwrap();
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}

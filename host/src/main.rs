@@ -55,7 +55,7 @@ enum Command {
         manifest: Hash,
         /// Peers to fetch from (tickets printed by `agora host`), tried in order.
         #[arg(long = "from", required = true)]
-        peers: Vec<String>,
+        from: Vec<String>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -124,7 +124,7 @@ struct RunArgs {
     fuel: Option<u64>,
     /// Fetch the agent (by manifest hash) from these peers first, unless already present.
     #[arg(long = "from")]
-    peers: Vec<String>,
+    from: Vec<String>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -236,12 +236,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Fetch {
             manifest,
-            peers,
+            from,
             net,
         } => {
             let node = open(data_dir).await?;
             let network = Network::start(node.clone(), net.config()?).await?;
-            let fetched = fetch(&network, manifest, &peers).await;
+            let fetched = fetch(&network, manifest, &from).await;
             network.shutdown().await;
             let fetched = fetched?;
             let body = fetched.body();
@@ -364,7 +364,7 @@ async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let node = open(data_dir).await?;
     // The network closes the blob store when it shuts down, so it stays up until the end.
-    let network = if args.peers.is_empty() {
+    let network = if args.from.is_empty() {
         None
     } else {
         let manifest: Hash = args
@@ -372,7 +372,7 @@ async fn run(data_dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
             .parse()
             .context("with --from, name the agent by its manifest hash")?;
         let network = Network::start(node.clone(), args.net.config()?).await?;
-        if let Err(error) = fetch(&network, manifest, &args.peers).await {
+        if let Err(error) = fetch(&network, manifest, &args.from).await {
             network.shutdown().await;
             return Err(error);
         }
@@ -481,4 +481,12 @@ fn spinner(message: &str) -> ProgressBar {
     }
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

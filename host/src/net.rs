@@ -371,6 +371,72 @@ impl Network {
         })
     }
 
+    /// Fetches any blob by hash (at most `max_bytes`) from the first of `peers` that has it,
+    /// verified as it streams, and stores it. Present blobs are not fetched again.
+    pub async fn fetch_blob(
+        &self,
+        hash: Hash,
+        max_bytes: u64,
+        peers: &[EndpointAddr],
+        progress: &dyn FetchProgress,
+    ) -> Result<bytes::Bytes, FetchError> {
+        if let Ok(Some(bytes)) = self.node.blobs().get(&hash).await {
+            return Ok(bytes);
+        }
+        if peers.is_empty() {
+            return Err(FetchError::NoPeers { hash });
+        }
+        let mut attempts = Vec::new();
+        for peer in peers {
+            let failed = |reason: String| PeerFailure {
+                peer: peer.id,
+                hash,
+                reason,
+            };
+            let fetched = match self.connect(peer).await {
+                Ok(connection) => {
+                    let result = fetch_blob(
+                        &MemStore::new(),
+                        &connection,
+                        hash,
+                        max_bytes,
+                        "blob",
+                        progress,
+                    )
+                    .await;
+                    connection.close(0u32.into(), b"done");
+                    result.map_err(failed)
+                }
+                Err(reason) => Err(failed(reason)),
+            };
+            match fetched {
+                Ok(bytes) => {
+                    self.node
+                        .blobs()
+                        .put(bytes.clone())
+                        .await
+                        .map_err(|e| FetchError::Store {
+                            hash,
+                            message: e.to_string(),
+                        })?;
+                    return Ok(bytes);
+                }
+                Err(failure) => attempts.push(failure),
+            }
+        }
+        Err(FetchError::NotFound { hash, attempts })
+    }
+
+    async fn connect(&self, peer: &EndpointAddr) -> Result<iroh::endpoint::Connection, String> {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.endpoint.connect(peer.clone(), iroh_blobs::ALPN),
+        )
+        .await
+        .map_err(|_| format!("did not answer within {} s", CONNECT_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("connection failed: {e}"))
+    }
+
     async fn fetch_from(
         &self,
         manifest_hash: Hash,
@@ -384,13 +450,10 @@ impl Network {
                 reason,
             })
         };
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.endpoint.connect(peer.clone(), iroh_blobs::ALPN),
-        )
-        .await
-        .map_err(|_| failed(manifest_hash, "did not answer within 5 s".into()))?
-        .map_err(|e| failed(manifest_hash, format!("connection failed: {e}")))?;
+        let connection = self
+            .connect(peer)
+            .await
+            .map_err(|reason| failed(manifest_hash, reason))?;
 
         // Verified streaming into memory; the host's store only ever sees checked data.
         let staging = MemStore::new();

@@ -76,7 +76,12 @@ async fn bench() -> anyhow::Result<()> {
         let (_b, b_net) = host(&dir).await?;
         let started = Instant::now();
         let bytes = b_net
-            .fetch_blob(hash, BLOB_BYTES as u64, &[a_addr.clone()], &NoProgress)
+            .fetch_blob(
+                hash,
+                BLOB_BYTES as u64,
+                std::slice::from_ref(&a_addr),
+                &NoProgress,
+            )
             .await?;
         agora.push(started.elapsed());
         assert_eq!(bytes.len(), BLOB_BYTES);
@@ -95,7 +100,7 @@ async fn bench() -> anyhow::Result<()> {
         let (c, c_net) = host(&dir).await?;
         let started = Instant::now();
         c_net
-            .fetch_agent(driver.hash(), &[a_addr.clone()], &NoProgress)
+            .fetch_agent(driver.hash(), std::slice::from_ref(&a_addr), &NoProgress)
             .await?;
         let execution = c
             .run(

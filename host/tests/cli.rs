@@ -146,3 +146,104 @@ fn the_demo_negotiates_a_ride_and_clears_an_energy_auction() {
         "{report}"
     );
 }
+
+/// Kills the child process if the test ends without stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_host_serves_peers_and_stops_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for data in [&a, &b, &c] {
+        assert!(agora(data, &["keygen"]).status.success());
+    }
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, agora_host::examples::RIDE_DRIVER).unwrap();
+    let out = agora(&a, &["publish", component.to_str().unwrap()]);
+    let manifest = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("manifest  "))
+        .unwrap()
+        .to_string();
+
+    let mut host = Running(
+        Command::new(env!("CARGO_BIN_EXE_agora"))
+            .arg("--data-dir")
+            .arg(&a)
+            .arg("host")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(host.0.stdout.take().unwrap()).lines();
+    let ticket = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("ticket ").map(str::to_owned))
+        .expect("the host prints its ticket");
+
+    let out = agora(&c, &["fetch", &manifest, "--from", &ticket]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("fetched ride-driver@1.0.0"),
+        "{}",
+        stdout(&out)
+    );
+
+    let payload = r#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let out = agora(
+        &b,
+        &[
+            "run",
+            &manifest,
+            "--action",
+            "quote",
+            "--payload",
+            payload,
+            "--from",
+            &ticket,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"{"fare_cents":1150}"#);
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(host.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = host.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    // Nothing was lost: the host's registry and blobs are intact after the shutdown.
+    let out = agora(
+        &a,
+        &["run", &manifest, "--action", "quote", "--payload", payload],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

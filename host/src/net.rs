@@ -40,6 +40,8 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_GOSSIP_MESSAGE: usize = MAX_MANIFEST_BYTES as usize + 1;
 /// Most manifests sent to a new neighbour so it can catch up.
 const MAX_CATALOG_ANNOUNCEMENTS: usize = 1_000;
+/// How often the host looks for releases published by other processes to announce.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 /// Gossip message kind: a signed manifest follows.
 const ANNOUNCE_MANIFEST: u8 = 1;
 
@@ -224,6 +226,7 @@ pub struct Network {
     announcements: GossipSender,
     stats: Arc<GossipStats>,
     listener: tokio::task::JoinHandle<()>,
+    announcer: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Network {
@@ -284,6 +287,7 @@ impl Network {
             announcements.clone(),
             stats.clone(),
         ));
+        let announcer = tokio::spawn(announce_new_releases(node.clone(), announcements.clone()));
         tracing::info!(id = %endpoint.id(), addr = ?endpoint.addr(), "serving blobs and gossip");
         Ok(Network {
             node,
@@ -292,6 +296,7 @@ impl Network {
             announcements,
             stats,
             listener,
+            announcer,
         })
     }
 
@@ -540,6 +545,7 @@ impl Network {
     /// serves), so call it last, after the node's other work is done.
     pub async fn shutdown(self) {
         self.listener.abort();
+        self.announcer.abort();
         if let Err(error) = self.router.shutdown().await {
             tracing::warn!(%error, "network shutdown");
         }
@@ -551,6 +557,37 @@ fn announcement(manifest: &SignedManifest) -> bytes::Bytes {
     message.push(ANNOUNCE_MANIFEST);
     message.extend_from_slice(manifest.as_bytes());
     message.into()
+}
+
+/// Announces releases that appear in the registry, including those published by another
+/// process (`agora publish` while `agora host` runs). What is known at start-up reaches
+/// neighbours through the catch-up in [`listen`] instead.
+async fn announce_new_releases(node: Node, sender: GossipSender) {
+    let mut announced: std::collections::HashSet<Hash> = node
+        .registry()
+        .manifests()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.hash())
+        .collect();
+    let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let manifests = match node.registry().manifests() {
+            Ok(manifests) => manifests,
+            Err(error) => {
+                tracing::warn!(%error, "listing manifests to announce");
+                continue;
+            }
+        };
+        for manifest in manifests {
+            if announced.insert(manifest.hash())
+                && let Err(error) = sender.broadcast(announcement(&manifest)).await
+            {
+                tracing::warn!(%error, "announcing a new release");
+            }
+        }
+    }
 }
 
 /// Records verified announcements and helps new neighbours catch up.

@@ -594,3 +594,135 @@ async fn a_peer_sending_data_that_does_not_match_the_hash_fails_verification() {
     a_net.shutdown().await;
     b_net.shutdown().await;
 }
+
+/// A peer that serves the manifest it is first asked for in full, then sends half of the next
+/// blob and vanishes.
+#[derive(Debug, Clone)]
+struct VanishingServer {
+    manifest: Vec<u8>,
+    component: Vec<u8>,
+}
+
+fn bao_encoding(data: &[u8]) -> Vec<u8> {
+    use bao_tree::io::outboard::PreOrderMemOutboard;
+    let outboard = PreOrderMemOutboard::create(data, bao_tree::BlockSize::from_chunk_log(4));
+    let mut encoded = (data.len() as u64).to_le_bytes().to_vec();
+    bao_tree::io::sync::encode_ranges_validated(
+        data,
+        &outboard,
+        &bao_tree::ChunkRanges::all(),
+        &mut encoded,
+    )
+    .expect("encoding");
+    encoded
+}
+
+impl iroh::protocol::ProtocolHandler for VanishingServer {
+    async fn accept(
+        &self,
+        connection: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        if let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let _request = recv.read_to_end(64 * 1024).await;
+            let _ = send.write_all(&bao_encoding(&self.manifest)).await;
+            let _ = send.finish();
+        }
+        if let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let _request = recv.read_to_end(64 * 1024).await;
+            let encoded = bao_encoding(&self.component);
+            let _ = send.write_all(&encoded[..encoded.len() / 2]).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            connection.close(1u32.into(), b"gone");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_vanishes_mid_transfer_leaves_nothing_partial_and_the_next_is_tried() {
+    use iroh::endpoint::{PortmapperConfig, presets};
+
+    let a = TestHost::new().await;
+    let manifest = a.publish(examples::ENERGY_TRADER).await;
+    let a_net = online(&a).await;
+    let endpoint = iroh::Endpoint::builder(presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let vanishing = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(
+            iroh_blobs::ALPN,
+            VanishingServer {
+                manifest: manifest.as_bytes().to_vec(),
+                component: examples::ENERGY_TRADER.to_vec(),
+            },
+        )
+        .spawn();
+    let vanishing_addr =
+        iroh::EndpointAddr::new(endpoint.id()).with_ip_addr(endpoint.bound_sockets()[0]);
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let started = std::time::Instant::now();
+    let err = b_net
+        .fetch_agent(
+            manifest.hash(),
+            std::slice::from_ref(&vanishing_addr),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    let FetchError::NotFound { attempts, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].hash, manifest.body().component.hash, "{err}");
+    assert!(
+        !b.node
+            .blobs()
+            .has(&manifest.body().component.hash)
+            .await
+            .unwrap(),
+        "no partial blob"
+    );
+    assert!(
+        b.node.registry().manifests().unwrap().is_empty(),
+        "no manifest without its component"
+    );
+
+    let fetched = b_net
+        .fetch_agent(
+            manifest.hash(),
+            &[vanishing_addr, a_net.addr()],
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(fetched.hash(), manifest.hash());
+    vanishing.shutdown().await.unwrap();
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_release_published_while_online_is_announced() {
+    let a = TestHost::new().await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    // Published through the node, as `agora publish` does from another process, not announced
+    // by hand: the host notices the new release and announces it.
+    let manifest = a.publish(examples::ENERGY_TRADER).await;
+    learns_of(&b, &manifest).await;
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}

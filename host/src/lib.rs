@@ -8,6 +8,9 @@
 //!   [`Node::publish`] signs a manifest for a component; [`Node::run`] executes an agent and
 //!   returns an [`Execution`] with the output (or a typed [`ExecutionError`]) and the signed
 //!   receipt.
+//! - [`net::Network`] puts a node on iroh: its key is its node id, it serves its blobs, fetches
+//!   agents by manifest hash from peers with verified streaming, and learns of agents through
+//!   the marketplace gossip topic. Local-only unless configured otherwise.
 //! - [`examples`] holds the example agents, compiled from `guest-examples/` when this crate is
 //!   built, and [`demo`] runs the marketplace demo with them.
 //!

@@ -714,10 +714,15 @@ async fn fetch_blob(
 }
 
 fn describe_get_error(error: &iroh_blobs::get::GetError) -> String {
-    let text = format!("{error:#}");
-    if text.to_lowercase().contains("decode") || text.to_lowercase().contains("hash") {
-        format!("verification failed, the peer served data that does not match the hash: {text}")
-    } else {
-        format!("transfer failed: {text}")
+    use iroh_blobs::get::GetError;
+    use iroh_blobs::get::fsm::DecodeError;
+    match error {
+        GetError::Decode {
+            source: DecodeError::ParentHashMismatch { .. } | DecodeError::LeafHashMismatch { .. },
+            ..
+        } => format!(
+            "verification failed, the peer served data that does not match the hash: {error:#}"
+        ),
+        other => format!("transfer failed: {other:#}"),
     }
 }

@@ -384,9 +384,9 @@ impl Network {
         max_bytes: u64,
         peers: &[EndpointAddr],
         progress: &dyn FetchProgress,
-    ) -> Result<bytes::Bytes, FetchError> {
-        if let Ok(Some(bytes)) = self.node.blobs().get(&hash).await {
-            return Ok(bytes);
+    ) -> Result<(), FetchError> {
+        if self.node.blobs().has(&hash).await.unwrap_or(false) {
+            return Ok(());
         }
         if peers.is_empty() {
             return Err(FetchError::NoPeers { hash });
@@ -398,10 +398,12 @@ impl Network {
                 hash,
                 reason,
             };
+            // Held until the blob is tagged, so a failure leaves nothing behind.
+            let _protect = self.protect(hash).await?;
             let fetched = match self.connect(peer).await {
                 Ok(connection) => {
                     let result = fetch_blob(
-                        &MemStore::new(),
+                        self.node.blobs().iroh_store(),
                         &connection,
                         hash,
                         max_bytes,
@@ -415,21 +417,43 @@ impl Network {
                 Err(reason) => Err(failed(reason)),
             };
             match fetched {
-                Ok(bytes) => {
-                    self.node
-                        .blobs()
-                        .put(bytes.clone())
-                        .await
-                        .map_err(|e| FetchError::Store {
-                            hash,
-                            message: e.to_string(),
-                        })?;
-                    return Ok(bytes);
+                Ok(()) => {
+                    self.keep(hash).await?;
+                    return Ok(());
                 }
                 Err(failure) => attempts.push(failure),
             }
         }
         Err(FetchError::NotFound { hash, attempts })
+    }
+
+    /// Holds a fetched blob in the store while it is being checked.
+    async fn protect(&self, hash: Hash) -> Result<iroh_blobs::api::TempTag, FetchError> {
+        self.node
+            .blobs()
+            .iroh_store()
+            .tags()
+            .temp_tag(iroh_blobs::Hash::from_bytes(*hash.as_bytes()))
+            .await
+            .map_err(|e| FetchError::Store {
+                hash,
+                message: e.to_string(),
+            })
+    }
+
+    /// Tags a fetched blob so that it stays in the store.
+    async fn keep(&self, hash: Hash) -> Result<(), FetchError> {
+        self.node
+            .blobs()
+            .iroh_store()
+            .tags()
+            .create(iroh_blobs::Hash::from_bytes(*hash.as_bytes()))
+            .await
+            .map(|_| ())
+            .map_err(|e| FetchError::Store {
+                hash,
+                message: e.to_string(),
+            })
     }
 
     async fn connect(&self, peer: &EndpointAddr) -> Result<iroh::endpoint::Connection, String> {
@@ -460,9 +484,9 @@ impl Network {
             .await
             .map_err(|reason| failed(manifest_hash, reason))?;
 
-        // Verified streaming into memory; the host's store only ever sees checked data.
+        // The manifest is staged in memory: its signature must verify before it is stored.
         let staging = MemStore::new();
-        let manifest_bytes = fetch_blob(
+        fetch_blob(
             &staging,
             &connection,
             manifest_hash,
@@ -472,6 +496,9 @@ impl Network {
         )
         .await
         .map_err(|reason| failed(manifest_hash, reason))?;
+        let manifest_bytes = read_blob(&staging, manifest_hash)
+            .await
+            .map_err(|reason| failed(manifest_hash, reason))?;
         let manifest = SignedManifest::from_bytes(&manifest_bytes)
             .map_err(|e| failed(manifest_hash, format!("rejected manifest: {e}")))?;
         let body = manifest.body();
@@ -485,18 +512,29 @@ impl Network {
             }));
         }
         let component_hash = body.component.hash;
+        // Until the component is checked and tagged, only this temporary tag keeps it: if any
+        // step fails, dropping the tag lets the store discard it.
+        let _protect = self.protect(component_hash).await.map_err(Attempt::Fatal)?;
         let component = match self.node.blobs().get(&component_hash).await {
             Ok(Some(bytes)) => bytes,
-            _ => fetch_blob(
-                &staging,
-                &connection,
-                component_hash,
-                body.component.size,
-                &agent,
-                progress,
-            )
-            .await
-            .map_err(|reason| failed(component_hash, reason))?,
+            // The component streams straight into the host's store: verified streaming writes
+            // only data that matches the hash.
+            _ => {
+                let store = self.node.blobs().iroh_store();
+                fetch_blob(
+                    store,
+                    &connection,
+                    component_hash,
+                    body.component.size,
+                    &agent,
+                    progress,
+                )
+                .await
+                .map_err(|reason| failed(component_hash, reason))?;
+                read_blob(store, component_hash)
+                    .await
+                    .map_err(|reason| failed(component_hash, reason))?
+            }
         };
         if component.len() as u64 != body.component.size {
             return Err(failed(
@@ -520,11 +558,7 @@ impl Network {
                 message: e.to_string(),
             }
         };
-        self.node
-            .blobs()
-            .put(component)
-            .await
-            .map_err(|e| Attempt::Fatal(store_error(component_hash)(&e)))?;
+        self.keep(component_hash).await.map_err(Attempt::Fatal)?;
         self.node
             .blobs()
             .put(manifest.as_bytes().to_vec())
@@ -664,16 +698,17 @@ enum Attempt {
     Fatal(FetchError),
 }
 
-/// Fetches one blob into `staging` with BLAKE3-verified streaming, giving up if it grows past
-/// `max_bytes` or stalls, and returns its bytes.
+/// Fetches one blob into `store` with BLAKE3-verified streaming, giving up if it grows past
+/// `max_bytes` or stalls. Only verified chunks are ever written, and a blob left incomplete
+/// stays marked partial, never complete.
 async fn fetch_blob(
-    staging: &MemStore,
+    staging: &iroh_blobs::api::Store,
     connection: &iroh::endpoint::Connection,
     hash: Hash,
     max_bytes: u64,
     what: &str,
     progress: &dyn FetchProgress,
-) -> Result<bytes::Bytes, String> {
+) -> Result<(), String> {
     let iroh_hash = iroh_blobs::Hash::from_bytes(*hash.as_bytes());
     progress.start(what, max_bytes);
     let mut stream = staging
@@ -707,8 +742,13 @@ async fn fetch_blob(
     if !staging.has(iroh_hash).await.unwrap_or(false) {
         return Err("the peer does not have it".into());
     }
-    staging
-        .get_bytes(iroh_hash)
+    Ok(())
+}
+
+/// Reads a complete, verified blob back from `store`.
+async fn read_blob(store: &iroh_blobs::api::Store, hash: Hash) -> Result<bytes::Bytes, String> {
+    store
+        .get_bytes(iroh_blobs::Hash::from_bytes(*hash.as_bytes()))
         .await
         .map_err(|e| format!("reading the verified blob: {e}"))
 }

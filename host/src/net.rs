@@ -398,7 +398,8 @@ impl Network {
                 hash,
                 reason,
             };
-            // Held until the blob is tagged, so a failure leaves nothing behind.
+            // Held until the blob is tagged; a partial blob left by a failed transfer stays
+            // marked partial, never complete.
             let _protect = self.protect(hash).await?;
             let fetched = match self.connect(peer).await {
                 Ok(connection) => {
@@ -512,15 +513,12 @@ impl Network {
             }));
         }
         let component_hash = body.component.hash;
-        // Until the component is checked and tagged, only this temporary tag keeps it: if any
-        // step fails, dropping the tag lets the store discard it.
-        let _protect = self.protect(component_hash).await.map_err(Attempt::Fatal)?;
         let component = match self.node.blobs().get(&component_hash).await {
             Ok(Some(bytes)) => bytes,
-            // The component streams straight into the host's store: verified streaming writes
-            // only data that matches the hash.
+            // Staged in memory too: bytes that match the hash may still not be a component this
+            // host accepts, and rejected bytes must not end up in its store.
             _ => {
-                let store = self.node.blobs().iroh_store();
+                let store = &staging;
                 fetch_blob(
                     store,
                     &connection,
@@ -558,7 +556,11 @@ impl Network {
                 message: e.to_string(),
             }
         };
-        self.keep(component_hash).await.map_err(Attempt::Fatal)?;
+        self.node
+            .blobs()
+            .put(component)
+            .await
+            .map_err(|e| Attempt::Fatal(store_error(component_hash)(&e)))?;
         self.node
             .blobs()
             .put(manifest.as_bytes().to_vec())

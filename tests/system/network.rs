@@ -726,3 +726,81 @@ async fn a_release_published_while_online_is_announced() {
     a_net.shutdown().await;
     b_net.shutdown().await;
 }
+
+#[tokio::test]
+async fn any_blob_can_be_fetched_by_hash_and_stays_stored() {
+    let a = TestHost::new().await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let hash = a.node.blobs().put(data.clone()).await.unwrap();
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    b_net
+        .fetch_blob(hash, 1 << 20, &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap();
+    b_net.shutdown().await;
+    // Still there after the network (and with it the store) has shut down and reopened.
+    let reopened = agora_host::BlobStore::open(&b.node.data_dir().blobs_path())
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.get(&hash).await.unwrap().as_deref(),
+        Some(&data[..])
+    );
+    a_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_signed_manifest_for_something_that_is_not_a_component_is_rejected() {
+    use agora_registry::{AGENT_WORLD, ComponentRef, Manifest, SecretKey, Signed};
+
+    let a = TestHost::new().await;
+    let junk = vec![0u8; 40_000];
+    let junk_hash = a.node.blobs().put(junk.clone()).await.unwrap();
+    let key = SecretKey::load(&a.node.data_dir().key_path()).unwrap();
+    let manifest = Signed::sign(
+        Manifest {
+            name: "not-an-agent".into(),
+            version: "1.0.0".into(),
+            publisher: key.public(),
+            component: ComponentRef {
+                hash: junk_hash,
+                size: junk.len() as u64,
+            },
+            world: AGENT_WORLD.into(),
+            actions: vec![],
+            capabilities: vec![],
+            limits: Limits::default().manifest_defaults(),
+            price_per_mfuel: 0,
+            description: "signed, but not a component".into(),
+            created_at: 0,
+        },
+        &key,
+    )
+    .unwrap();
+    let manifest_hash = a
+        .node
+        .blobs()
+        .put(manifest.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let err = b_net
+        .fetch_agent(manifest_hash, &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rejected component"), "{err}");
+    b_net.shutdown().await;
+    let reopened = agora_host::BlobStore::open(&b.node.data_dir().blobs_path())
+        .await
+        .unwrap();
+    assert!(
+        !reopened.has(&junk_hash).await.unwrap(),
+        "the rejected bytes are not kept"
+    );
+    assert!(b.node.registry().manifests().unwrap().is_empty());
+    a_net.shutdown().await;
+}

@@ -151,6 +151,12 @@ pub enum RunError {
         /// The limit.
         limit: u64,
     },
+    /// The payload is not the one the caller signed.
+    #[error("payload and action do not match the input hash of signed request {request}")]
+    InputMismatch {
+        /// The request.
+        request: Hash,
+    },
     /// The blob store failed.
     #[error("blob store: {0}")]
     Blobs(String),

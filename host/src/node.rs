@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agora_registry::{
     AGENT_WORLD, AgentRef, ComponentRef, Hash, Inserted, KvNamespace, Manifest, ManifestLimits,
     Outcome, ParentCall, PublicKey, Receipt, Registry, SecretKey, Signed, SignedManifest,
-    SignedReceipt, request_hash,
+    SignedReceipt, SignedRequest, request_hash,
 };
 
 use crate::blobs::BlobStore;
@@ -378,8 +378,49 @@ impl Node {
             payload: payload.to_vec(),
         };
         let wall = self.0.sandbox.limits().max_wall;
-        self.execute(manifest, request, fuel, Instant::now() + wall, None)
+        self.execute(manifest, request, fuel, Instant::now() + wall, None, None)
             .await
+    }
+
+    /// Runs a caller-signed request: the payload must match the request's input hash, and the
+    /// request must be addressed to this host, unexpired and not seen before. The receipt names
+    /// the request and its caller, so the caller can rate the call.
+    pub async fn run_request(
+        &self,
+        request: &SignedRequest,
+        action: &str,
+        payload: &[u8],
+    ) -> Result<Execution, RunError> {
+        let body = request.body();
+        if request_hash(action, payload) != body.input_hash {
+            return Err(RunError::InputMismatch {
+                request: request.hash(),
+            });
+        }
+        self.0.registry.admit_request(
+            request,
+            &self.public_key(),
+            unix_now().as_millis() as u64,
+        )?;
+        let manifest = self.0.registry.manifest(&body.agent)?.ok_or_else(|| {
+            RunError::Registry(agora_registry::Error::UnknownAgent {
+                reference: body.agent.to_hex(),
+            })
+        })?;
+        let call = Request {
+            action: action.to_owned(),
+            payload: payload.to_vec(),
+        };
+        let wall = self.0.sandbox.limits().max_wall;
+        self.execute(
+            manifest,
+            call,
+            Some(body.fuel_limit),
+            Instant::now() + wall,
+            None,
+            Some((request.hash(), body.caller)),
+        )
+        .await
     }
 
     /// A nested call from `call-agent`. Boxed because it recurses through the sandbox.
@@ -405,6 +446,7 @@ impl Node {
                 Some(fuel_available),
                 deadline,
                 Some(parent),
+                None,
             )
             .await
         })
@@ -417,6 +459,7 @@ impl Node {
         fuel: Option<u64>,
         deadline: Instant,
         parent: Option<ParentCall>,
+        signed_request: Option<(Hash, PublicKey)>,
     ) -> Result<Execution, RunError> {
         let body = manifest.body();
         let agent = format!("{}@{}", body.name, body.version);
@@ -465,6 +508,8 @@ impl Node {
                     manifest: manifest.hash(),
                     component: body.component.hash,
                 },
+                request: signed_request.map(|(hash, _)| hash),
+                caller: signed_request.map(|(_, caller)| caller),
                 input_hash,
                 output_hash,
                 outcome: invocation.outcome.clone(),

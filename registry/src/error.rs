@@ -100,6 +100,45 @@ pub enum Error {
         /// The publishers using it.
         publishers: Vec<PublicKey>,
     },
+    /// A request addressed to another host.
+    #[error("request is addressed to host {addressed}, not this host {host}")]
+    WrongHost {
+        /// The host the request names.
+        addressed: PublicKey,
+        /// This host.
+        host: PublicKey,
+    },
+    /// A request past its expiry.
+    #[error("request expired at {expired_at_ms} ms (now {now_ms} ms)")]
+    RequestExpired {
+        /// When it expired.
+        expired_at_ms: u64,
+        /// Now.
+        now_ms: u64,
+    },
+    /// A request valid for too long.
+    #[error("request must expire within {max_ms} ms")]
+    RequestTooLongLived {
+        /// The most allowed.
+        max_ms: u64,
+    },
+    /// A request whose nonce was already used.
+    #[error("request replayed: caller {caller} already used nonce {nonce}")]
+    Replayed {
+        /// The caller.
+        caller: PublicKey,
+        /// The nonce.
+        nonce: String,
+    },
+    /// Feedback that does not count.
+    #[error(transparent)]
+    Feedback(#[from] crate::evidence::FeedbackError),
+    /// Feedback about a receipt this registry does not have.
+    #[error("no receipt {0} in the registry")]
+    UnknownReceipt(crate::Hash),
+    /// A second, different feedback record on one receipt.
+    #[error("receipt {0} already has feedback; each receipt is rated once")]
+    DuplicateFeedback(crate::Hash),
     /// An agent's persistent memory would exceed its quota.
     #[error("agent memory quota: {0}")]
     KvQuota(String),

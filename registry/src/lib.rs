@@ -35,6 +35,7 @@
 //! ```
 
 mod error;
+mod evidence;
 mod hash;
 mod identity;
 mod manifest;
@@ -43,6 +44,10 @@ mod signed;
 mod store;
 
 pub use error::Error;
+pub use evidence::{
+    CallRequest, Feedback, FeedbackError, MAX_FEEDBACK_TAG_BYTES, MAX_FEEDBACK_TAGS,
+    MAX_REQUEST_TTL_MS, SignedFeedback, SignedRequest,
+};
 pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};

@@ -17,6 +17,11 @@ use crate::signed::{Record, Signed};
 pub struct Receipt {
     /// The agent that ran.
     pub agent: AgentRef,
+    /// Hash of the caller-signed request this call answered; `None` for calls the host made on
+    /// its own account (e.g. from its operator's command line) and for nested calls.
+    pub request: Option<Hash>,
+    /// The caller who signed `request`.
+    pub caller: Option<PublicKey>,
     /// BLAKE3 of the request (action and payload, see [`request_hash`]).
     pub input_hash: Hash,
     /// BLAKE3 of the output bytes; `None` when the call produced no output.

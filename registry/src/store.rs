@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::evidence::{MAX_REQUEST_TTL_MS, SignedFeedback, SignedRequest};
 use crate::identity::{PublicKey, SecretKey};
 use crate::manifest::SignedManifest;
 use crate::receipt::{Receipt, SignedReceipt};
@@ -58,6 +59,28 @@ const MIGRATIONS: &[&str] = &[
          value     BLOB NOT NULL,
          PRIMARY KEY (publisher, agent, key)
      ) STRICT, WITHOUT ROWID;",
+    // 2: caller evidence. A signed request is kept for good: it is the evidence behind its
+    // receipt, and its (caller, host, nonce) can never be used again, which is a stricter
+    // replay cache than remembering nonces until expiry.
+    "CREATE TABLE requests (
+         hash          TEXT PRIMARY KEY,
+         caller        TEXT NOT NULL,
+         host          TEXT NOT NULL,
+         nonce         TEXT NOT NULL,
+         expires_at_ms INTEGER NOT NULL,
+         signed        BLOB NOT NULL,
+         UNIQUE (caller, host, nonce)
+     ) STRICT;
+     CREATE TABLE feedback (
+         receipt_hash  TEXT PRIMARY KEY,
+         hash          TEXT NOT NULL UNIQUE,
+         rater         TEXT NOT NULL,
+         score         INTEGER NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         signed        BLOB NOT NULL
+     ) STRICT;
+     ALTER TABLE receipts ADD COLUMN request_hash TEXT;
+     ALTER TABLE receipts ADD COLUMN caller TEXT;",
 ];
 
 /// Bounds on an agent's persistent memory on one host.
@@ -428,6 +451,135 @@ impl Registry {
         Ok(receipts)
     }
 
+    /// Accepts a caller-signed request for `host` to run, at time `now_ms`, or says why not:
+    /// addressed to another host, expired, valid for longer than [`MAX_REQUEST_TTL_MS`], or a
+    /// replay of a request already accepted. Accepted requests are kept as evidence.
+    pub fn admit_request(
+        &self,
+        request: &SignedRequest,
+        host: &PublicKey,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let body = request.body();
+        if body.host != *host {
+            return Err(Error::WrongHost {
+                addressed: body.host,
+                host: *host,
+            });
+        }
+        if body.expires_at_ms <= now_ms {
+            return Err(Error::RequestExpired {
+                expired_at_ms: body.expires_at_ms,
+                now_ms,
+            });
+        }
+        if body.expires_at_ms - now_ms > MAX_REQUEST_TTL_MS {
+            return Err(Error::RequestTooLongLived {
+                max_ms: MAX_REQUEST_TTL_MS,
+            });
+        }
+        if body.nonce.len() != 32 || !body.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Malformed {
+                kind: "request",
+                reason: "nonce must be 32 hex digits (128 bits)".into(),
+            });
+        }
+        let conn = self.conn();
+        let inserted = conn
+            .execute(
+                "INSERT OR IGNORE INTO requests (hash, caller, host, nonce, expires_at_ms, signed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    request.hash().to_hex(),
+                    body.caller.to_hex(),
+                    body.host.to_hex(),
+                    body.nonce,
+                    body.expires_at_ms as i64,
+                    request.as_bytes(),
+                ],
+            )
+            .map_err(|e| self.db_error(e))?;
+        if inserted == 0 {
+            return Err(Error::Replayed {
+                caller: body.caller,
+                nonce: body.nonce.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The signed request with this hash, if stored.
+    pub fn request(&self, hash: &Hash) -> Result<Option<SignedRequest>, Error> {
+        let conn = self.conn();
+        let bytes: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT signed FROM requests WHERE hash = ?1",
+                params![hash.to_hex()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        bytes.map(|b| SignedRequest::from_bytes(&b)).transpose()
+    }
+
+    /// Stores a caller's feedback if it counts: the receipt is known, the rater is its caller
+    /// and neither the agent's publisher nor the host, and it is the first feedback on that
+    /// receipt.
+    pub fn insert_feedback(&self, feedback: &SignedFeedback) -> Result<Inserted, Error> {
+        let body = feedback.body();
+        let receipt = self
+            .receipt(&body.receipt)?
+            .ok_or(Error::UnknownReceipt(body.receipt))?;
+        let manifest =
+            self.manifest(&receipt.body().agent.manifest)?
+                .ok_or(Error::UnknownAgent {
+                    reference: receipt.body().agent.manifest.to_hex(),
+                })?;
+        body.validate(&receipt, &manifest.body().publisher)?;
+        let conn = self.conn();
+        let existing: Option<String> = conn
+            .query_row(
+                "SELECT hash FROM feedback WHERE receipt_hash = ?1",
+                params![body.receipt.to_hex()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        match existing {
+            Some(hash) if hash == feedback.hash().to_hex() => return Ok(Inserted::AlreadyPresent),
+            Some(_) => return Err(Error::DuplicateFeedback(body.receipt)),
+            None => {}
+        }
+        conn.execute(
+            "INSERT INTO feedback (receipt_hash, hash, rater, score, created_at_ms, signed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                body.receipt.to_hex(),
+                feedback.hash().to_hex(),
+                body.rater.to_hex(),
+                i64::from(body.score),
+                body.created_at_ms as i64,
+                feedback.as_bytes(),
+            ],
+        )
+        .map_err(|e| self.db_error(e))?;
+        Ok(Inserted::New)
+    }
+
+    /// The feedback on a receipt, if any.
+    pub fn feedback(&self, receipt: &Hash) -> Result<Option<SignedFeedback>, Error> {
+        let conn = self.conn();
+        let bytes: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT signed FROM feedback WHERE receipt_hash = ?1",
+                params![receipt.to_hex()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        bytes.map(|b| SignedFeedback::from_bytes(&b)).transpose()
+    }
+
     /// Reads a key from an agent's memory.
     pub fn kv_get(&self, ns: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let conn = self.conn();
@@ -498,8 +650,8 @@ fn insert_receipt_row(conn: &Connection, receipt: &SignedReceipt) -> rusqlite::R
     conn.execute(
         "INSERT OR IGNORE INTO receipts
              (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
-              timestamp_ms, signed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+              timestamp_ms, signed, request_hash, caller)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             receipt.hash().to_hex(),
             body.host.to_hex(),
@@ -511,6 +663,8 @@ fn insert_receipt_row(conn: &Connection, receipt: &SignedReceipt) -> rusqlite::R
             body.fuel_used as i64,
             body.timestamp_ms as i64,
             receipt.as_bytes(),
+            body.request.map(|h| h.to_hex()),
+            body.caller.map(|c| c.to_hex()),
         ],
     )
 }

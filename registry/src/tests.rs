@@ -30,6 +30,8 @@ fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt {
             manifest: Hash::of(b"m"),
             component: Hash::of(b"c"),
         },
+        request: None,
+        caller: None,
         input_hash: request_hash("offer", b"{}"),
         output_hash: Some(Hash::of(b"out")),
         outcome: Outcome::Ok,
@@ -211,4 +213,38 @@ fn agent_memory_is_bounded_and_private_to_the_agent() {
     );
     // Overwriting a key does not count its old value against the quota.
     registry.kv_set(&ns, "k", &[1; 16], &quota).unwrap();
+}
+
+#[test]
+fn a_host_cannot_rate_calls_it_ran_itself() {
+    let publisher = SecretKey::generate();
+    let host = SecretKey::generate();
+    let mut body = receipt(&host, 0, None);
+    body.caller = Some(host.public());
+    body.request = Some(Hash::of(b"request"));
+    let signed = Signed::sign(body, &host).unwrap();
+    let rating = Feedback {
+        receipt: signed.hash(),
+        rater: host.public(),
+        score: 100,
+        tags: vec![],
+        created_at_ms: 0,
+    };
+    assert_eq!(
+        rating.validate(&signed, &publisher.public()),
+        Err(FeedbackError::RaterIsHost(host.public()))
+    );
+    let independent = SecretKey::generate();
+    let mut body = receipt(&host, 1, None);
+    body.caller = Some(independent.public());
+    body.request = Some(Hash::of(b"request 2"));
+    let signed = Signed::sign(body, &host).unwrap();
+    let rating = Feedback {
+        receipt: signed.hash(),
+        rater: independent.public(),
+        score: 100,
+        tags: vec!["fast".into()],
+        created_at_ms: 0,
+    };
+    assert_eq!(rating.validate(&signed, &publisher.public()), Ok(()));
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use agora_registry::{Hash, SignedManifest};
+use agora_registry::{Hash, Inserted, SignedFeedback, SignedManifest, SignedReceipt};
 use iroh::address_lookup::memory::MemoryLookup;
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::protocol::Router;
@@ -44,6 +44,10 @@ const MAX_CATALOG_ANNOUNCEMENTS: usize = 1_000;
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 /// Gossip message kind: a signed manifest follows.
 const ANNOUNCE_MANIFEST: u8 = 1;
+/// Gossip message kind: a signed receipt follows.
+const ANNOUNCE_RECEIPT: u8 = 2;
+/// Gossip message kind: signed feedback follows.
+const ANNOUNCE_FEEDBACK: u8 = 3;
 
 /// The gossip topic every agora host joins to hear about agents.
 pub fn marketplace_topic() -> TopicId {
@@ -58,7 +62,7 @@ pub struct GossipStats {
 }
 
 impl GossipStats {
-    /// Announcements that verified and added a manifest to the registry.
+    /// Announcements that verified and added a manifest, receipt or feedback to the registry.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
@@ -589,16 +593,22 @@ impl Network {
 }
 
 fn announcement(manifest: &SignedManifest) -> bytes::Bytes {
-    let mut message = Vec::with_capacity(1 + manifest.as_bytes().len());
-    message.push(ANNOUNCE_MANIFEST);
-    message.extend_from_slice(manifest.as_bytes());
+    message(ANNOUNCE_MANIFEST, manifest.as_bytes())
+}
+
+fn message(kind: u8, signed: &[u8]) -> bytes::Bytes {
+    let mut message = Vec::with_capacity(1 + signed.len());
+    message.push(kind);
+    message.extend_from_slice(signed);
     message.into()
 }
 
 /// Announces releases that appear in the registry, including those published by another
-/// process (`agora publish` while `agora host` runs). What is known at start-up reaches
-/// neighbours through the catch-up in [`listen`] instead.
+/// process (`agora publish` while `agora host` runs), and passes on evidence: the receipts this
+/// host signs and the feedback it accepts. What is known at start-up reaches neighbours through
+/// the catch-up in [`listen`] instead.
 async fn announce_new_releases(node: Node, sender: GossipSender) {
+    let (mut receipts_cursor, mut feedback_cursor) = (0, 0);
     let mut announced: std::collections::HashSet<Hash> = node
         .registry()
         .manifests()
@@ -622,6 +632,31 @@ async fn announce_new_releases(node: Node, sender: GossipSender) {
             {
                 tracing::warn!(%error, "announcing a new release");
             }
+        }
+        match node
+            .registry()
+            .evidence_since(&node.public_key(), receipts_cursor, feedback_cursor)
+        {
+            Ok(evidence) => {
+                let messages = evidence
+                    .receipts
+                    .iter()
+                    .map(|r| message(ANNOUNCE_RECEIPT, r.as_bytes()))
+                    .chain(
+                        evidence
+                            .feedback
+                            .iter()
+                            .map(|f| message(ANNOUNCE_FEEDBACK, f.as_bytes())),
+                    );
+                for message in messages {
+                    if let Err(error) = sender.broadcast(message).await {
+                        tracing::warn!(%error, "passing on evidence");
+                    }
+                }
+                receipts_cursor = evidence.receipts_cursor;
+                feedback_cursor = evidence.feedback_cursor;
+            }
+            Err(error) => tracing::warn!(%error, "reading evidence to pass on"),
         }
     }
 }
@@ -669,10 +704,24 @@ async fn listen(
     }
 }
 
-/// Verifies an announcement and records its manifest; `Ok(false)` if it was already known.
+/// Verifies an announcement and records what it carries; `Ok(false)` if it was already known.
 async fn record_announcement(node: &Node, message: &[u8]) -> Result<bool, String> {
-    let Some((&ANNOUNCE_MANIFEST, bytes)) = message.split_first() else {
-        return Err("unknown message kind".into());
+    let inserted = |result: Result<Inserted, agora_registry::Error>| match result {
+        Ok(Inserted::New) => Ok(true),
+        Ok(Inserted::AlreadyPresent) => Ok(false),
+        Err(error) => Err(error.to_string()),
+    };
+    let bytes = match message.split_first() {
+        Some((&ANNOUNCE_MANIFEST, bytes)) => bytes,
+        Some((&ANNOUNCE_RECEIPT, bytes)) => {
+            let receipt = SignedReceipt::from_bytes(bytes).map_err(|e| e.to_string())?;
+            return inserted(node.registry().insert_receipt(&receipt));
+        }
+        Some((&ANNOUNCE_FEEDBACK, bytes)) => {
+            let feedback = SignedFeedback::from_bytes(bytes).map_err(|e| e.to_string())?;
+            return inserted(node.registry().insert_feedback(&feedback));
+        }
+        _ => return Err("unknown message kind".into()),
     };
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         return Err("oversized manifest".into());

@@ -81,7 +81,29 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      ALTER TABLE receipts ADD COLUMN request_hash TEXT;
      ALTER TABLE receipts ADD COLUMN caller TEXT;",
+    // 3: evidence that a host forked its receipt chain: two signed receipts, one sequence number.
+    "CREATE TABLE forks (
+         host      TEXT NOT NULL,
+         seq       INTEGER NOT NULL,
+         receipt_a TEXT NOT NULL,
+         receipt_b TEXT NOT NULL,
+         PRIMARY KEY (host, seq, receipt_a, receipt_b)
+     ) STRICT;",
 ];
+
+/// Two receipts signed by one host with the same sequence number: proof that the host showed
+/// different histories to different peers (or rewrote its own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    /// The host that signed both.
+    pub host: PublicKey,
+    /// The sequence number both claim.
+    pub seq: u64,
+    /// The receipt stored first.
+    pub first: Hash,
+    /// The conflicting receipt.
+    pub second: Hash,
+}
 
 /// Bounds on an agent's persistent memory on one host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +133,19 @@ pub struct KvNamespace {
     pub publisher: PublicKey,
     /// The agent's name.
     pub agent: String,
+}
+
+/// A batch of evidence to pass on to peers; see [`Registry::evidence_since`].
+#[derive(Clone, Debug)]
+pub struct Evidence {
+    /// Receipts, oldest first.
+    pub receipts: Vec<SignedReceipt>,
+    /// Feedback, oldest first.
+    pub feedback: Vec<SignedFeedback>,
+    /// Where the next batch of receipts starts.
+    pub receipts_cursor: i64,
+    /// Where the next batch of feedback starts.
+    pub feedback_cursor: i64,
 }
 
 /// Whether an insert stored something new.
@@ -385,15 +420,123 @@ impl Registry {
         Ok(receipt)
     }
 
-    /// Stores a verified receipt from any host (for example one received from a peer).
+    /// Stores a verified receipt from any host (for example one received from a peer). A
+    /// receipt whose host already signed a different receipt with the same sequence number is
+    /// stored too, and the pair is recorded as a [`Fork`].
     pub fn insert_receipt(&self, receipt: &SignedReceipt) -> Result<Inserted, Error> {
+        let body = receipt.body();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_error(e))?;
+        let changed = insert_receipt_row(&tx, receipt).map_err(|e| self.db_error(e))?;
+        if changed == 0 {
+            return Ok(Inserted::AlreadyPresent);
+        }
+        let first: Option<String> = tx
+            .query_row(
+                "SELECT hash FROM receipts WHERE host = ?1 AND seq = ?2 AND hash != ?3
+                 ORDER BY rowid LIMIT 1",
+                params![body.host.to_hex(), body.seq as i64, receipt.hash().to_hex()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        if let Some(first) = first {
+            tracing::warn!(host = %body.host, seq = body.seq, "host forked its receipt chain");
+            tx.execute(
+                "INSERT OR IGNORE INTO forks (host, seq, receipt_a, receipt_b) VALUES (?1, ?2, ?3, ?4)",
+                params![body.host.to_hex(), body.seq as i64, first, receipt.hash().to_hex()],
+            )
+            .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().map_err(|e| self.db_error(e))?;
+        Ok(Inserted::New)
+    }
+
+    /// Recorded forks in `host`'s receipt chain.
+    pub fn forks(&self, host: &PublicKey) -> Result<Vec<Fork>, Error> {
         let conn = self.conn();
-        let changed = insert_receipt_row(&conn, receipt).map_err(|e| self.db_error(e))?;
-        Ok(if changed == 0 {
-            Inserted::AlreadyPresent
-        } else {
-            Inserted::New
-        })
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, receipt_a, receipt_b FROM forks WHERE host = ?1 ORDER BY seq",
+            )
+            .map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params![host.to_hex()], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.db_error(e))?;
+        let mut forks = Vec::new();
+        for row in rows {
+            let (seq, first, second) = row.map_err(|e| self.db_error(e))?;
+            let parse = |h: String| {
+                h.parse::<Hash>().map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    what: e.to_string(),
+                })
+            };
+            forks.push(Fork {
+                host: *host,
+                seq: seq as u64,
+                first: parse(first)?,
+                second: parse(second)?,
+            });
+        }
+        Ok(forks)
+    }
+
+    /// Receipts signed by `host` and feedback stored after the given row positions, with the
+    /// positions to continue from: what a host has not yet told its peers.
+    pub fn evidence_since(
+        &self,
+        host: &PublicKey,
+        receipts_after: i64,
+        feedback_after: i64,
+    ) -> Result<Evidence, Error> {
+        let conn = self.conn();
+        let mut evidence = Evidence {
+            receipts: Vec::new(),
+            feedback: Vec::new(),
+            receipts_cursor: receipts_after,
+            feedback_cursor: feedback_after,
+        };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT rowid, signed FROM receipts WHERE host = ?1 AND rowid > ?2
+                 ORDER BY rowid LIMIT 1000",
+            )
+            .map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params![host.to_hex(), receipts_after], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| self.db_error(e))?;
+        for row in rows {
+            let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
+            evidence.receipts.push(SignedReceipt::from_bytes(&bytes)?);
+            evidence.receipts_cursor = rowid;
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT rowid, signed FROM feedback WHERE rowid > ?1 ORDER BY rowid LIMIT 1000",
+            )
+            .map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params![feedback_after], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| self.db_error(e))?;
+        for row in rows {
+            let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
+            evidence.feedback.push(SignedFeedback::from_bytes(&bytes)?);
+            evidence.feedback_cursor = rowid;
+        }
+        Ok(evidence)
     }
 
     /// The receipt with this hash, if stored.

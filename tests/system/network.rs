@@ -804,3 +804,195 @@ async fn a_signed_manifest_for_something_that_is_not_a_component_is_rejected() {
     assert!(b.node.registry().manifests().unwrap().is_empty());
     a_net.shutdown().await;
 }
+
+/// A bare gossip peer on the marketplace topic, joined through `target`.
+async fn raw_gossip_peer(
+    target: &Network,
+) -> (iroh::protocol::Router, iroh_gossip::api::GossipTopic) {
+    use iroh::endpoint::{PortmapperConfig, presets};
+    let lookup = iroh::address_lookup::memory::MemoryLookup::new();
+    lookup.add_endpoint_info(target.addr());
+    let endpoint = iroh::Endpoint::builder(presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .address_lookup(lookup)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let gossip = iroh_gossip::Gossip::builder().spawn(endpoint.clone());
+    let router = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(iroh_gossip::ALPN, gossip.clone())
+        .spawn();
+    let topic = gossip
+        .subscribe_and_join(agora_host::net::marketplace_topic(), vec![target.addr().id])
+        .await
+        .unwrap();
+    (router, topic)
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn hosts_exchange_receipts_and_feedback() {
+    use agora_registry::{CallRequest, Feedback, SecretKey, Signed, request_hash};
+
+    let a = TestHost::new().await;
+    let driver = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    learns_of(&b, &driver).await;
+
+    let caller = SecretKey::generate();
+    let payload = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut receipts = Vec::new();
+    for _ in 0..2 {
+        let request = Signed::sign(
+            CallRequest {
+                caller: caller.public(),
+                host: a.node.public_key(),
+                agent: driver.hash(),
+                input_hash: request_hash("quote", payload),
+                fuel_limit: 10_000_000,
+                nonce: CallRequest::new_nonce(),
+                expires_at_ms: now + 60_000,
+            },
+            &caller,
+        )
+        .unwrap();
+        receipts.push(
+            a.node
+                .run_request(&request, "quote", payload)
+                .await
+                .unwrap()
+                .receipt,
+        );
+    }
+    let rating = Signed::sign(
+        Feedback {
+            receipt: receipts[1].hash(),
+            rater: caller.public(),
+            score: 95,
+            tags: vec![],
+            created_at_ms: now,
+        },
+        &caller,
+    )
+    .unwrap();
+    a.node.registry().insert_feedback(&rating).unwrap();
+
+    let a_key = a.node.public_key();
+    eventually("B receiving A's receipts", || {
+        b.node.registry().receipt_chain(&a_key).unwrap().len() == 2
+    })
+    .await;
+    eventually("B receiving the feedback", || {
+        b.node
+            .registry()
+            .feedback(&receipts[1].hash())
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let chain = b.node.registry().receipt_chain(&a_key).unwrap();
+    assert_eq!(
+        chain[1].body().prev,
+        Some(chain[0].hash()),
+        "B holds A's chain intact"
+    );
+    assert!(b.node.registry().forks(&a_key).unwrap().is_empty());
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_dropped() {
+    use agora_registry::{AgentRef, Outcome, Receipt, SecretKey, Signed, request_hash};
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let (router, mut topic) = raw_gossip_peer(&b_net).await;
+
+    // A cheating host signs two different receipts with sequence number 0.
+    let cheat = SecretKey::generate();
+    let receipt = |output: &[u8]| {
+        Signed::sign(
+            Receipt {
+                agent: AgentRef {
+                    manifest: Hash::of(b"m"),
+                    component: Hash::of(b"c"),
+                },
+                request: None,
+                caller: None,
+                input_hash: request_hash("quote", b"{}"),
+                output_hash: Some(Hash::of(output)),
+                outcome: Outcome::Ok,
+                fuel_limit: 10,
+                fuel_used: 5,
+                charge: 1,
+                wall_time_us: 1,
+                nested: vec![],
+                parent_call: None,
+                host: cheat.public(),
+                runtime: agora_host::RUNTIME_VERSION.into(),
+                seq: 0,
+                prev: None,
+                timestamp_ms: 1,
+            },
+            &cheat,
+        )
+        .unwrap()
+    };
+    let (honest, forked) = (receipt(b"to peer one"), receipt(b"to peer two"));
+    let forged = String::from_utf8(honest.as_bytes().to_vec())
+        .unwrap()
+        .replace("\"fuel_used\":5", "\"fuel_used\":1");
+    for (kind, body) in [
+        (2u8, honest.as_bytes()),
+        (2, forged.as_bytes()),
+        (2, forked.as_bytes()),
+    ] {
+        let mut message = vec![kind];
+        message.extend_from_slice(body);
+        topic.broadcast(bytes::Bytes::from(message)).await.unwrap();
+    }
+
+    let cheat_key = cheat.public();
+    eventually("the fork being recorded", || {
+        !b.node.registry().forks(&cheat_key).unwrap().is_empty()
+    })
+    .await;
+    let forks = b.node.registry().forks(&cheat_key).unwrap();
+    assert_eq!(forks.len(), 1);
+    assert_eq!(
+        (forks[0].seq, forks[0].first, forks[0].second),
+        (0, honest.hash(), forked.hash())
+    );
+    eventually("the forgery being dropped", || {
+        b_net.gossip_stats().dropped() >= 1
+    })
+    .await;
+    assert_eq!(
+        b.node.registry().receipt_chain(&cheat_key).unwrap().len(),
+        2,
+        "both kept as evidence"
+    );
+    router.shutdown().await.unwrap();
+    b_net.shutdown().await;
+}

@@ -55,3 +55,54 @@ impl TestHost {
             .manifest
     }
 }
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// A request signed by `caller` for `host` to run `action` with `payload` on `agent`, valid for
+/// a minute.
+pub fn sign_request(
+    caller: &agora_registry::SecretKey,
+    host: agora_registry::PublicKey,
+    agent: agora_registry::Hash,
+    action: &str,
+    payload: &[u8],
+) -> agora_registry::SignedRequest {
+    agora_registry::Signed::sign(
+        agora_registry::CallRequest {
+            caller: caller.public(),
+            host,
+            agent,
+            input_hash: agora_registry::request_hash(action, payload),
+            fuel_limit: 50_000_000,
+            nonce: agora_registry::CallRequest::new_nonce(),
+            expires_at_ms: now_ms() + 60_000,
+        },
+        caller,
+    )
+    .expect("sign request")
+}
+
+/// Feedback signed by `rater` giving `receipt` a `score`.
+pub fn sign_feedback(
+    rater: &agora_registry::SecretKey,
+    receipt: &agora_registry::SignedReceipt,
+    score: u8,
+) -> agora_registry::SignedFeedback {
+    agora_registry::Signed::sign(
+        agora_registry::Feedback {
+            receipt: receipt.hash(),
+            rater: rater.public(),
+            score,
+            tags: vec![],
+            created_at_ms: now_ms(),
+        },
+        rater,
+    )
+    .expect("sign feedback")
+}

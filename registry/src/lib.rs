@@ -40,6 +40,7 @@ mod hash;
 mod identity;
 mod manifest;
 mod receipt;
+pub mod reputation;
 mod signed;
 mod store;
 

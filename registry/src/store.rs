@@ -723,6 +723,41 @@ impl Registry {
         bytes.map(|b| SignedFeedback::from_bytes(&b)).transpose()
     }
 
+    /// Everything in the registry that reputation is computed from.
+    pub fn evidence_set(&self) -> Result<crate::reputation::EvidenceSet, Error> {
+        let manifests = self.manifests()?;
+        let receipts = self.query_receipts("", params![], usize::MAX)?;
+        let conn = self.conn();
+        let mut feedback = Vec::new();
+        let mut stmt = conn
+            .prepare_cached("SELECT signed FROM feedback ORDER BY rowid")
+            .map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.db_error(e))?;
+        for bytes in rows {
+            feedback.push(SignedFeedback::from_bytes(
+                &bytes.map_err(|e| self.db_error(e))?,
+            )?);
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT host FROM forks")
+            .map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(|e| self.db_error(e))?;
+        let mut forked_hosts = std::collections::BTreeSet::new();
+        for host in rows {
+            forked_hosts.insert(host.map_err(|e| self.db_error(e))?.parse::<PublicKey>()?);
+        }
+        Ok(crate::reputation::EvidenceSet {
+            manifests,
+            receipts,
+            feedback,
+            forked_hosts,
+        })
+    }
+
     /// Reads a key from an agent's memory.
     pub fn kv_get(&self, ns: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let conn = self.conn();

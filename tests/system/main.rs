@@ -6,4 +6,5 @@ mod marketplace;
 mod network;
 mod publishing;
 mod receipts;
+mod reputation;
 mod sandbox;

@@ -1,0 +1,440 @@
+//! Reputation computed from signed evidence, the same way on every host that holds it.
+//!
+//! [`compute`] is a pure function of an [`EvidenceSet`] and [`ScoreParams`]: every map is
+//! ordered and every sum runs in a fixed order, so two hosts with the same evidence and the same
+//! anchors get bit-identical scores.
+//!
+//! **Trust in keys** is personalised EigenTrust. Trust starts at this host's anchors (its own key
+//! and any keys its operator configures) and flows along local-trust edges:
+//! - caller → host: feedback the caller gave on the host's receipts, `score/100 × ln(1+charge)`;
+//! - host → caller: calls the host served under the caller's signed request, `ln(1+charge)`.
+//!
+//! Each key's outgoing edges are normalised, `t = (1−α)·Cᵀt + α·p` is iterated from the anchor
+//! distribution `p`, and any key's share is capped at `cap` (the excess returns to the anchors).
+//! Keys no path from an anchor reaches get exactly zero, however many of them there are. A host
+//! whose receipt chain forked gets zero and passes on nothing.
+//!
+//! **Agent quality**, per component hash (a new version starts afresh), is a Beta reputation:
+//! quality `(R+1)/(R+S+2)`, uncertainty `2/(R+S+2)`, ranked by the 5% quantile of
+//! `Beta(R+1, S+1)`. Each receipt about the component adds:
+//! - to S, if the agent failed on its own account (trap, timeout, memory limit, or fuel
+//!   exhausted with the manifest's whole budget): weight `trust(host)·w`;
+//! - to R and S, if the caller rated it (score q): `trust(caller)·w·q` and `trust(caller)·w·(1−q)`;
+//! - where `w = ln(1+charge)·½^(age/half-life)`: free calls are not evidence, so farming ratings
+//!   costs real fuel, and old evidence fades.
+//!
+//! Receipts where caller, host and publisher are one key are self-dealing and ignored.
+//! **Publisher reputation** is the same formula over the sums of all the publisher's agents.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::identity::PublicKey;
+use crate::receipt::Outcome;
+use crate::{Hash, SignedFeedback, SignedManifest, SignedReceipt};
+
+/// Everything scores are computed from. All of it is signed and verified.
+#[derive(Clone, Debug, Default)]
+pub struct EvidenceSet {
+    /// Manifests, for each agent's publisher and limits.
+    pub manifests: Vec<SignedManifest>,
+    /// Receipts from any host.
+    pub receipts: Vec<SignedReceipt>,
+    /// Feedback already checked against its receipt (see [`crate::Registry::insert_feedback`]).
+    pub feedback: Vec<SignedFeedback>,
+    /// Hosts with a recorded fork in their receipt chain.
+    pub forked_hosts: BTreeSet<PublicKey>,
+}
+
+/// Parameters of the score computation.
+#[derive(Clone, Debug)]
+pub struct ScoreParams {
+    /// Keys trusted a priori: this host's own key and any its operator configures.
+    pub anchors: Vec<PublicKey>,
+    /// Restart probability of the trust walk (EigenTrust's α).
+    pub restart: f64,
+    /// Largest share of all trust one key may hold.
+    pub cap: f64,
+    /// Evidence loses half its weight over this many milliseconds.
+    pub half_life_ms: u64,
+    /// "Now", for ageing evidence, in milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
+impl ScoreParams {
+    /// Defaults: α = 0.15, cap 0.25, half-life 30 days.
+    pub fn new(anchors: Vec<PublicKey>, now_ms: u64) -> Self {
+        ScoreParams {
+            anchors,
+            restart: 0.15,
+            cap: 0.25,
+            half_life_ms: 30 * 24 * 3_600_000,
+            now_ms,
+        }
+    }
+}
+
+/// A Beta reputation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reputation {
+    /// Weighted positive evidence R.
+    pub positive: f64,
+    /// Weighted negative evidence S.
+    pub negative: f64,
+    /// Pieces of evidence that carried any weight.
+    pub evidence: usize,
+}
+
+impl Reputation {
+    const NONE: Reputation = Reputation {
+        positive: 0.0,
+        negative: 0.0,
+        evidence: 0,
+    };
+
+    /// Expected quality, `(R+1)/(R+S+2)`.
+    pub fn quality(&self) -> f64 {
+        (self.positive + 1.0) / (self.positive + self.negative + 2.0)
+    }
+
+    /// Uncertainty, `2/(R+S+2)`: 1 with no evidence, falling towards 0.
+    pub fn uncertainty(&self) -> f64 {
+        2.0 / (self.positive + self.negative + 2.0)
+    }
+
+    /// The 5% quantile of `Beta(R+1, S+1)`: what agents are ranked by.
+    pub fn lower_bound(&self) -> f64 {
+        beta_quantile(0.05, self.positive + 1.0, self.negative + 1.0)
+    }
+
+    fn add(&mut self, other: &Reputation) {
+        self.positive += other.positive;
+        self.negative += other.negative;
+        self.evidence += other.evidence;
+    }
+}
+
+/// Scores computed from an evidence set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scores {
+    /// Trust in each key that has any (they sum to 1).
+    pub trust: BTreeMap<PublicKey, f64>,
+    /// Reputation per component hash.
+    pub agents: BTreeMap<Hash, Reputation>,
+    /// Reputation per publisher.
+    pub publishers: BTreeMap<PublicKey, Reputation>,
+}
+
+impl Scores {
+    /// Trust in `key` (0 if none).
+    pub fn trust_in(&self, key: &PublicKey) -> f64 {
+        self.trust.get(key).copied().unwrap_or(0.0)
+    }
+
+    /// An agent's reputation (no evidence if unknown).
+    pub fn agent(&self, component: &Hash) -> Reputation {
+        self.agents
+            .get(component)
+            .copied()
+            .unwrap_or(Reputation::NONE)
+    }
+}
+
+/// Computes trust and reputation from `evidence`.
+pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
+    let manifests: BTreeMap<Hash, &SignedManifest> =
+        evidence.manifests.iter().map(|m| (m.hash(), m)).collect();
+    let receipts: BTreeMap<Hash, &SignedReceipt> =
+        evidence.receipts.iter().map(|r| (r.hash(), r)).collect();
+    let feedback: BTreeMap<Hash, &SignedFeedback> = evidence
+        .feedback
+        .iter()
+        .map(|f| (f.body().receipt, f))
+        .collect();
+
+    let trust = trust(&receipts, &feedback, evidence, params);
+    let trust_in = |key: &PublicKey| trust.get(key).copied().unwrap_or(0.0);
+
+    let mut agents: BTreeMap<Hash, Reputation> = BTreeMap::new();
+    let mut publisher_of: BTreeMap<Hash, PublicKey> = BTreeMap::new();
+    for (hash, receipt) in &receipts {
+        let body = receipt.body();
+        let Some(manifest) = manifests.get(&body.agent.manifest) else {
+            continue;
+        };
+        let publisher = manifest.body().publisher;
+        if body.caller == Some(body.host) && body.host == publisher {
+            continue;
+        }
+        let weight = cost_weight(body.charge) * decay(body.timestamp_ms, params);
+        if weight == 0.0 {
+            continue;
+        }
+        let component = body.agent.component;
+        publisher_of.insert(component, publisher);
+        let entry = agents.entry(component).or_insert(Reputation::NONE);
+        let failed = match body.outcome {
+            Outcome::Trap { .. } | Outcome::Timeout | Outcome::MemoryLimit => true,
+            Outcome::FuelExhausted => body.fuel_limit >= manifest.body().limits.max_fuel,
+            _ => false,
+        };
+        if failed {
+            let w = trust_in(&body.host) * weight;
+            if w > 0.0 {
+                entry.negative += w;
+                entry.evidence += 1;
+            }
+        }
+        if let Some(rating) = feedback.get(hash) {
+            let rating = rating.body();
+            let w = trust_in(&rating.rater) * weight;
+            if w > 0.0 {
+                let q = f64::from(rating.score.min(100)) / 100.0;
+                entry.positive += w * q;
+                entry.negative += w * (1.0 - q);
+                entry.evidence += 1;
+            }
+        }
+    }
+    let mut publishers: BTreeMap<PublicKey, Reputation> = BTreeMap::new();
+    for (component, reputation) in &agents {
+        if let Some(publisher) = publisher_of.get(component) {
+            publishers
+                .entry(*publisher)
+                .or_insert(Reputation::NONE)
+                .add(reputation);
+        }
+    }
+    Scores {
+        trust,
+        agents,
+        publishers,
+    }
+}
+
+fn cost_weight(charge: u64) -> f64 {
+    (charge as f64).ln_1p()
+}
+
+fn decay(timestamp_ms: u64, params: &ScoreParams) -> f64 {
+    let age = params.now_ms.saturating_sub(timestamp_ms) as f64;
+    0.5_f64.powf(age / params.half_life_ms.max(1) as f64)
+}
+
+/// Personalised EigenTrust over the local-trust graph built from receipts and feedback.
+fn trust(
+    receipts: &BTreeMap<Hash, &SignedReceipt>,
+    feedback: &BTreeMap<Hash, &SignedFeedback>,
+    evidence: &EvidenceSet,
+    params: &ScoreParams,
+) -> BTreeMap<PublicKey, f64> {
+    let forked = &evidence.forked_hosts;
+    let mut edges: BTreeMap<PublicKey, BTreeMap<PublicKey, f64>> = BTreeMap::new();
+    let mut add = |from: PublicKey, to: PublicKey, weight: f64| {
+        if from != to && weight > 0.0 && !forked.contains(&from) && !forked.contains(&to) {
+            *edges.entry(from).or_default().entry(to).or_insert(0.0) += weight;
+        }
+    };
+    for (hash, receipt) in receipts {
+        let body = receipt.body();
+        let Some(caller) = body.caller else { continue };
+        let weight = cost_weight(body.charge) * decay(body.timestamp_ms, params);
+        add(body.host, caller, weight);
+        if let Some(rating) = feedback.get(hash) {
+            let q = f64::from(rating.body().score.min(100)) / 100.0;
+            add(caller, body.host, weight * q);
+        }
+    }
+
+    let anchors: BTreeSet<PublicKey> = params
+        .anchors
+        .iter()
+        .filter(|a| !forked.contains(a))
+        .copied()
+        .collect();
+    if anchors.is_empty() {
+        return BTreeMap::new();
+    }
+    let start = 1.0 / anchors.len() as f64;
+    let restart: BTreeMap<PublicKey, f64> = anchors.iter().map(|a| (*a, start)).collect();
+    let mut trust = restart.clone();
+    for _ in 0..100 {
+        let mut next: BTreeMap<PublicKey, f64> = restart
+            .iter()
+            .map(|(k, v)| (*k, params.restart * v))
+            .collect();
+        for (from, t) in &trust {
+            match edges.get(from) {
+                Some(out) => {
+                    let total: f64 = out.values().sum();
+                    for (to, w) in out {
+                        *next.entry(*to).or_insert(0.0) += (1.0 - params.restart) * t * w / total;
+                    }
+                }
+                // A key that trusts nobody hands its share back to the anchors.
+                None => {
+                    for (anchor, p) in &restart {
+                        *next.entry(*anchor).or_insert(0.0) += (1.0 - params.restart) * t * p;
+                    }
+                }
+            }
+        }
+        cap_trust(&mut next, &restart, params.cap);
+        let change: f64 = next
+            .iter()
+            .map(|(k, v)| (v - trust.get(k).copied().unwrap_or(0.0)).abs())
+            .sum();
+        trust = next;
+        if change < 1e-12 {
+            break;
+        }
+    }
+    trust.retain(|_, v| *v > 0.0);
+    trust
+}
+
+/// Clips every non-anchor key to `cap` and returns the excess to the anchors. Anchors are the
+/// host's own judgement and are not capped.
+fn cap_trust(trust: &mut BTreeMap<PublicKey, f64>, restart: &BTreeMap<PublicKey, f64>, cap: f64) {
+    let mut excess = 0.0;
+    for (key, value) in trust.iter_mut() {
+        if !restart.contains_key(key) && *value > cap {
+            excess += *value - cap;
+            *value = cap;
+        }
+    }
+    if excess > 0.0 {
+        for (anchor, p) in restart {
+            *trust.entry(*anchor).or_insert(0.0) += excess * p;
+        }
+    }
+}
+
+/// The `p` quantile of `Beta(a, b)`, by bisection on the regularised incomplete beta function.
+fn beta_quantile(p: f64, a: f64, b: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0, 1.0);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if incomplete_beta(mid, a, b) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// The regularised incomplete beta function `I_x(a, b)` (continued fraction, Lentz's method).
+fn incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front =
+        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_fraction(x, a, b) / a
+    } else {
+        1.0 - front * beta_fraction(1.0 - x, b, a) / b
+    }
+}
+
+fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let mut c = 1.0;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..300 {
+        let m = f64::from(m);
+        let even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        for numerator in [
+            even,
+            -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0)),
+        ] {
+            d = 1.0 + numerator * d;
+            if d.abs() < TINY {
+                d = TINY;
+            }
+            c = 1.0 + numerator / c;
+            if c.abs() < TINY {
+                c = TINY;
+            }
+            d = 1.0 / d;
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-14 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos approximation, g = 7).
+fn ln_gamma(x: f64) -> f64 {
+    const COEFFICIENTS: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return std::f64::consts::PI.ln()
+            - (std::f64::consts::PI * x).sin().ln()
+            - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let series = COEFFICIENTS[1..]
+        .iter()
+        .enumerate()
+        .fold(COEFFICIENTS[0], |sum, (i, c)| {
+            sum + c / (x + i as f64 + 1.0)
+        });
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_beta_quantile_matches_known_values() {
+        // Beta(1,1) is uniform: its 5% quantile is 0.05.
+        assert!((beta_quantile(0.05, 1.0, 1.0) - 0.05).abs() < 1e-9);
+        // Beta(2,1) has CDF x²: the 5% quantile is √0.05.
+        assert!((beta_quantile(0.05, 2.0, 1.0) - 0.05_f64.sqrt()).abs() < 1e-9);
+        // Beta(1,2) has CDF 1−(1−x)²: the 5% quantile is 1−√0.95.
+        assert!((beta_quantile(0.05, 1.0, 2.0) - (1.0 - 0.95_f64.sqrt())).abs() < 1e-9);
+        // More evidence at the same mean raises the bound.
+        let few = Reputation {
+            positive: 8.0,
+            negative: 2.0,
+            evidence: 10,
+        };
+        let many = Reputation {
+            positive: 80.0,
+            negative: 20.0,
+            evidence: 100,
+        };
+        assert!(many.lower_bound() > few.lower_bound());
+        assert!((few.quality() - 0.75).abs() < 1e-12);
+        assert!((Reputation::NONE.uncertainty() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ln_gamma_matches_factorials() {
+        for (n, factorial) in [(1.0, 1.0_f64), (5.0, 24.0), (11.0, 3_628_800.0)] {
+            assert!((ln_gamma(n) - factorial.ln()).abs() < 1e-10, "Γ({n})");
+        }
+    }
+}

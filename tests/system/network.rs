@@ -400,32 +400,11 @@ async fn three_hosts_discover_fetch_and_negotiate_through_each_other() {
 #[tokio::test]
 async fn invalid_announcements_are_dropped_and_counted() {
     use agora_registry::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SecretKey, Signed};
-    use iroh::endpoint::{PortmapperConfig, presets};
 
     let a = TestHost::new().await;
     let a_net = online(&a).await;
-
     // A hostile peer: a plain iroh endpoint speaking gossip on the marketplace topic.
-    let lookup = iroh::address_lookup::memory::MemoryLookup::new();
-    lookup.add_endpoint_info(a_net.addr());
-    let endpoint = iroh::Endpoint::builder(presets::Minimal)
-        .relay_mode(iroh::RelayMode::Disabled)
-        .portmapper_config(PortmapperConfig::Disabled)
-        .address_lookup(lookup)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let gossip = iroh_gossip::Gossip::builder().spawn(endpoint.clone());
-    let router = iroh::protocol::Router::builder(endpoint.clone())
-        .accept(iroh_gossip::ALPN, gossip.clone())
-        .spawn();
-    let mut topic = gossip
-        .subscribe_and_join(agora_host::net::marketplace_topic(), vec![a_net.addr().id])
-        .await
-        .unwrap();
+    let (router, mut topic) = raw_gossip_peer(&a_net).await;
 
     let publisher = SecretKey::generate();
     let manifest = Signed::sign(
@@ -533,17 +512,7 @@ impl iroh::protocol::ProtocolHandler for LyingBlobServer {
 
 #[tokio::test]
 async fn a_peer_sending_data_that_does_not_match_the_hash_fails_verification() {
-    use iroh::endpoint::{PortmapperConfig, presets};
-
-    let endpoint = iroh::Endpoint::builder(presets::Minimal)
-        .relay_mode(iroh::RelayMode::Disabled)
-        .portmapper_config(PortmapperConfig::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let endpoint = bare_endpoint(&[]).await;
     let liar = iroh::protocol::Router::builder(endpoint.clone())
         .accept(iroh_blobs::ALPN, LyingBlobServer)
         .spawn();
@@ -640,20 +609,10 @@ impl iroh::protocol::ProtocolHandler for VanishingServer {
 
 #[tokio::test]
 async fn a_peer_that_vanishes_mid_transfer_leaves_nothing_partial_and_the_next_is_tried() {
-    use iroh::endpoint::{PortmapperConfig, presets};
-
     let a = TestHost::new().await;
     let manifest = a.publish(examples::ENERGY_TRADER).await;
     let a_net = online(&a).await;
-    let endpoint = iroh::Endpoint::builder(presets::Minimal)
-        .relay_mode(iroh::RelayMode::Disabled)
-        .portmapper_config(PortmapperConfig::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let endpoint = bare_endpoint(&[]).await;
     let vanishing = iroh::protocol::Router::builder(endpoint.clone())
         .accept(
             iroh_blobs::ALPN,
@@ -805,14 +764,14 @@ async fn a_signed_manifest_for_something_that_is_not_a_component_is_rejected() {
     a_net.shutdown().await;
 }
 
-/// A bare gossip peer on the marketplace topic, joined through `target`.
-async fn raw_gossip_peer(
-    target: &Network,
-) -> (iroh::protocol::Router, iroh_gossip::api::GossipTopic) {
+/// A plain iroh endpoint on loopback, outside agora: the base of the hostile peers below.
+async fn bare_endpoint(known: &[iroh::EndpointAddr]) -> iroh::Endpoint {
     use iroh::endpoint::{PortmapperConfig, presets};
     let lookup = iroh::address_lookup::memory::MemoryLookup::new();
-    lookup.add_endpoint_info(target.addr());
-    let endpoint = iroh::Endpoint::builder(presets::Minimal)
+    for peer in known {
+        lookup.add_endpoint_info(peer.clone());
+    }
+    iroh::Endpoint::builder(presets::Minimal)
         .relay_mode(iroh::RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)
         .address_lookup(lookup)
@@ -821,7 +780,14 @@ async fn raw_gossip_peer(
         .unwrap()
         .bind()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A bare gossip peer on the marketplace topic, joined through `target`.
+async fn raw_gossip_peer(
+    target: &Network,
+) -> (iroh::protocol::Router, iroh_gossip::api::GossipTopic) {
+    let endpoint = bare_endpoint(&[target.addr()]).await;
     let gossip = iroh_gossip::Gossip::builder().spawn(endpoint.clone());
     let router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(iroh_gossip::ALPN, gossip.clone())

@@ -11,6 +11,8 @@
 //! - [`net::Network`] puts a node on iroh: its key is its node id, it serves its blobs, fetches
 //!   agents by manifest hash from peers with verified streaming, and learns of agents through
 //!   the marketplace gossip topic. Local-only unless configured otherwise.
+//! - [`api::ApiServer`] serves the registry and reputation over HTTP (`/v1`, `/healthz`,
+//!   `/metrics`) and accepts signed receipts and feedback.
 //! - [`examples`] holds the example agents, compiled from `guest-examples/` when this crate is
 //!   built, and [`demo`] runs the marketplace demo with them.
 //!
@@ -28,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 mod blobs;
 pub mod demo;
 mod error;

@@ -48,6 +48,10 @@ enum Command {
     Host {
         #[command(flatten)]
         net: NetArgs,
+        /// Also serve the HTTP API (registry, reputation, evidence) on this address, e.g.
+        /// 127.0.0.1:8080.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
     },
     /// Fetch an agent by manifest hash from peers, verify it and store it.
     Fetch {
@@ -220,17 +224,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(data_dir, args).await,
-        Command::Host { net } => {
+        Command::Host { net, api } => {
             let node = open(data_dir).await?;
             let network = Network::start(node.clone(), net.config()?).await?;
             println!("host {}", node.public_key());
             println!("ticket {}", network.ticket());
+            let api = match api {
+                Some(listen) => {
+                    let config = agora_host::api::ApiConfig {
+                        listen,
+                        ..Default::default()
+                    };
+                    let server = agora_host::api::ApiServer::start(node.clone(), config).await?;
+                    println!("api http://{}", server.addr());
+                    Some(server)
+                }
+                None => None,
+            };
             eprintln!(
                 "serving {} agents; Ctrl-C to stop",
                 node.registry().manifests()?.len()
             );
             shutdown_signal().await?;
             eprintln!("stopping");
+            if let Some(api) = api {
+                api.shutdown().await;
+            }
             network.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }

@@ -2,6 +2,7 @@
 //! `guest-examples/` and `tests/guests/`. One binary, one module per area.
 
 mod evidence;
+mod http;
 mod marketplace;
 mod network;
 mod publishing;

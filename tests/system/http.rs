@@ -1,0 +1,224 @@
+//! The HTTP API against a real server on an ephemeral loopback port: every endpoint, and the
+//! error paths.
+
+use agora_host::api::{ApiConfig, ApiServer};
+use agora_host::{PublishOptions, examples};
+use agora_registry::{SecretKey, SignedManifest};
+use agora_tests::{TestHost, sign_feedback, sign_request};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PAYLOAD: &[u8] = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+
+/// One HTTP/1.1 exchange; returns the status and the body.
+async fn http(server: &ApiServer, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let status_line = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
+async fn json(server: &ApiServer, path: &str) -> (u16, Value) {
+    let (status, body) = http(server, "GET", path, b"").await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn error_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body).unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_endpoint_and_its_errors() {
+    let host = TestHost::new().await;
+    let options = PublishOptions {
+        price_per_mfuel: 1_000,
+        ..PublishOptions::default()
+    };
+    let driver = host
+        .node
+        .publish(examples::RIDE_DRIVER, options)
+        .await
+        .unwrap()
+        .manifest;
+    let caller = SecretKey::generate();
+    let request = sign_request(
+        &caller,
+        host.node.public_key(),
+        driver.hash(),
+        "quote",
+        PAYLOAD,
+    );
+    let receipt = host
+        .node
+        .run_request(&request, "quote", PAYLOAD)
+        .await
+        .unwrap()
+        .receipt;
+    let server = ApiServer::start(host.node.clone(), ApiConfig::default())
+        .await
+        .unwrap();
+    let manifest = driver.hash().to_hex();
+
+    assert_eq!(
+        http(&server, "GET", "/healthz", b"").await,
+        (200, b"ok".to_vec())
+    );
+
+    // Listing and search.
+    let (status, list) = json(&server, "/v1/agents").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["agents"][0]["manifest"], manifest);
+    assert_eq!(
+        json(&server, "/v1/agents?action=quote").await.1["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        json(&server, "/v1/agents?name=energy").await.1["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let by_publisher = format!("/v1/agents?publisher={}", host.node.public_key());
+    assert_eq!(
+        json(&server, &by_publisher).await.1["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (status, body) = http(&server, "GET", "/v1/agents?publisher=nobody", b"").await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).contains("invalid public key"));
+
+    // One agent: the signed manifest, which the client can verify.
+    let (status, body) = http(&server, "GET", &format!("/v1/agents/{manifest}"), b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        SignedManifest::from_bytes(&body).unwrap().hash(),
+        driver.hash()
+    );
+    let unknown = agora_registry::Hash::of(b"nothing").to_hex();
+    assert_eq!(
+        http(&server, "GET", &format!("/v1/agents/{unknown}"), b"")
+            .await
+            .0,
+        404
+    );
+    let (status, body) = http(&server, "GET", "/v1/agents/not-a-hash", b"").await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).contains("not a BLAKE3 hash"));
+
+    // Reputation and receipts.
+    let (status, reputation) = json(&server, &format!("/v1/agents/{manifest}/reputation")).await;
+    assert_eq!(status, 200);
+    assert_eq!(reputation["evidence"], 0, "no feedback yet");
+    assert_eq!(reputation["anchors"][0], host.node.public_key().to_hex());
+    let (status, page) = json(&server, &format!("/v1/agents/{manifest}/receipts?limit=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["receipts"].as_array().unwrap().len(), 1);
+
+    // Feedback: accepted from the caller once, refused from others, naming the fault.
+    let rating = sign_feedback(&caller, &receipt, 90);
+    assert_eq!(
+        http(&server, "POST", "/v1/feedback", rating.as_bytes())
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        http(&server, "POST", "/v1/feedback", rating.as_bytes())
+            .await
+            .0,
+        200
+    );
+    let again = sign_feedback(&caller, &receipt, 10);
+    assert_eq!(
+        http(&server, "POST", "/v1/feedback", again.as_bytes())
+            .await
+            .0,
+        409
+    );
+    let stranger = sign_feedback(&SecretKey::generate(), &receipt, 100);
+    let (status, body) = http(&server, "POST", "/v1/feedback", stranger.as_bytes()).await;
+    assert_eq!(status, 422);
+    assert!(error_of(&body).contains("is not the caller"));
+    let mut forged = rating.as_bytes().to_vec();
+    let at = forged.len() / 2;
+    forged[at] ^= 1;
+    assert_eq!(http(&server, "POST", "/v1/feedback", &forged).await.0, 400);
+    let (_, reputation) = json(&server, &format!("/v1/agents/{manifest}/reputation")).await;
+    assert_eq!(reputation["evidence"], 1, "the accepted feedback counts");
+
+    // Receipts from other hosts: verified, deduplicated, forgeries refused.
+    let other = TestHost::new().await;
+    other.publish(examples::ENERGY_TRADER).await;
+    let offer = br#"{"household": "h", "net_wh": 10, "reserve_cents_per_kwh": 9, "slot": "s"}"#;
+    let foreign = other
+        .node
+        .run("energy-trader", "offer", offer, None)
+        .await
+        .unwrap()
+        .receipt;
+    assert_eq!(
+        http(&server, "POST", "/v1/receipts", foreign.as_bytes())
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        http(&server, "POST", "/v1/receipts", foreign.as_bytes())
+            .await
+            .0,
+        200
+    );
+    let tampered = String::from_utf8(foreign.as_bytes().to_vec())
+        .unwrap()
+        .replacen("\"seq\":0", "\"seq\":7", 1);
+    let (status, body) = http(&server, "POST", "/v1/receipts", tampered.as_bytes()).await;
+    assert_eq!(status, 400);
+    assert!(
+        error_of(&body).contains("receipt signature does not verify"),
+        "{}",
+        error_of(&body)
+    );
+    assert_eq!(http(&server, "POST", "/v1/receipts", b"{}").await.0, 400);
+
+    // Limits and unknown paths.
+    let huge = vec![b'x'; 300 << 10];
+    assert_eq!(http(&server, "POST", "/v1/receipts", &huge).await.0, 413);
+    let (status, body) = http(&server, "GET", "/v2/anything", b"").await;
+    assert_eq!(status, 404);
+    assert_eq!(error_of(&body), "no such endpoint");
+
+    let (status, metrics) = http(&server, "GET", "/metrics", b"").await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("agora_feedback_accepted_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agora_receipts_accepted_total 1"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}

@@ -132,6 +132,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/agents/{hash}", get(agent_manifest))
         .route("/v1/agents/{hash}/reputation", get(agent_reputation))
         .route("/v1/agents/{hash}/receipts", get(agent_receipts))
+        .route("/v1/invoke", post(invoke))
         .route("/v1/receipts", post(post_receipt))
         .route("/v1/feedback", post(post_feedback))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -422,6 +423,68 @@ async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Respo
     }
     state.invalidate_scores();
     Ok(created(inserted, feedback.hash()))
+}
+
+/// A caller-signed request to run an agent here. The request and the payload travel as strings
+/// so that their bytes are exactly those the caller signed and hashed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Invoke {
+    /// The signed request envelope (`agora/request/v1`).
+    request: String,
+    /// The action.
+    action: String,
+    /// The payload, exactly as hashed into the request's input hash.
+    payload: String,
+}
+
+async fn invoke(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    use crate::RunError;
+    use agora_registry::Error as E;
+    state.count();
+    let reject = |status: StatusCode, message: String| {
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(status, message)
+    };
+    let call: Invoke = serde_json::from_slice(&body)
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let request = agora_registry::SignedRequest::from_bytes(call.request.as_bytes())
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let execution = match state
+        .node
+        .run_request(&request, &call.action, call.payload.as_bytes())
+        .await
+    {
+        Ok(execution) => execution,
+        Err(e @ RunError::InputMismatch { .. }) => {
+            return Err(reject(StatusCode::BAD_REQUEST, e.to_string()));
+        }
+        Err(e @ RunError::Registry(E::Replayed { .. })) => {
+            return Err(reject(StatusCode::CONFLICT, e.to_string()));
+        }
+        Err(
+            e @ RunError::Registry(
+                E::WrongHost { .. }
+                | E::RequestExpired { .. }
+                | E::RequestTooLongLived { .. }
+                | E::Malformed { .. },
+            ),
+        ) => return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e @ RunError::Registry(E::UnknownAgent { .. })) => {
+            return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    state.invalidate_scores();
+    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt.
+    Ok(Json(json!({
+        "outcome": execution.outcome.name(),
+        "error": execution.error().map(|e| e.to_string()),
+        "output": execution.output.as_deref().map(String::from_utf8_lossy),
+        "fuel_used": execution.fuel_used,
+        "charge": execution.charge,
+        "receipt": String::from_utf8_lossy(execution.receipt.as_bytes()),
+    })))
 }
 
 fn created(inserted: Inserted, hash: Hash) -> Response {

@@ -202,6 +202,74 @@ async fn every_endpoint_and_its_errors() {
     );
     assert_eq!(http(&server, "POST", "/v1/receipts", b"{}").await.0, 400);
 
+    // Invoking over HTTP with a caller-signed request.
+    let signed = sign_request(
+        &caller,
+        host.node.public_key(),
+        driver.hash(),
+        "quote",
+        PAYLOAD,
+    );
+    let invoke = serde_json::json!({
+        "request": String::from_utf8(signed.as_bytes().to_vec()).unwrap(),
+        "action": "quote",
+        "payload": String::from_utf8(PAYLOAD.to_vec()).unwrap(),
+    })
+    .to_string();
+    let (status, body) = http(&server, "POST", "/v1/invoke", invoke.as_bytes()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["outcome"], "ok");
+    assert_eq!(answer["output"], r#"{"fare_cents":1150}"#);
+    let invoked =
+        agora_registry::SignedReceipt::from_bytes(answer["receipt"].as_str().unwrap().as_bytes())
+            .unwrap();
+    assert_eq!(invoked.body().request, Some(signed.hash()));
+    let (status, body) = http(&server, "POST", "/v1/invoke", invoke.as_bytes()).await;
+    assert_eq!(status, 409, "a replay");
+    assert!(error_of(&body).contains("replayed"));
+    let elsewhere = sign_request(
+        &caller,
+        SecretKey::generate().public(),
+        driver.hash(),
+        "quote",
+        PAYLOAD,
+    );
+    let misaddressed = serde_json::json!({
+        "request": String::from_utf8(elsewhere.as_bytes().to_vec()).unwrap(),
+        "action": "quote",
+        "payload": String::from_utf8(PAYLOAD.to_vec()).unwrap(),
+    })
+    .to_string();
+    assert_eq!(
+        http(&server, "POST", "/v1/invoke", misaddressed.as_bytes())
+            .await
+            .0,
+        422
+    );
+    let fresh = sign_request(
+        &caller,
+        host.node.public_key(),
+        driver.hash(),
+        "quote",
+        PAYLOAD,
+    );
+    let altered_payload = serde_json::json!({
+        "request": String::from_utf8(fresh.as_bytes().to_vec()).unwrap(),
+        "action": "quote",
+        "payload": "{}",
+    })
+    .to_string();
+    let (status, body) = http(&server, "POST", "/v1/invoke", altered_payload.as_bytes()).await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).contains("do not match the input hash"));
+    assert_eq!(
+        http(&server, "POST", "/v1/invoke", b"{\"request\": 1}")
+            .await
+            .0,
+        400
+    );
+
     // Limits and unknown paths.
     let huge = vec![b'x'; 300 << 10];
     assert_eq!(http(&server, "POST", "/v1/receipts", &huge).await.0, 413);

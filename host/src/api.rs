@@ -211,6 +211,27 @@ impl ApiState {
         Ok(scores)
     }
 
+    /// Counts a refused request and builds its answer.
+    fn reject(&self, status: StatusCode, message: String) -> ApiError {
+        self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(status, message)
+    }
+
+    /// The manifest named by a path segment: 400 if it is not a hash, 404 if unknown.
+    fn manifest(&self, hash: &str) -> Result<agora_registry::SignedManifest, ApiError> {
+        let hash = parse_hash(hash)?;
+        self.node
+            .registry()
+            .manifest(&hash)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no agent with manifest {hash}"),
+                )
+            })
+    }
+
     fn invalidate_scores(&self) {
         *self.scores.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -297,18 +318,7 @@ async fn agent_manifest(
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     state.count();
-    let hash = parse_hash(&hash)?;
-    let manifest = state
-        .node
-        .registry()
-        .manifest(&hash)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no agent with manifest {hash}"),
-            )
-        })?;
+    let manifest = state.manifest(&hash)?;
     // The signed envelope itself, so that the client can verify it.
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -322,22 +332,11 @@ async fn agent_reputation(
     Path(hash): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.count();
-    let hash = parse_hash(&hash)?;
-    let manifest = state
-        .node
-        .registry()
-        .manifest(&hash)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no agent with manifest {hash}"),
-            )
-        })?;
+    let manifest = state.manifest(&hash)?;
     let scores = state.scores()?;
     let component = manifest.body().component.hash;
     let mut body = reputation_json(&scores.agent(&component));
-    body["manifest"] = json!(hash);
+    body["manifest"] = json!(manifest.hash());
     body["component"] = json!(component);
     body["anchors"] = json!(state.anchors);
     Ok(Json(body))
@@ -374,10 +373,8 @@ async fn agent_receipts(
 
 async fn post_receipt(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     state.count();
-    let receipt = SignedReceipt::from_bytes(&body).map_err(|e| {
-        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
-    })?;
+    let receipt = SignedReceipt::from_bytes(&body)
+        .map_err(|e| state.reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let inserted = state
         .node
         .registry()
@@ -388,18 +385,15 @@ async fn post_receipt(State(state): State<Shared>, body: Bytes) -> Result<Respon
             .metrics
             .receipts_accepted
             .fetch_add(1, Ordering::Relaxed);
+        state.invalidate_scores();
     }
-    state.invalidate_scores();
     Ok(created(inserted, receipt.hash()))
 }
 
 async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     use agora_registry::Error as E;
     state.count();
-    let reject = |status: StatusCode, message: String| {
-        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        ApiError::new(status, message)
-    };
+    let reject = |status, message| state.reject(status, message);
     let feedback = SignedFeedback::from_bytes(&body)
         .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let inserted = match state.node.registry().insert_feedback(&feedback) {
@@ -420,8 +414,8 @@ async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Respo
             .metrics
             .feedback_accepted
             .fetch_add(1, Ordering::Relaxed);
+        state.invalidate_scores();
     }
-    state.invalidate_scores();
     Ok(created(inserted, feedback.hash()))
 }
 
@@ -442,10 +436,7 @@ async fn invoke(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>,
     use crate::RunError;
     use agora_registry::Error as E;
     state.count();
-    let reject = |status: StatusCode, message: String| {
-        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        ApiError::new(status, message)
-    };
+    let reject = |status, message| state.reject(status, message);
     let call: Invoke = serde_json::from_slice(&body)
         .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let request = agora_registry::SignedRequest::from_bytes(call.request.as_bytes())
@@ -475,8 +466,9 @@ async fn invoke(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>,
         }
         Err(e) => return Err(ApiError::internal(e)),
     };
-    state.invalidate_scores();
-    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt.
+    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt. The
+    // receipt reaches the scores at the next refresh; invalidating here would recompute them
+    // from all evidence after every call.
     Ok(Json(json!({
         "outcome": execution.outcome.name(),
         "error": execution.error().map(|e| e.to_string()),

@@ -141,16 +141,6 @@ pub enum RunError {
         /// Why.
         source: CheckError,
     },
-    /// The caller asked for more fuel than the agent or host allows.
-    #[error("fuel {requested} exceeds the limit of {limit} for agent {agent}")]
-    FuelAboveLimit {
-        /// The agent.
-        agent: String,
-        /// What was asked.
-        requested: u64,
-        /// The limit.
-        limit: u64,
-    },
     /// The payload is not the one the caller signed.
     #[error("payload and action do not match the input hash of signed request {request}")]
     InputMismatch {

@@ -608,56 +608,44 @@ fn message(kind: u8, signed: &[u8]) -> bytes::Bytes {
 /// host signs and the feedback it accepts. What is known at start-up reaches neighbours through
 /// the catch-up in [`listen`] instead.
 async fn announce_new_releases(node: Node, sender: GossipSender) {
-    let (mut receipts_cursor, mut feedback_cursor) = (0, 0);
-    let mut announced: std::collections::HashSet<Hash> = node
-        .registry()
-        .manifests()
-        .unwrap_or_default()
-        .iter()
-        .map(|m| m.hash())
-        .collect();
+    // Releases known at start-up reach neighbours through the catch-up; this host's evidence is
+    // passed on from the beginning (peers drop what they already have).
+    let mut cursor = agora_registry::EvidenceCursor {
+        manifests: node.registry().manifests_cursor().unwrap_or(0),
+        ..Default::default()
+    };
     let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
     loop {
         ticker.tick().await;
-        let manifests = match node.registry().manifests() {
-            Ok(manifests) => manifests,
+        let evidence = match node.registry().evidence_since(&node.public_key(), cursor) {
+            Ok(evidence) => evidence,
             Err(error) => {
-                tracing::warn!(%error, "listing manifests to announce");
+                tracing::warn!(%error, "reading what to announce");
                 continue;
             }
         };
-        for manifest in manifests {
-            if announced.insert(manifest.hash())
-                && let Err(error) = sender.broadcast(announcement(&manifest)).await
-            {
-                tracing::warn!(%error, "announcing a new release");
-            }
-        }
-        match node
-            .registry()
-            .evidence_since(&node.public_key(), receipts_cursor, feedback_cursor)
-        {
-            Ok(evidence) => {
-                let messages = evidence
+        let messages = evidence
+            .manifests
+            .iter()
+            .map(announcement)
+            .chain(
+                evidence
                     .receipts
                     .iter()
-                    .map(|r| message(ANNOUNCE_RECEIPT, r.as_bytes()))
-                    .chain(
-                        evidence
-                            .feedback
-                            .iter()
-                            .map(|f| message(ANNOUNCE_FEEDBACK, f.as_bytes())),
-                    );
-                for message in messages {
-                    if let Err(error) = sender.broadcast(message).await {
-                        tracing::warn!(%error, "passing on evidence");
-                    }
-                }
-                receipts_cursor = evidence.receipts_cursor;
-                feedback_cursor = evidence.feedback_cursor;
+                    .map(|r| message(ANNOUNCE_RECEIPT, r.as_bytes())),
+            )
+            .chain(
+                evidence
+                    .feedback
+                    .iter()
+                    .map(|f| message(ANNOUNCE_FEEDBACK, f.as_bytes())),
+            );
+        for message in messages {
+            if let Err(error) = sender.broadcast(message).await {
+                tracing::warn!(%error, "announcing");
             }
-            Err(error) => tracing::warn!(%error, "reading evidence to pass on"),
         }
+        cursor = evidence.cursor;
     }
 }
 

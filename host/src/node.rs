@@ -291,6 +291,24 @@ impl Node {
         let hash = Hash::of(component);
         let checked = self.0.sandbox.check(component)?;
         let info = self.0.sandbox.info(&checked).await?;
+        // `info()` is untrusted output; a manifest must stay small enough for peers to fetch.
+        if info.actions.len() > MAX_ACTIONS
+            || info
+                .actions
+                .iter()
+                .any(|a| a.is_empty() || a.len() > MAX_ACTION_BYTES)
+        {
+            return Err(PublishError::InvalidManifest(format!(
+                "info() must list at most {MAX_ACTIONS} actions of 1 to {MAX_ACTION_BYTES} bytes"
+            )));
+        }
+        let description = options.description.unwrap_or(info.description);
+        if description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(PublishError::InvalidManifest(format!(
+                "description is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
+                description.len()
+            )));
+        }
         let name = options.name.unwrap_or(info.name);
         let version = options.version.unwrap_or(info.version);
         validate_name(&name)?;
@@ -320,7 +338,7 @@ impl Node {
             capabilities: checked.capabilities.clone(),
             limits,
             price_per_mfuel: options.price_per_mfuel,
-            description: options.description.unwrap_or(info.description),
+            description,
             created_at: unix_now().as_secs(),
         };
         let manifest = Signed::sign(manifest, &self.0.key)?;
@@ -560,7 +578,7 @@ impl Node {
         &self,
         agent: &str,
         component: &ComponentRef,
-    ) -> Result<crate::sandbox::CheckedComponent, RunError> {
+    ) -> Result<Arc<crate::sandbox::CheckedComponent>, RunError> {
         if let Some(checked) = self.0.sandbox.cached(&component.hash) {
             return Ok(checked);
         }
@@ -591,6 +609,13 @@ impl Node {
             })
     }
 }
+
+/// Most actions a manifest lists.
+const MAX_ACTIONS: usize = 64;
+/// Longest action name, in bytes.
+const MAX_ACTION_BYTES: usize = 64;
+/// Longest description, in bytes.
+const MAX_DESCRIPTION_BYTES: usize = 4096;
 
 /// `fuel × price / 10⁶`, rounded up so that any work costs something at a non-zero price.
 fn charge_for(fuel: u64, price_per_mfuel: u64) -> u64 {

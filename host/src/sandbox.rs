@@ -67,8 +67,8 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// A component that passed every check, compiled and linked, ready to instantiate.
-#[derive(Clone)]
+/// A component that passed every check, compiled and linked, ready to instantiate. Shared
+/// behind an `Arc`, so a call never copies it.
 pub struct CheckedComponent {
     pre: AgentPre<AgentState>,
     /// Every interface the component imports.
@@ -91,7 +91,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<AgentState>,
     limits: Limits,
-    compiled: Mutex<HashMap<Hash, CheckedComponent>>,
+    compiled: Mutex<HashMap<Hash, Arc<CheckedComponent>>>,
     /// The epoch ticker holds a weak reference to this and stops once the sandbox is dropped.
     _ticker: Arc<()>,
 }
@@ -141,7 +141,7 @@ impl Sandbox {
     /// Checks untrusted component bytes: size cap, a valid component, imports only from
     /// `agora:agent` and WASI 0.2, an `agora:agent/handler` export, and linking against this
     /// host. Compiles once per content hash.
-    pub fn check(&self, bytes: &[u8]) -> Result<CheckedComponent, CheckError> {
+    pub fn check(&self, bytes: &[u8]) -> Result<Arc<CheckedComponent>, CheckError> {
         let size = bytes.len() as u64;
         if size > self.limits.max_component_bytes {
             return Err(CheckError::TooLarge {
@@ -212,11 +212,11 @@ impl Sandbox {
         capabilities.sort();
         capabilities.dedup();
 
-        let checked = CheckedComponent {
+        let checked = Arc::new(CheckedComponent {
             pre,
             imports,
             capabilities,
-        };
+        });
         self.compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -225,7 +225,7 @@ impl Sandbox {
     }
 
     /// A component already checked and compiled on this host, if any.
-    pub fn cached(&self, hash: &Hash) -> Option<CheckedComponent> {
+    pub fn cached(&self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
         self.compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())

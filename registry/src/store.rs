@@ -135,18 +135,32 @@ pub struct KvNamespace {
     pub agent: String,
 }
 
-/// A batch of evidence to pass on to peers; see [`Registry::evidence_since`].
+/// A batch of records to pass on to peers; see [`Registry::evidence_since`].
 #[derive(Clone, Debug)]
 pub struct Evidence {
+    /// Manifests, oldest first.
+    pub manifests: Vec<SignedManifest>,
     /// Receipts, oldest first.
     pub receipts: Vec<SignedReceipt>,
     /// Feedback, oldest first.
     pub feedback: Vec<SignedFeedback>,
-    /// Where the next batch of receipts starts.
-    pub receipts_cursor: i64,
-    /// Where the next batch of feedback starts.
-    pub feedback_cursor: i64,
+    /// Where the next batch starts.
+    pub cursor: EvidenceCursor,
 }
+
+/// Row positions up to which records have been read, per table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvidenceCursor {
+    /// Last manifest row read.
+    pub manifests: i64,
+    /// Last receipt row read.
+    pub receipts: i64,
+    /// Last feedback row read.
+    pub feedback: i64,
+}
+
+/// Most records of one kind in one [`Evidence`] batch.
+const EVIDENCE_BATCH: i64 = 1000;
 
 /// Whether an insert stored something new.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -490,53 +504,72 @@ impl Registry {
         Ok(forks)
     }
 
-    /// Receipts signed by `host` and feedback stored after the given row positions, with the
-    /// positions to continue from: what a host has not yet told its peers.
+    /// Manifests, receipts signed by `host`, and feedback stored after `after`, with the
+    /// position to continue from: what a host has not yet told its peers.
     pub fn evidence_since(
         &self,
         host: &PublicKey,
-        receipts_after: i64,
-        feedback_after: i64,
+        after: EvidenceCursor,
     ) -> Result<Evidence, Error> {
         let conn = self.conn();
-        let mut evidence = Evidence {
-            receipts: Vec::new(),
-            feedback: Vec::new(),
-            receipts_cursor: receipts_after,
-            feedback_cursor: feedback_after,
-        };
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT rowid, signed FROM receipts WHERE host = ?1 AND rowid > ?2
-                 ORDER BY rowid LIMIT 1000",
-            )
-            .map_err(|e| self.db_error(e))?;
+        let mut cursor = after;
+        let manifests = self.signed_rows_after(
+            &conn,
+            "SELECT rowid, signed FROM manifests WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            params![after.manifests, EVIDENCE_BATCH],
+            &mut cursor.manifests,
+        )?;
+        let receipts = self.signed_rows_after(
+            &conn,
+            "SELECT rowid, signed FROM receipts WHERE rowid > ?1 AND host = ?3
+             ORDER BY rowid LIMIT ?2",
+            params![after.receipts, EVIDENCE_BATCH, host.to_hex()],
+            &mut cursor.receipts,
+        )?;
+        let feedback = self.signed_rows_after(
+            &conn,
+            "SELECT rowid, signed FROM feedback WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            params![after.feedback, EVIDENCE_BATCH],
+            &mut cursor.feedback,
+        )?;
+        Ok(Evidence {
+            manifests,
+            receipts,
+            feedback,
+            cursor,
+        })
+    }
+
+    /// The position after every manifest stored so far.
+    pub fn manifests_cursor(&self) -> Result<i64, Error> {
+        self.conn()
+            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM manifests", [], |row| {
+                row.get(0)
+            })
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Verified records from `(rowid, signed)` rows, advancing `cursor` past each.
+    fn signed_rows_after<T: crate::Record>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+        cursor: &mut i64,
+    ) -> Result<Vec<Signed<T>>, Error> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.db_error(e))?;
         let rows = stmt
-            .query_map(params![host.to_hex(), receipts_after], |row| {
+            .query_map(params, |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
             })
             .map_err(|e| self.db_error(e))?;
+        let mut records = Vec::new();
         for row in rows {
             let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
-            evidence.receipts.push(SignedReceipt::from_bytes(&bytes)?);
-            evidence.receipts_cursor = rowid;
+            records.push(Signed::from_bytes(&bytes)?);
+            *cursor = rowid;
         }
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT rowid, signed FROM feedback WHERE rowid > ?1 ORDER BY rowid LIMIT 1000",
-            )
-            .map_err(|e| self.db_error(e))?;
-        let rows = stmt
-            .query_map(params![feedback_after], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-            })
-            .map_err(|e| self.db_error(e))?;
-        for row in rows {
-            let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
-            evidence.feedback.push(SignedFeedback::from_bytes(&bytes)?);
-            evidence.feedback_cursor = rowid;
-        }
-        Ok(evidence)
+        Ok(records)
     }
 
     /// The receipt with this hash, if stored.

@@ -4,10 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use agora_host::{RunError, examples};
 use agora_registry::{
-    CallRequest, Error as RegistryError, Feedback, FeedbackError, Hash, PublicKey, SecretKey,
-    Signed, SignedFeedback, SignedReceipt, SignedRequest, request_hash,
+    CallRequest, Error as RegistryError, FeedbackError, Hash, PublicKey, SecretKey, Signed,
+    SignedFeedback, SignedReceipt, SignedRequest, request_hash,
 };
-use agora_tests::TestHost;
+use agora_tests::{TestHost, sign_feedback};
 
 const ACTION: &str = "quote";
 const PAYLOAD: &[u8] = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
@@ -31,20 +31,6 @@ fn request(caller: &SecretKey, host: PublicKey, agent: Hash, expires_at_ms: u64)
             expires_at_ms,
         },
         caller,
-    )
-    .unwrap()
-}
-
-fn feedback(rater: &SecretKey, receipt: &SignedReceipt, score: u8) -> SignedFeedback {
-    Signed::sign(
-        Feedback {
-            receipt: receipt.hash(),
-            rater: rater.public(),
-            score,
-            tags: vec!["fair-price".into()],
-            created_at_ms: now_ms(),
-        },
-        rater,
     )
     .unwrap()
 }
@@ -190,13 +176,13 @@ async fn expired_misaddressed_long_lived_and_altered_requests_are_refused() {
 async fn the_caller_may_rate_a_receipt_once() {
     let (host, caller, receipt) = rated_call().await;
     let registry = host.node.registry();
-    let rating = feedback(&caller, &receipt, 90);
+    let rating = sign_feedback(&caller, &receipt, 90);
     registry.insert_feedback(&rating).unwrap();
     assert_eq!(
         registry.feedback(&receipt.hash()).unwrap().unwrap().hash(),
         rating.hash()
     );
-    let second = feedback(&caller, &receipt, 10);
+    let second = sign_feedback(&caller, &receipt, 10);
     let err = registry.insert_feedback(&second).unwrap_err();
     assert!(matches!(err, RegistryError::DuplicateFeedback(_)), "{err}");
 }
@@ -208,7 +194,7 @@ async fn feedback_from_anyone_but_an_independent_caller_does_not_count() {
 
     let stranger = SecretKey::generate();
     let err = registry
-        .insert_feedback(&feedback(&stranger, &receipt, 100))
+        .insert_feedback(&sign_feedback(&stranger, &receipt, 100))
         .unwrap_err();
     assert!(
         matches!(
@@ -219,7 +205,7 @@ async fn feedback_from_anyone_but_an_independent_caller_does_not_count() {
     );
 
     let err = registry
-        .insert_feedback(&feedback(&caller, &receipt, 101))
+        .insert_feedback(&sign_feedback(&caller, &receipt, 101))
         .unwrap_err();
     assert!(
         matches!(err, RegistryError::Feedback(FeedbackError::Malformed(_))),
@@ -234,7 +220,7 @@ async fn feedback_from_anyone_but_an_independent_caller_does_not_count() {
         .unwrap()
         .receipt;
     let err = registry
-        .insert_feedback(&feedback(&caller, &own, 100))
+        .insert_feedback(&sign_feedback(&caller, &own, 100))
         .unwrap_err();
     assert!(
         matches!(err, RegistryError::Feedback(FeedbackError::NoCaller(_))),
@@ -252,7 +238,7 @@ async fn feedback_from_anyone_but_an_independent_caller_does_not_count() {
         .unwrap()
         .receipt;
     let err = registry
-        .insert_feedback(&feedback(&host_key, &self_receipt, 100))
+        .insert_feedback(&sign_feedback(&host_key, &self_receipt, 100))
         .unwrap_err();
     assert!(
         matches!(
@@ -263,10 +249,10 @@ async fn feedback_from_anyone_but_an_independent_caller_does_not_count() {
     );
 
     registry
-        .insert_feedback(&feedback(&caller, &receipt, 50))
+        .insert_feedback(&sign_feedback(&caller, &receipt, 50))
         .expect("the real caller still can");
 
-    let rating = feedback(&caller, &receipt, 70);
+    let rating = sign_feedback(&caller, &receipt, 70);
     let text = String::from_utf8(rating.as_bytes().to_vec())
         .unwrap()
         .replace("\"score\":70", "\"score\":99");

@@ -87,6 +87,16 @@ pub trait Drivers {
     ) -> Result<(bool, u64), String>;
 }
 
+fn agreed(driver: String, fare: u64, rounds: u32, quotes: Vec<QuoteResult>) -> Outcome {
+    Outcome {
+        status: "agreed",
+        driver: Some(driver),
+        fare_cents: Some(fare),
+        rounds,
+        quotes,
+    }
+}
+
 /// Runs a negotiation: quotes from all drivers, then rounds of offers with each driver from the
 /// cheapest up, until one accepts within the budget.
 pub fn negotiate(
@@ -119,37 +129,19 @@ pub fn negotiate(
     let mut rounds = 0;
     for (quote, driver) in candidates {
         if quote <= budget {
-            return Outcome {
-                status: "agreed",
-                driver: Some(driver.to_owned()),
-                fare_cents: Some(quote),
-                rounds,
-                quotes,
-            };
+            return agreed(driver.to_owned(), quote, rounds, quotes);
         }
         for round in 0..max_rounds {
             rounds += 1;
             let offer = offer(quote, budget, round);
             match market.counter(driver, offer, round) {
                 Ok((true, fare)) => {
-                    return Outcome {
-                        status: "agreed",
-                        driver: Some(driver.to_owned()),
-                        fare_cents: Some(fare),
-                        rounds,
-                        quotes,
-                    };
+                    return agreed(driver.to_owned(), fare, rounds, quotes);
                 }
                 // The driver's counter is within budget: take it.
                 Ok((false, ask)) if ask <= budget => {
                     if let Ok((true, fare)) = market.counter(driver, ask, round) {
-                        return Outcome {
-                            status: "agreed",
-                            driver: Some(driver.to_owned()),
-                            fare_cents: Some(fare),
-                            rounds,
-                            quotes,
-                        };
+                        return agreed(driver.to_owned(), fare, rounds, quotes);
                     }
                 }
                 Ok((false, _)) => {}

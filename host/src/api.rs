@@ -1,17 +1,25 @@
 //! The host's HTTP API: versioned JSON under `/v1`, plus `/healthz` and Prometheus `/metrics`.
+//! The API is described by an OpenAPI document, [`OPENAPI`], served at `/v1/openapi.json`.
 //!
 //! Reads serve the registry and the reputation computed from it; writes accept signed receipts
 //! and feedback from anyone, verified before they are stored, and are refused with a 4xx that
 //! names the fault otherwise. Every request runs under a body-size limit, a timeout and a
 //! concurrency limit. Served on loopback unless configured otherwise.
+//!
+//! Scores are materialised: a background task recomputes them from all the evidence when new
+//! evidence has arrived (at most every [`SCORE_REFRESH`], and never more than a fifth of the
+//! time), and reads answer from the latest result without waiting for it. Registry reads use
+//! the registry's read-only connections, so they never queue behind writes either.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_registry::reputation::{Reputation, ScoreParams, Scores, compute};
-use agora_registry::{Hash, Inserted, PublicKey, SignedFeedback, SignedReceipt};
+use agora_registry::{
+    EvidenceCursor, Hash, Inserted, PublicKey, ReceiptCursor, SignedFeedback, SignedReceipt,
+};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -32,8 +40,17 @@ const MAX_BODY_BYTES: usize = 256 << 10;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most requests in flight at once; more wait.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
-/// Scores are recomputed at most this often.
-const SCORE_REFRESH: Duration = Duration::from_secs(2);
+/// Scores are recomputed at most this often, and only when evidence has changed or they have
+/// aged by [`SCORE_MAX_AGE`].
+pub const SCORE_REFRESH: Duration = Duration::from_secs(2);
+/// Evidence decays with time, so scores are recomputed at least this often even when nothing new
+/// has arrived.
+const SCORE_MAX_AGE: Duration = Duration::from_secs(60);
+/// Score computation may take at most 1/this of the time.
+const SCORE_DUTY_CYCLE: u32 = 5;
+
+/// The OpenAPI 3.1 document describing this API (kept in the repository as `host/openapi.json`).
+pub const OPENAPI: &str = include_str!("../openapi.json");
 /// Most receipts in one page.
 const MAX_PAGE: usize = 500;
 
@@ -63,18 +80,25 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds and starts serving `node`.
+    /// Computes the first scores, binds and starts serving `node`.
     pub async fn start(node: Node, config: ApiConfig) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let mut anchors = vec![node.public_key()];
         anchors.extend(config.extra_anchors);
-        let state = std::sync::Arc::new(ApiState {
+        anchors.sort();
+        anchors.dedup();
+        let first = score(node.clone(), anchors.clone())
+            .await
+            .map_err(std::io::Error::other)?;
+        let state = Arc::new(ApiState {
             node,
             anchors,
-            scores: Mutex::new(None),
+            scores: RwLock::new(Arc::new(first)),
+            evidence_arrived: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
         });
+        tokio::spawn(refresh_scores(Arc::downgrade(&state)));
         let app = router(state);
         let (shutdown, signal) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -110,8 +134,91 @@ impl ApiServer {
 struct ApiState {
     node: Node,
     anchors: Vec<PublicKey>,
-    scores: Mutex<Option<(Instant, std::sync::Arc<Scores>)>>,
+    /// The latest computed scores; replaced whole, never edited.
+    scores: RwLock<Arc<ScoreSnapshot>>,
+    /// Wakes the score refresher early.
+    evidence_arrived: tokio::sync::Notify,
     metrics: Metrics,
+}
+
+/// Scores as computed at one moment from the evidence up to one cursor.
+struct ScoreSnapshot {
+    scores: Scores,
+    cursor: EvidenceCursor,
+    computed_at_ms: u64,
+    computed: Instant,
+    took: Duration,
+    calls: usize,
+}
+
+/// Reads all evidence and computes scores, off the async executor.
+async fn score(node: Node, anchors: Vec<PublicKey>) -> Result<ScoreSnapshot, String> {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let registry = node.registry();
+        // The cursor is read first: evidence arriving during the computation moves it on, and
+        // the next refresh sees that.
+        let cursor = registry.evidence_cursor().map_err(|e| e.to_string())?;
+        let evidence = registry.evidence_set().map_err(|e| e.to_string())?;
+        let now = unix_ms();
+        let scores = compute(&evidence, &ScoreParams::new(anchors, now));
+        let took = started.elapsed();
+        tracing::debug!(calls = evidence.calls().len(), ?took, "scores computed");
+        Ok(ScoreSnapshot {
+            scores,
+            cursor,
+            computed_at_ms: now,
+            computed: Instant::now(),
+            took,
+            calls: evidence.calls().len(),
+        })
+    })
+    .await
+    .map_err(|e| format!("score computation failed: {e}"))?
+}
+
+/// Keeps the scores fresh while the server runs (it holds the state only weakly, so it stops
+/// when the server does).
+async fn refresh_scores(state: Weak<ApiState>) {
+    loop {
+        let (node, anchors, last) = {
+            let Some(state) = state.upgrade() else { return };
+            let last = state.snapshot();
+            // Wait for new evidence or the refresh period, then for the duty-cycle gap.
+            let _ = tokio::time::timeout(SCORE_REFRESH, state.evidence_arrived.notified()).await;
+            (state.node.clone(), state.anchors.clone(), last)
+        };
+        let gap = last.took * (SCORE_DUTY_CYCLE - 1);
+        let since = last.computed.elapsed();
+        if since < gap {
+            tokio::time::sleep(gap - since).await;
+        }
+        let registry = node.registry();
+        let stale = match registry.evidence_cursor() {
+            Ok(cursor) => cursor != last.cursor,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the evidence cursor");
+                false
+            }
+        };
+        if !stale && last.computed.elapsed() < SCORE_MAX_AGE {
+            continue;
+        }
+        match score(node, anchors).await {
+            Ok(fresh) => {
+                let Some(state) = state.upgrade() else { return };
+                *state.scores.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            }
+            Err(error) => tracing::error!(%error, "scores not refreshed"),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 #[derive(Default)]
@@ -122,7 +229,7 @@ struct Metrics {
     feedback_accepted: AtomicU64,
 }
 
-type Shared = std::sync::Arc<ApiState>;
+type Shared = Arc<ApiState>;
 
 fn router(state: Shared) -> Router {
     Router::new()
@@ -132,6 +239,9 @@ fn router(state: Shared) -> Router {
         .route("/v1/agents/{hash}", get(agent_manifest))
         .route("/v1/agents/{hash}/reputation", get(agent_reputation))
         .route("/v1/agents/{hash}/receipts", get(agent_receipts))
+        .route("/v1/hosts/{key}", get(host_record))
+        .route("/v1/publishers/{key}", get(publisher_record))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/invoke", post(invoke))
         .route("/v1/receipts", post(post_receipt))
         .route("/v1/feedback", post(post_feedback))
@@ -181,34 +291,22 @@ fn parse_hash(text: &str) -> Result<Hash, ApiError> {
     })
 }
 
+fn parse_key(text: &str) -> Result<PublicKey, ApiError> {
+    text.parse()
+        .map_err(|e: agora_registry::Error| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
 impl ApiState {
     fn count(&self) {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Scores from the current evidence, recomputed at most every [`SCORE_REFRESH`].
-    fn scores(&self) -> Result<std::sync::Arc<Scores>, ApiError> {
-        let mut cached = self.scores.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, scores)) = cached.as_ref()
-            && at.elapsed() < SCORE_REFRESH
-        {
-            return Ok(scores.clone());
-        }
-        let evidence = self
-            .node
-            .registry()
-            .evidence_set()
-            .map_err(ApiError::internal)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        let scores = std::sync::Arc::new(compute(
-            &evidence,
-            &ScoreParams::new(self.anchors.clone(), now),
-        ));
-        *cached = Some((Instant::now(), scores.clone()));
-        Ok(scores)
+    /// The latest scores. Never waits for a computation.
+    fn snapshot(&self) -> Arc<ScoreSnapshot> {
+        self.scores
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts a refused request and builds its answer.
@@ -232,8 +330,9 @@ impl ApiState {
             })
     }
 
-    fn invalidate_scores(&self) {
-        *self.scores.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Asks for the scores to be recomputed soon.
+    fn evidence_arrived(&self) {
+        self.evidence_arrived.notify_one();
     }
 }
 
@@ -258,15 +357,9 @@ async fn list_agents(
     Query(filter): Query<AgentFilter>,
 ) -> Result<Json<Value>, ApiError> {
     state.count();
-    let publisher = filter
-        .publisher
-        .as_deref()
-        .map(|p| {
-            p.parse::<PublicKey>()
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
-        })
-        .transpose()?;
-    let scores = state.scores()?;
+    let publisher = filter.publisher.as_deref().map(parse_key).transpose()?;
+    let snapshot = state.snapshot();
+    let scores = &snapshot.scores;
     let mut agents: Vec<(f64, Value)> = state
         .node
         .registry()
@@ -333,23 +426,26 @@ async fn agent_reputation(
 ) -> Result<Json<Value>, ApiError> {
     state.count();
     let manifest = state.manifest(&hash)?;
-    let scores = state.scores()?;
+    let snapshot = state.snapshot();
     let component = manifest.body().component.hash;
-    let mut body = reputation_json(&scores.agent(&component));
+    let mut body = reputation_json(&snapshot.scores.agent(&component));
     body["manifest"] = json!(manifest.hash());
     body["component"] = json!(component);
     body["anchors"] = json!(state.anchors);
+    body["computed_at_ms"] = json!(snapshot.computed_at_ms);
     Ok(Json(body))
 }
 
 #[derive(Deserialize)]
 struct Page {
     limit: Option<usize>,
+    cursor: Option<String>,
 }
 
 #[derive(Serialize)]
 struct ReceiptsPage {
     receipts: Vec<Value>,
+    next: Option<String>,
 }
 
 async fn agent_receipts(
@@ -358,34 +454,141 @@ async fn agent_receipts(
     Query(page): Query<Page>,
 ) -> Result<Json<ReceiptsPage>, ApiError> {
     state.count();
-    let hash = parse_hash(&hash)?;
+    let manifest = state.manifest(&hash)?;
     let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let receipts = state
+    let after = page
+        .cursor
+        .as_deref()
+        .map(str::parse::<ReceiptCursor>)
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let page = state
         .node
         .registry()
-        .receipts_for_manifest(&hash, limit)
-        .map_err(ApiError::internal)?
+        .receipts_page(&manifest.hash(), after, limit)
+        .map_err(ApiError::internal)?;
+    Ok(Json(ReceiptsPage {
+        receipts: page.receipts.iter().map(receipt_json).collect(),
+        next: page.next.map(|cursor| cursor.to_string()),
+    }))
+}
+
+/// A signed receipt as JSON: the envelope itself, which clients can verify.
+fn receipt_json(receipt: &SignedReceipt) -> Value {
+    serde_json::from_slice(receipt.as_bytes()).unwrap_or(Value::Null)
+}
+
+async fn host_record(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.count();
+    let host = parse_key(&key)?;
+    let record = state
+        .node
+        .registry()
+        .host_record(&host)
+        .map_err(ApiError::internal)?;
+    let snapshot = state.snapshot();
+    let trust = snapshot.scores.trust_in(&host);
+    if record.receipts == 0 && trust == 0.0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no receipts from host {host} and no trust in it"),
+        ));
+    }
+    Ok(Json(json!({
+        "host": host,
+        "trust": trust,
+        "receipts": record.receipts,
+        "head": record.head.map(|(seq, receipt)| json!({ "seq": seq, "receipt": receipt })),
+        "first_receipt_ms": record.active_ms.map(|(first, _)| first),
+        "last_receipt_ms": record.active_ms.map(|(_, last)| last),
+        "forks": record.forks.iter().map(|fork| json!({
+            "seq": fork.seq,
+            "first": fork.first,
+            "second": fork.second,
+        })).collect::<Vec<_>>(),
+        "anchors": state.anchors,
+        "computed_at_ms": snapshot.computed_at_ms,
+    })))
+}
+
+async fn publisher_record(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.count();
+    let publisher = parse_key(&key)?;
+    let manifests = state
+        .node
+        .registry()
+        .manifests_by(&publisher)
+        .map_err(ApiError::internal)?;
+    if manifests.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agents published by {publisher}"),
+        ));
+    }
+    let snapshot = state.snapshot();
+    let scores = &snapshot.scores;
+    let agents: Vec<Value> = manifests
         .iter()
-        .map(|r| serde_json::from_slice(r.as_bytes()).unwrap_or(Value::Null))
+        .map(|m| {
+            let body = m.body();
+            json!({
+                "manifest": m.hash(),
+                "name": body.name,
+                "version": body.version,
+                "component": body.component.hash,
+                "reputation": reputation_json(&scores.agent(&body.component.hash)),
+            })
+        })
         .collect();
-    Ok(Json(ReceiptsPage { receipts }))
+    let reputation = scores
+        .publishers
+        .get(&publisher)
+        .copied()
+        .unwrap_or(Reputation {
+            positive: 0.0,
+            negative: 0.0,
+            evidence: 0,
+        });
+    Ok(Json(json!({
+        "publisher": publisher,
+        "trust": scores.trust_in(&publisher),
+        "reputation": reputation_json(&reputation),
+        "agents": agents,
+        "anchors": state.anchors,
+        "computed_at_ms": snapshot.computed_at_ms,
+    })))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn post_receipt(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     state.count();
     let receipt = SignedReceipt::from_bytes(&body)
         .map_err(|e| state.reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let inserted = state
-        .node
-        .registry()
-        .insert_receipt(&receipt)
+    let node = state.node.clone();
+    let stored = receipt.clone();
+    // The write waits for a durable commit; keep that wait off the async executor.
+    let inserted = tokio::task::spawn_blocking(move || node.registry().insert_receipt(&stored))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     if inserted == Inserted::New {
         state
             .metrics
             .receipts_accepted
             .fetch_add(1, Ordering::Relaxed);
-        state.invalidate_scores();
+        state.evidence_arrived();
     }
     Ok(created(inserted, receipt.hash()))
 }
@@ -396,7 +599,12 @@ async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Respo
     let reject = |status, message| state.reject(status, message);
     let feedback = SignedFeedback::from_bytes(&body)
         .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let inserted = match state.node.registry().insert_feedback(&feedback) {
+    let node = state.node.clone();
+    let stored = feedback.clone();
+    let inserted = tokio::task::spawn_blocking(move || node.registry().insert_feedback(&stored))
+        .await
+        .map_err(ApiError::internal)?;
+    let inserted = match inserted {
         Ok(inserted) => inserted,
         Err(e @ (E::UnknownReceipt(_) | E::UnknownAgent { .. })) => {
             return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
@@ -414,7 +622,7 @@ async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Respo
             .metrics
             .feedback_accepted
             .fetch_add(1, Ordering::Relaxed);
-        state.invalidate_scores();
+        state.evidence_arrived();
     }
     Ok(created(inserted, feedback.hash()))
 }
@@ -466,9 +674,8 @@ async fn invoke(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>,
         }
         Err(e) => return Err(ApiError::internal(e)),
     };
-    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt. The
-    // receipt reaches the scores at the next refresh; invalidating here would recompute them
-    // from all evidence after every call.
+    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt,
+    // which reaches the scores at the next refresh.
     Ok(Json(json!({
         "outcome": execution.outcome.name(),
         "error": execution.error().map(|e| e.to_string()),
@@ -489,15 +696,22 @@ fn created(inserted: Inserted, hash: Hash) -> Response {
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let m = &state.metrics;
+    let snapshot = state.snapshot();
     let text = format!(
         "# TYPE agora_http_requests_total counter\nagora_http_requests_total {}\n\
          # TYPE agora_http_rejected_total counter\nagora_http_rejected_total {}\n\
          # TYPE agora_receipts_accepted_total counter\nagora_receipts_accepted_total {}\n\
-         # TYPE agora_feedback_accepted_total counter\nagora_feedback_accepted_total {}\n",
+         # TYPE agora_feedback_accepted_total counter\nagora_feedback_accepted_total {}\n\
+         # TYPE agora_scores_receipts gauge\nagora_scores_receipts {}\n\
+         # TYPE agora_scores_compute_seconds gauge\nagora_scores_compute_seconds {}\n\
+         # TYPE agora_scores_age_seconds gauge\nagora_scores_age_seconds {}\n",
         m.requests.load(Ordering::Relaxed),
         m.rejected.load(Ordering::Relaxed),
         m.receipts_accepted.load(Ordering::Relaxed),
         m.feedback_accepted.load(Ordering::Relaxed),
+        snapshot.calls,
+        snapshot.took.as_secs_f64(),
+        snapshot.computed.elapsed().as_secs_f64(),
     );
     (
         [(

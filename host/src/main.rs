@@ -279,7 +279,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(agent) => {
                     let manifest = node.registry().resolve(&agent)?;
                     node.registry()
-                        .receipts_for_manifest(&manifest.hash(), limit)?
+                        .receipts_page(&manifest.hash(), None, limit)?
+                        .receipts
                 }
                 None => node.registry().receipts(limit)?,
             };

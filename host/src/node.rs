@@ -518,10 +518,9 @@ impl Node {
         let charge = charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
         let input_hash = request_hash(&request.action, &request.payload);
         let output_hash = invocation.output.as_deref().map(Hash::of);
-        let receipt = self
-            .0
-            .registry
-            .append_receipt(&self.0.key, |seq, prev| Receipt {
+        let receipt = self.0.registry.append_receipt(
+            &self.0.key,
+            Receipt {
                 agent: AgentRef {
                     manifest: manifest.hash(),
                     component: body.component.hash,
@@ -539,10 +538,12 @@ impl Node {
                 parent_call: parent,
                 host: self.0.key.public(),
                 runtime: crate::RUNTIME_VERSION.into(),
-                seq,
-                prev,
+                // The registry sets these to follow the chain.
+                seq: 0,
+                prev: None,
                 timestamp_ms: unix_now().as_millis() as u64,
-            })?;
+            },
+        )?;
         tracing::debug!(
             agent = %agent,
             outcome = %invocation.outcome,

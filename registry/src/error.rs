@@ -150,6 +150,14 @@ pub enum Error {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// A write could not be committed; nothing of it was stored.
+    #[error("registry database {}: write failed: {reason}", path.display())]
+    WriteFailed {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The database holds a value no version of agora writes.
     #[error("registry database {} is corrupt: {what}", path.display())]
     Corrupt {

@@ -100,6 +100,7 @@ impl<'de> Deserialize<'de> for PublicKey {
 
 /// An ed25519 signing key. One per data dir: it signs the manifests its owner publishes and the
 /// receipts its host issues, and (in the network layer) it is the host's node identity.
+#[derive(Clone)]
 pub struct SecretKey(SigningKey);
 
 impl SecretKey {

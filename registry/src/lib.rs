@@ -54,7 +54,10 @@ pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
 pub use receipt::{AgentRef, Outcome, ParentCall, Receipt, SignedReceipt, request_hash};
 pub use signed::{Record, Signed};
-pub use store::{Evidence, EvidenceCursor, Fork, Inserted, KvNamespace, KvQuota, Registry};
+pub use store::{
+    Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota, ReceiptCursor,
+    ReceiptPage, Registry,
+};
 
 #[cfg(test)]
 mod tests;

@@ -32,17 +32,184 @@ use crate::identity::PublicKey;
 use crate::receipt::Outcome;
 use crate::{Hash, SignedFeedback, SignedManifest, SignedReceipt};
 
-/// Everything scores are computed from. All of it is signed and verified.
-#[derive(Clone, Debug, Default)]
+/// Everything scores are computed from: the facts of signed, verified records.
+///
+/// [`crate::Registry::evidence_set`] reads it from the registry's columns; [`EvidenceSet::from_records`]
+/// builds it from records in memory. Both give the same set for the same records.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct EvidenceSet {
-    /// Manifests, for each agent's publisher and limits.
-    pub manifests: Vec<SignedManifest>,
-    /// Receipts from any host.
-    pub receipts: Vec<SignedReceipt>,
-    /// Feedback already checked against its receipt (see [`crate::Registry::insert_feedback`]).
-    pub feedback: Vec<SignedFeedback>,
+    /// Released agents, by manifest hash.
+    pub agents: BTreeMap<Hash, AgentFacts>,
+    /// Calls, one per receipt, in receipt-hash order (so sums run in the same order everywhere).
+    calls: Vec<Call>,
     /// Hosts with a recorded fork in their receipt chain.
     pub forked_hosts: BTreeSet<PublicKey>,
+}
+
+/// What scoring needs from a manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentFacts {
+    /// Who published it.
+    pub publisher: PublicKey,
+    /// The component the manifest names.
+    pub component: Hash,
+    /// The fuel the publisher said a call may need.
+    pub max_fuel: u64,
+}
+
+/// What scoring needs from a receipt and the feedback on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The receipt's hash.
+    pub receipt: Hash,
+    /// The host that signed it.
+    pub host: PublicKey,
+    /// The caller whose signed request it served, if any.
+    pub caller: Option<PublicKey>,
+    /// The agent's manifest.
+    pub manifest: Hash,
+    /// The agent's component.
+    pub component: Hash,
+    /// How the call ended, as far as reputation cares.
+    pub outcome: CallOutcome,
+    /// The fuel the caller allowed.
+    pub fuel_limit: u64,
+    /// What the call cost.
+    pub charge: u64,
+    /// When it ran, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The caller's feedback, if any counted.
+    pub rating: Option<Rating>,
+}
+
+/// A caller's score of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rating {
+    /// The caller.
+    pub rater: PublicKey,
+    /// 0 to 100.
+    pub score: u8,
+}
+
+/// How a call ended, as far as reputation cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// It returned (an answer, an agent-level error, or too much output or logging: the
+    /// caller's feedback judges those).
+    Returned,
+    /// It trapped, timed out or exceeded its memory: a failure on the agent's own account.
+    Failed,
+    /// It ran out of fuel: a failure only if the caller allowed the manifest's whole budget.
+    OutOfFuel,
+}
+
+impl CallOutcome {
+    /// Classifies a receipt's outcome.
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Trap { .. } | Outcome::Timeout | Outcome::MemoryLimit => CallOutcome::Failed,
+            Outcome::FuelExhausted => CallOutcome::OutOfFuel,
+            Outcome::Ok | Outcome::AgentError { .. } | Outcome::OutputLimit | Outcome::LogLimit => {
+                CallOutcome::Returned
+            }
+        }
+    }
+
+    /// Classifies an outcome by its name ([`Outcome::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "trap" | "timeout" | "memory-limit" => CallOutcome::Failed,
+            "fuel-exhausted" => CallOutcome::OutOfFuel,
+            "ok" | "agent-error" | "output-limit" | "log-limit" => CallOutcome::Returned,
+            _ => return None,
+        })
+    }
+}
+
+impl EvidenceSet {
+    /// An evidence set from its parts; `calls` may come in any order.
+    pub fn new(
+        agents: BTreeMap<Hash, AgentFacts>,
+        mut calls: Vec<Call>,
+        forked_hosts: BTreeSet<PublicKey>,
+    ) -> Self {
+        calls.sort_unstable_by_key(|call| call.receipt);
+        calls.dedup_by_key(|call| call.receipt);
+        EvidenceSet {
+            agents,
+            calls,
+            forked_hosts,
+        }
+    }
+
+    /// An evidence set from verified records. Feedback is taken as given: check it against its
+    /// receipt first ([`crate::Registry::insert_feedback`] does).
+    pub fn from_records(
+        manifests: &[SignedManifest],
+        receipts: &[SignedReceipt],
+        feedback: &[SignedFeedback],
+        forked_hosts: BTreeSet<PublicKey>,
+    ) -> Self {
+        let agents = manifests
+            .iter()
+            .map(|m| {
+                let body = m.body();
+                let facts = AgentFacts {
+                    publisher: body.publisher,
+                    component: body.component.hash,
+                    max_fuel: body.limits.max_fuel,
+                };
+                (m.hash(), facts)
+            })
+            .collect();
+        let calls = receipts
+            .iter()
+            .map(|r| {
+                let body = r.body();
+                Call {
+                    receipt: r.hash(),
+                    host: body.host,
+                    caller: body.caller,
+                    manifest: body.agent.manifest,
+                    component: body.agent.component,
+                    outcome: CallOutcome::of(&body.outcome),
+                    fuel_limit: body.fuel_limit,
+                    charge: body.charge,
+                    timestamp_ms: body.timestamp_ms,
+                    rating: None,
+                }
+            })
+            .collect();
+        let mut set = EvidenceSet::new(agents, calls, forked_hosts);
+        for rating in feedback {
+            set.rate(rating);
+        }
+        set
+    }
+
+    /// Attaches `feedback` to the call it rates, replacing any earlier rating; returns whether
+    /// that call is in the set.
+    pub fn rate(&mut self, feedback: &SignedFeedback) -> bool {
+        let body = feedback.body();
+        match self
+            .calls
+            .binary_search_by_key(&body.receipt, |call| call.receipt)
+        {
+            Ok(index) => {
+                self.calls[index].rating = Some(Rating {
+                    rater: body.rater,
+                    score: body.score.min(100),
+                });
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The calls, in receipt-hash order.
+    pub fn calls(&self) -> &[Call] {
+        &self.calls
+    }
 }
 
 /// Parameters of the score computation.
@@ -141,51 +308,37 @@ impl Scores {
 
 /// Computes trust and reputation from `evidence`.
 pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
-    let manifests: BTreeMap<Hash, &SignedManifest> =
-        evidence.manifests.iter().map(|m| (m.hash(), m)).collect();
-    let receipts: BTreeMap<Hash, &SignedReceipt> =
-        evidence.receipts.iter().map(|r| (r.hash(), r)).collect();
-    let feedback: BTreeMap<Hash, &SignedFeedback> = evidence
-        .feedback
-        .iter()
-        .map(|f| (f.body().receipt, f))
-        .collect();
-
-    let trust = trust(&receipts, &feedback, evidence, params);
+    let trust = trust(evidence, params);
     let trust_in = |key: &PublicKey| trust.get(key).copied().unwrap_or(0.0);
 
     let mut agents: BTreeMap<Hash, Reputation> = BTreeMap::new();
     let mut publisher_of: BTreeMap<Hash, PublicKey> = BTreeMap::new();
-    for (hash, receipt) in &receipts {
-        let body = receipt.body();
-        let Some(manifest) = manifests.get(&body.agent.manifest) else {
+    for call in evidence.calls() {
+        let Some(agent) = evidence.agents.get(&call.manifest) else {
             continue;
         };
-        let publisher = manifest.body().publisher;
-        if body.caller == Some(body.host) && body.host == publisher {
+        if call.caller == Some(call.host) && call.host == agent.publisher {
             continue;
         }
-        let weight = cost_weight(body.charge) * decay(body.timestamp_ms, params);
+        let weight = cost_weight(call.charge) * decay(call.timestamp_ms, params);
         if weight == 0.0 {
             continue;
         }
-        let component = body.agent.component;
-        publisher_of.insert(component, publisher);
-        let entry = agents.entry(component).or_insert(Reputation::NONE);
-        let failed = match body.outcome {
-            Outcome::Trap { .. } | Outcome::Timeout | Outcome::MemoryLimit => true,
-            Outcome::FuelExhausted => body.fuel_limit >= manifest.body().limits.max_fuel,
-            _ => false,
+        publisher_of.insert(call.component, agent.publisher);
+        let entry = agents.entry(call.component).or_insert(Reputation::NONE);
+        let failed = match call.outcome {
+            CallOutcome::Failed => true,
+            CallOutcome::OutOfFuel => call.fuel_limit >= agent.max_fuel,
+            CallOutcome::Returned => false,
         };
         if failed {
-            let w = trust_in(&body.host) * weight;
+            let w = trust_in(&call.host) * weight;
             if w > 0.0 {
                 entry.negative += w;
                 entry.evidence += 1;
             }
         }
-        if let Some(rating) = feedback.get(hash) {
-            let rating = rating.body();
+        if let Some(rating) = call.rating {
             let w = trust_in(&rating.rater) * weight;
             if w > 0.0 {
                 let q = f64::from(rating.score.min(100)) / 100.0;
@@ -221,12 +374,7 @@ fn decay(timestamp_ms: u64, params: &ScoreParams) -> f64 {
 }
 
 /// Personalised EigenTrust over the local-trust graph built from receipts and feedback.
-fn trust(
-    receipts: &BTreeMap<Hash, &SignedReceipt>,
-    feedback: &BTreeMap<Hash, &SignedFeedback>,
-    evidence: &EvidenceSet,
-    params: &ScoreParams,
-) -> BTreeMap<PublicKey, f64> {
+fn trust(evidence: &EvidenceSet, params: &ScoreParams) -> BTreeMap<PublicKey, f64> {
     let forked = &evidence.forked_hosts;
     let mut edges: BTreeMap<PublicKey, BTreeMap<PublicKey, f64>> = BTreeMap::new();
     let mut add = |from: PublicKey, to: PublicKey, weight: f64| {
@@ -234,14 +382,13 @@ fn trust(
             *edges.entry(from).or_default().entry(to).or_insert(0.0) += weight;
         }
     };
-    for (hash, receipt) in receipts {
-        let body = receipt.body();
-        let Some(caller) = body.caller else { continue };
-        let weight = cost_weight(body.charge) * decay(body.timestamp_ms, params);
-        add(body.host, caller, weight);
-        if let Some(rating) = feedback.get(hash) {
-            let q = f64::from(rating.body().score.min(100)) / 100.0;
-            add(caller, body.host, weight * q);
+    for call in evidence.calls() {
+        let Some(caller) = call.caller else { continue };
+        let weight = cost_weight(call.charge) * decay(call.timestamp_ms, params);
+        add(call.host, caller, weight);
+        if let Some(rating) = call.rating {
+            let q = f64::from(rating.score.min(100)) / 100.0;
+            add(caller, call.host, weight * q);
         }
     }
 

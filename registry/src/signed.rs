@@ -79,8 +79,63 @@ impl<T: Record> Signed<T> {
         })
     }
 
-    /// Parses and verifies a record received from anywhere: a peer, a blob store, a database row.
+    /// Parses and verifies a record received from anywhere: a peer, a blob store, an HTTP body.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let record = Self::decode(bytes)?;
+        record.verify()?;
+        Ok(record)
+    }
+
+    /// Parses and verifies many records at once, spreading the signature checks over the
+    /// machine's cores. Each record gets its own result, exactly what [`Signed::from_bytes`]
+    /// would return for it.
+    ///
+    /// Every signature is checked on its own with `verify_strict`. ed25519-dalek's
+    /// `verify_batch` is not used: it checks one random linear combination without the strict
+    /// checks, so a signer can craft a pair of signatures (with small-order components in `R`)
+    /// that passes in one batch and fails alone, and whether a record is accepted would depend
+    /// on which batch it arrived in. Hosts must agree on what evidence is valid.
+    pub fn from_bytes_batch(records: &[&[u8]]) -> Vec<Result<Self, Error>>
+    where
+        T: Send,
+    {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = records.len().div_ceil(threads).max(64);
+        if records.len() <= chunk {
+            return records
+                .iter()
+                .map(|bytes| Self::from_bytes(bytes))
+                .collect();
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = records
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|bytes| Self::from_bytes(bytes))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| match worker.join() {
+                    Ok(results) => results,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        })
+    }
+
+    /// Parses a record this host verified before it stored it, without checking the signature
+    /// again. Only for bytes read back from the host's own registry.
+    pub(crate) fn from_stored(bytes: &[u8]) -> Result<Self, Error> {
+        Self::decode(bytes)
+    }
+
+    /// Parses the canonical envelope, leaving the signature unchecked.
+    fn decode(bytes: &[u8]) -> Result<Self, Error> {
         let malformed = |reason: String| Error::Malformed {
             kind: T::KIND,
             reason,
@@ -97,17 +152,6 @@ impl<T: Record> Signed<T> {
         let mut signature = [0u8; 64];
         hex::decode_to_slice(&envelope.signature, &mut signature)
             .map_err(|_| malformed("signature is not 128 hex digits".into()))?;
-        let body_bytes = canonical(&envelope.body, T::KIND)?;
-        if !envelope
-            .body
-            .signer()
-            .verify(T::TAG, &body_bytes, &signature)
-        {
-            return Err(Error::BadSignature {
-                kind: T::KIND,
-                signer: *envelope.body.signer(),
-            });
-        }
         let canonical_bytes = canonical(
             &EnvelopeOut {
                 tag: T::TAG,
@@ -125,6 +169,22 @@ impl<T: Record> Signed<T> {
             hash: Hash::of(bytes),
             bytes: bytes.to_vec(),
         })
+    }
+
+    fn verify(&self) -> Result<(), Error> {
+        let body_bytes = canonical(&self.body, T::KIND)?;
+        if self
+            .body
+            .signer()
+            .verify(T::TAG, &body_bytes, &self.signature)
+        {
+            Ok(())
+        } else {
+            Err(Error::BadSignature {
+                kind: T::KIND,
+                signer: *self.body.signer(),
+            })
+        }
     }
 
     /// The record.

@@ -1,18 +1,28 @@
 //! The SQLite registry: one database file per host.
 //!
-//! Rows that came from signed records keep the exact signed bytes, and reads re-verify them, so a
-//! database edited behind the host's back yields errors rather than forged records.
+//! Rows that came from signed records keep the exact signed bytes. Every record is verified
+//! before it is written, so reads parse the stored bytes without checking signatures again: the
+//! database is the host's own, as trusted as the key file beside it.
+//!
+//! **Concurrency.** SQLite runs in WAL mode, where readers never wait for a writer. All writes go
+//! to one writer thread, which commits whatever has queued up in one transaction (group commit:
+//! one fsync for many receipts), each write inside its own savepoint so that one failing write
+//! does not undo the others. Reads take a connection from a pool of read-only connections.
 
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::evidence::{MAX_REQUEST_TTL_MS, SignedFeedback, SignedRequest};
 use crate::identity::{PublicKey, SecretKey};
 use crate::manifest::SignedManifest;
 use crate::receipt::{Receipt, SignedReceipt};
+use crate::reputation::{AgentFacts, Call, CallOutcome, EvidenceSet, Rating};
 use crate::{Error, Hash};
 
 /// Schema migrations, applied in order. `PRAGMA user_version` records how many have run.
@@ -89,7 +99,22 @@ const MIGRATIONS: &[&str] = &[
          receipt_b TEXT NOT NULL,
          PRIMARY KEY (host, seq, receipt_a, receipt_b)
      ) STRICT;",
+    // 4: the receipt fields scores are computed from, as columns, so that a million receipts can
+    // be scored without parsing their JSON; and paging of an agent's receipts by arrival.
+    "ALTER TABLE receipts ADD COLUMN fuel_limit INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE receipts ADD COLUMN charge INTEGER NOT NULL DEFAULT 0;
+     UPDATE receipts SET
+         fuel_limit = json_extract(CAST(signed AS TEXT), '$.body.fuel_limit'),
+         charge = json_extract(CAST(signed AS TEXT), '$.body.charge');
+     CREATE INDEX receipts_by_manifest_arrival ON receipts(manifest_hash);",
 ];
+
+/// Most writes committed in one transaction.
+const MAX_WRITE_BATCH: usize = 1024;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 16;
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Two receipts signed by one host with the same sequence number: proof that the host showed
 /// different histories to different peers (or rewrote its own).
@@ -171,13 +196,66 @@ pub enum Inserted {
     AlreadyPresent,
 }
 
+/// One page of receipts; see [`Registry::receipts_page`].
+#[derive(Clone, Debug)]
+pub struct ReceiptPage {
+    /// Receipts, newest arrival first.
+    pub receipts: Vec<SignedReceipt>,
+    /// Where the next (older) page starts, if there may be one.
+    pub next: Option<ReceiptCursor>,
+}
+
+/// A position in a list of receipts, opaque to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptCursor(i64);
+
+impl std::fmt::Display for ReceiptCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for ReceiptCursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        s.parse::<i64>()
+            .ok()
+            .filter(|row| *row > 0)
+            .map(ReceiptCursor)
+            .ok_or_else(|| Error::Malformed {
+                kind: "cursor",
+                reason: format!(
+                    "`{}` is not a cursor this host returned",
+                    s.chars().take(32).collect::<String>()
+                ),
+            })
+    }
+}
+
+/// What this registry holds about one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Receipts the host signed.
+    pub receipts: u64,
+    /// The highest sequence number seen and its receipt.
+    pub head: Option<(u64, Hash)>,
+    /// The earliest and latest receipt timestamps, in milliseconds since the Unix epoch.
+    pub active_ms: Option<(u64, u64)>,
+    /// Forks in its receipt chain.
+    pub forks: Vec<Fork>,
+}
+
 /// A host's registry of manifests, receipts and agent memory.
 ///
-/// Cheap operations are serialised on one connection; SQLite runs in WAL mode with
-/// `synchronous = FULL`, so an acknowledged receipt survives a power cut.
+/// Writes are serialised on a writer thread and committed in batches; SQLite runs in WAL mode
+/// with `synchronous = FULL`, so an acknowledged write survives a power cut. Reads come from a
+/// pool of read-only connections and never wait for writes.
 pub struct Registry {
-    conn: Mutex<Connection>,
     path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    writer_thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -195,21 +273,30 @@ impl Registry {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(db_error)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(db_error)?;
+        let mut conn = Connection::open(path).map_err(db_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;",
         )
         .map_err(db_error)?;
-        let registry = Registry {
-            conn: Mutex::new(conn),
+        migrate(&mut conn, path)?;
+        let (writer, jobs) = mpsc::channel();
+        let thread_path = path.to_owned();
+        let writer_thread = std::thread::Builder::new()
+            .name("agora-registry-writer".into())
+            .spawn(move || write_loop(conn, &thread_path, jobs))
+            .map_err(|e| Error::WriteFailed {
+                path: path.to_owned(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Registry {
             path: path.to_owned(),
-        };
-        registry.migrate()?;
-        Ok(registry)
+            readers: Mutex::new(Vec::new()),
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     /// The database file.
@@ -217,41 +304,58 @@ impl Registry {
         &self.path
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite itself consistent (transactions roll back
-        // on drop), so the poisoned guard is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn db_error(&self, source: rusqlite::Error) -> Error {
-        Error::Database {
-            path: self.path.clone(),
-            source,
-        }
+        db_error(&self.path, source)
     }
 
-    fn migrate(&self) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let applied: i64 = conn
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|e| self.db_error(e))?;
-        let applied = usize::try_from(applied).unwrap_or(usize::MAX);
-        if applied > MIGRATIONS.len() {
-            return Err(Error::SchemaTooNew {
-                path: self.path.clone(),
-                found: applied,
-                supported: MIGRATIONS.len(),
-            });
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            let tx = conn.transaction().map_err(|e| self.db_error(e))?;
-            tx.execute_batch(sql).map_err(|e| self.db_error(e))?;
-            tx.pragma_update(None, "user_version", (index + 1) as i64)
+    /// Runs `read` on a pooled read-only connection. Readers see the last committed state and
+    /// never wait for the writer.
+    fn read<R>(&self, read: impl FnOnce(&Connection) -> Result<R, Error>) -> Result<R, Error> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
                 .map_err(|e| self.db_error(e))?;
-            tx.commit().map_err(|e| self.db_error(e))?;
-            tracing::debug!(migration = index + 1, "applied registry migration");
+                conn.busy_timeout(BUSY_TIMEOUT)
+                    .map_err(|e| self.db_error(e))?;
+                conn
+            }
+        };
+        let result = read(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
         }
-        Ok(())
+        result
+    }
+
+    /// Runs `write` on the writer thread inside a transaction shared with whatever other writes
+    /// are queued, and returns once that transaction is durable. If `write` fails, its changes
+    /// are rolled back and the others still commit.
+    fn write<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let stopped = || Error::WriteFailed {
+            path: self.path.clone(),
+            reason: "the writer thread has stopped".into(),
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Box::new(Job {
+            work: Some(write),
+            outcome: None,
+            reply,
+        });
+        self.writer
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
     }
 
     /// Stores a verified manifest.
@@ -260,54 +364,54 @@ impl Registry {
     /// same name and version, this fails with [`Error::ReleaseConflict`], unless that manifest names the same component,
     /// in which case the earlier release stands and [`Inserted::AlreadyPresent`] is returned.
     pub fn insert_manifest(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
-        let body = manifest.body();
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_error(e))?;
-        let existing: Option<(String, String)> = tx
-            .query_row(
-                "SELECT hash, component_hash FROM manifests
-                 WHERE publisher = ?1 AND name = ?2 AND version = ?3",
-                params![body.publisher.to_hex(), body.name, body.version],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
-        if let Some((existing_hash, existing_component)) = existing {
-            if existing_component == body.component.hash.to_hex() {
-                return Ok(Inserted::AlreadyPresent);
+        let manifest = manifest.clone();
+        self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let body = manifest.body();
+            let existing: Option<(String, String)> = conn
+                .query_row(
+                    "SELECT hash, component_hash FROM manifests
+                     WHERE publisher = ?1 AND name = ?2 AND version = ?3",
+                    params![body.publisher.to_hex(), body.name, body.version],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            if let Some((existing_hash, existing_component)) = existing {
+                if existing_component == body.component.hash.to_hex() {
+                    return Ok(Inserted::AlreadyPresent);
+                }
+                return Err(Error::ReleaseConflict {
+                    name: body.name.clone(),
+                    version: body.version.clone(),
+                    publisher: body.publisher,
+                    existing: existing_hash,
+                });
             }
-            return Err(Error::ReleaseConflict {
-                name: body.name.clone(),
-                version: body.version.clone(),
-                publisher: body.publisher,
-                existing: existing_hash,
-            });
-        }
-        tx.execute(
-            "INSERT OR IGNORE INTO publishers (key, first_seen) VALUES (?1, ?2)",
-            params![body.publisher.to_hex(), body.created_at as i64],
-        )
-        .map_err(|e| self.db_error(e))?;
-        tx.execute(
-            "INSERT INTO manifests
-                 (hash, name, version, publisher, component_hash, component_size, created_at, signed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                manifest.hash().to_hex(),
-                body.name,
-                body.version,
-                body.publisher.to_hex(),
-                body.component.hash.to_hex(),
-                body.component.size as i64,
-                body.created_at as i64,
-                manifest.as_bytes(),
-            ],
-        )
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().map_err(|e| self.db_error(e))?;
-        Ok(Inserted::New)
+            conn.execute(
+                "INSERT OR IGNORE INTO publishers (key, first_seen) VALUES (?1, ?2)",
+                params![body.publisher.to_hex(), body.created_at as i64],
+            )
+            .map_err(db)?;
+            conn.execute(
+                "INSERT INTO manifests
+                     (hash, name, version, publisher, component_hash, component_size, created_at,
+                      signed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    manifest.hash().to_hex(),
+                    body.name,
+                    body.version,
+                    body.publisher.to_hex(),
+                    body.component.hash.to_hex(),
+                    body.component.size as i64,
+                    body.created_at as i64,
+                    manifest.as_bytes(),
+                ],
+            )
+            .map_err(db)?;
+            Ok(Inserted::New)
+        })
     }
 
     /// The manifest with this hash, if stored.
@@ -333,6 +437,11 @@ impl Registry {
     /// Every stored manifest, newest first.
     pub fn manifests(&self) -> Result<Vec<SignedManifest>, Error> {
         self.query_manifests("", params![])
+    }
+
+    /// Every manifest `publisher` released, newest first.
+    pub fn manifests_by(&self, publisher: &PublicKey) -> Result<Vec<SignedManifest>, Error> {
+        self.query_manifests("WHERE publisher = ?1", params![publisher.to_hex()])
     }
 
     /// Finds the manifest an agent reference names. A reference is a manifest hash, a component
@@ -382,126 +491,172 @@ impl Registry {
         filter: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<SignedManifest>, Error> {
-        let conn = self.conn();
         let sql =
             format!("SELECT signed FROM manifests {filter} ORDER BY created_at DESC, rowid DESC");
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_error(e))?;
+        self.read(|conn| self.stored_records(conn, &sql, params))
+    }
+
+    /// Parses the records in the first column of `sql`'s rows.
+    fn stored_records<T: crate::Record>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Signed<T>>, Error> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.db_error(e))?;
         let rows = stmt
             .query_map(params, |row| row.get::<_, Vec<u8>>(0))
             .map_err(|e| self.db_error(e))?;
-        let mut manifests = Vec::new();
+        let mut records = Vec::new();
         for bytes in rows {
             let bytes = bytes.map_err(|e| self.db_error(e))?;
-            manifests.push(SignedManifest::from_bytes(&bytes)?);
+            records.push(Signed::from_stored(&bytes)?);
         }
-        Ok(manifests)
+        Ok(records)
     }
 
-    /// Signs and stores this host's next receipt. `build` receives the sequence number and the
-    /// previous receipt's hash and returns the receipt; appending is serialised, so the chain
-    /// never forks on one host.
+    /// Signs and stores this host's next receipt: `receipt` with its `seq` and `prev` set to
+    /// follow the host's last receipt. Appends are serialised, so the chain never forks on one
+    /// host.
     pub fn append_receipt(
         &self,
         host_key: &SecretKey,
-        build: impl FnOnce(u64, Option<Hash>) -> Receipt,
+        mut receipt: Receipt,
     ) -> Result<SignedReceipt, Error> {
-        let host = host_key.public();
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_error(e))?;
-        let last: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
-                params![host.to_hex()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
-        let (seq, prev) = match last {
-            Some((seq, hash)) => (
-                seq as u64 + 1,
-                Some(hash.parse::<Hash>().map_err(|e| Error::Corrupt {
-                    path: self.path.clone(),
-                    what: e.to_string(),
-                })?),
-            ),
-            None => (0, None),
-        };
-        let receipt = Signed::sign(build(seq, prev), host_key)?;
-        insert_receipt_row(&tx, &receipt).map_err(|e| self.db_error(e))?;
-        tx.commit().map_err(|e| self.db_error(e))?;
-        Ok(receipt)
+        let host_key = host_key.clone();
+        self.write(move |conn, path| {
+            let last: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
+                    params![host_key.public().to_hex()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| db_error(path, e))?;
+            let (seq, prev) = match last {
+                Some((seq, hash)) => (seq as u64 + 1, Some(parse_stored(path, &hash)?)),
+                None => (0, None),
+            };
+            receipt.seq = seq;
+            receipt.prev = prev;
+            let receipt = Signed::sign(receipt, &host_key)?;
+            insert_receipt_row(conn, &receipt).map_err(|e| db_error(path, e))?;
+            Ok(receipt)
+        })
     }
 
     /// Stores a verified receipt from any host (for example one received from a peer). A
     /// receipt whose host already signed a different receipt with the same sequence number is
     /// stored too, and the pair is recorded as a [`Fork`].
     pub fn insert_receipt(&self, receipt: &SignedReceipt) -> Result<Inserted, Error> {
-        let body = receipt.body();
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_error(e))?;
-        let changed = insert_receipt_row(&tx, receipt).map_err(|e| self.db_error(e))?;
-        if changed == 0 {
-            return Ok(Inserted::AlreadyPresent);
-        }
-        let first: Option<String> = tx
-            .query_row(
-                "SELECT hash FROM receipts WHERE host = ?1 AND seq = ?2 AND hash != ?3
-                 ORDER BY rowid LIMIT 1",
-                params![body.host.to_hex(), body.seq as i64, receipt.hash().to_hex()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
-        if let Some(first) = first {
-            tracing::warn!(host = %body.host, seq = body.seq, "host forked its receipt chain");
-            tx.execute(
-                "INSERT OR IGNORE INTO forks (host, seq, receipt_a, receipt_b) VALUES (?1, ?2, ?3, ?4)",
-                params![body.host.to_hex(), body.seq as i64, first, receipt.hash().to_hex()],
-            )
-            .map_err(|e| self.db_error(e))?;
-        }
-        tx.commit().map_err(|e| self.db_error(e))?;
-        Ok(Inserted::New)
+        let mut inserted = self.insert_receipts(vec![receipt.clone()])?;
+        Ok(inserted.pop().unwrap_or(Inserted::AlreadyPresent))
+    }
+
+    /// Stores many verified receipts in one transaction (see [`Signed::from_bytes_batch`] for
+    /// verifying them), saying for each whether it was new.
+    pub fn insert_receipts(&self, receipts: Vec<SignedReceipt>) -> Result<Vec<Inserted>, Error> {
+        self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let mut inserted = Vec::with_capacity(receipts.len());
+            for receipt in &receipts {
+                let body = receipt.body();
+                if insert_receipt_row(conn, receipt).map_err(db)? == 0 {
+                    inserted.push(Inserted::AlreadyPresent);
+                    continue;
+                }
+                inserted.push(Inserted::New);
+                let first: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT hash FROM receipts WHERE host = ?1 AND seq = ?2 AND hash != ?3
+                         ORDER BY rowid LIMIT 1",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.query_row(
+                            params![body.host.to_hex(), body.seq as i64, receipt.hash().to_hex()],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                    })
+                    .map_err(db)?;
+                if let Some(first) = first {
+                    tracing::warn!(host = %body.host, seq = body.seq, "host forked its receipt chain");
+                    conn.execute(
+                        "INSERT OR IGNORE INTO forks (host, seq, receipt_a, receipt_b)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![body.host.to_hex(), body.seq as i64, first, receipt.hash().to_hex()],
+                    )
+                    .map_err(db)?;
+                }
+            }
+            Ok(inserted)
+        })
     }
 
     /// Recorded forks in `host`'s receipt chain.
     pub fn forks(&self, host: &PublicKey) -> Result<Vec<Fork>, Error> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, receipt_a, receipt_b FROM forks WHERE host = ?1 ORDER BY seq",
-            )
-            .map_err(|e| self.db_error(e))?;
-        let rows = stmt
-            .query_map(params![host.to_hex()], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(|e| self.db_error(e))?;
-        let mut forks = Vec::new();
-        for row in rows {
-            let (seq, first, second) = row.map_err(|e| self.db_error(e))?;
-            let parse = |h: String| {
-                h.parse::<Hash>().map_err(|e| Error::Corrupt {
-                    path: self.path.clone(),
-                    what: e.to_string(),
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, receipt_a, receipt_b FROM forks WHERE host = ?1 ORDER BY seq",
+                )
+                .map_err(|e| self.db_error(e))?;
+            let rows = stmt
+                .query_map(params![host.to_hex()], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
                 })
+                .map_err(|e| self.db_error(e))?;
+            let mut forks = Vec::new();
+            for row in rows {
+                let (seq, first, second) = row.map_err(|e| self.db_error(e))?;
+                forks.push(Fork {
+                    host: *host,
+                    seq: seq as u64,
+                    first: parse_stored(&self.path, &first)?,
+                    second: parse_stored(&self.path, &second)?,
+                });
+            }
+            Ok(forks)
+        })
+    }
+
+    /// What this registry holds about `host`: how many receipts it signed, its chain head,
+    /// when it was active, and any forks.
+    pub fn host_record(&self, host: &PublicKey) -> Result<HostRecord, Error> {
+        let forks = self.forks(host)?;
+        self.read(|conn| {
+            let (receipts, first, last): (i64, Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT COUNT(*), MIN(timestamp_ms), MAX(timestamp_ms) FROM receipts
+                     WHERE host = ?1",
+                    params![host.to_hex()],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .map_err(|e| self.db_error(e))?;
+            let head: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC, rowid
+                     LIMIT 1",
+                    params![host.to_hex()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| self.db_error(e))?;
+            let head = match head {
+                Some((seq, hash)) => Some((seq as u64, parse_stored(&self.path, &hash)?)),
+                None => None,
             };
-            forks.push(Fork {
-                host: *host,
-                seq: seq as u64,
-                first: parse(first)?,
-                second: parse(second)?,
-            });
-        }
-        Ok(forks)
+            Ok(HostRecord {
+                receipts: receipts as u64,
+                head,
+                active_ms: first.zip(last).map(|(a, b)| (a as u64, b as u64)),
+                forks,
+            })
+        })
     }
 
     /// Manifests, receipts signed by `host`, and feedback stored after `after`, with the
@@ -511,45 +666,63 @@ impl Registry {
         host: &PublicKey,
         after: EvidenceCursor,
     ) -> Result<Evidence, Error> {
-        let conn = self.conn();
-        let mut cursor = after;
-        let manifests = self.signed_rows_after(
-            &conn,
-            "SELECT rowid, signed FROM manifests WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-            params![after.manifests, EVIDENCE_BATCH],
-            &mut cursor.manifests,
-        )?;
-        let receipts = self.signed_rows_after(
-            &conn,
-            "SELECT rowid, signed FROM receipts WHERE rowid > ?1 AND host = ?3
-             ORDER BY rowid LIMIT ?2",
-            params![after.receipts, EVIDENCE_BATCH, host.to_hex()],
-            &mut cursor.receipts,
-        )?;
-        let feedback = self.signed_rows_after(
-            &conn,
-            "SELECT rowid, signed FROM feedback WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-            params![after.feedback, EVIDENCE_BATCH],
-            &mut cursor.feedback,
-        )?;
-        Ok(Evidence {
-            manifests,
-            receipts,
-            feedback,
-            cursor,
+        self.read(|conn| {
+            let mut cursor = after;
+            let manifests = self.signed_rows_after(
+                conn,
+                "SELECT rowid, signed FROM manifests WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                params![after.manifests, EVIDENCE_BATCH],
+                &mut cursor.manifests,
+            )?;
+            let receipts = self.signed_rows_after(
+                conn,
+                "SELECT rowid, signed FROM receipts WHERE rowid > ?1 AND host = ?3
+                 ORDER BY rowid LIMIT ?2",
+                params![after.receipts, EVIDENCE_BATCH, host.to_hex()],
+                &mut cursor.receipts,
+            )?;
+            let feedback = self.signed_rows_after(
+                conn,
+                "SELECT rowid, signed FROM feedback WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                params![after.feedback, EVIDENCE_BATCH],
+                &mut cursor.feedback,
+            )?;
+            Ok(Evidence {
+                manifests,
+                receipts,
+                feedback,
+                cursor,
+            })
         })
     }
 
     /// The position after every manifest stored so far.
     pub fn manifests_cursor(&self) -> Result<i64, Error> {
-        self.conn()
-            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM manifests", [], |row| {
-                row.get(0)
-            })
-            .map_err(|e| self.db_error(e))
+        Ok(self.evidence_cursor()?.manifests)
     }
 
-    /// Verified records from `(rowid, signed)` rows, advancing `cursor` past each.
+    /// The position after every manifest, receipt and feedback stored so far: it changes
+    /// whenever evidence arrives, so it tells when scores are stale.
+    pub fn evidence_cursor(&self) -> Result<EvidenceCursor, Error> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM manifests),
+                        (SELECT COALESCE(MAX(rowid), 0) FROM receipts),
+                        (SELECT COALESCE(MAX(rowid), 0) FROM feedback)",
+                [],
+                |row| {
+                    Ok(EvidenceCursor {
+                        manifests: row.get(0)?,
+                        receipts: row.get(1)?,
+                        feedback: row.get(2)?,
+                    })
+                },
+            )
+            .map_err(|e| self.db_error(e))
+        })
+    }
+
+    /// Records from `(rowid, signed)` rows, advancing `cursor` past each.
     fn signed_rows_after<T: crate::Record>(
         &self,
         conn: &Connection,
@@ -566,7 +739,7 @@ impl Registry {
         let mut records = Vec::new();
         for row in rows {
             let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
-            records.push(Signed::from_bytes(&bytes)?);
+            records.push(Signed::from_stored(&bytes)?);
             *cursor = rowid;
         }
         Ok(records)
@@ -578,17 +751,42 @@ impl Registry {
             .map(|mut found| found.pop())
     }
 
-    /// Receipts about the agent released as `manifest`, newest first, at most `limit`.
-    pub fn receipts_for_manifest(
+    /// Receipts about the agent released as `manifest`, newest arrival first: at most `limit`,
+    /// starting after `after` (a cursor from the previous page).
+    pub fn receipts_page(
         &self,
         manifest: &Hash,
+        after: Option<ReceiptCursor>,
         limit: usize,
-    ) -> Result<Vec<SignedReceipt>, Error> {
-        self.query_receipts(
-            "WHERE manifest_hash = ?1",
-            params![manifest.to_hex()],
-            limit,
-        )
+    ) -> Result<ReceiptPage, Error> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let before = after.map_or(i64::MAX, |cursor| cursor.0);
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT rowid, signed FROM receipts INDEXED BY receipts_by_manifest_arrival
+                     WHERE manifest_hash = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
+                )
+                .map_err(|e| self.db_error(e))?;
+            let rows = stmt
+                .query_map(params![manifest.to_hex(), before, limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(|e| self.db_error(e))?;
+            let mut receipts = Vec::new();
+            let mut last = None;
+            for row in rows {
+                let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
+                receipts.push(SignedReceipt::from_stored(&bytes)?);
+                last = Some(ReceiptCursor(rowid));
+            }
+            let next = if receipts.len() as i64 == limit {
+                last
+            } else {
+                None
+            };
+            Ok(ReceiptPage { receipts, next })
+        })
     }
 
     /// All receipts, newest first, at most `limit`.
@@ -610,21 +808,11 @@ impl Registry {
         params: impl rusqlite::Params,
         limit: usize,
     ) -> Result<Vec<SignedReceipt>, Error> {
-        let conn = self.conn();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
             "SELECT signed FROM receipts {filter} ORDER BY timestamp_ms DESC, rowid DESC LIMIT {limit}"
         );
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_error(e))?;
-        let rows = stmt
-            .query_map(params, |row| row.get::<_, Vec<u8>>(0))
-            .map_err(|e| self.db_error(e))?;
-        let mut receipts = Vec::new();
-        for bytes in rows {
-            let bytes = bytes.map_err(|e| self.db_error(e))?;
-            receipts.push(SignedReceipt::from_bytes(&bytes)?);
-        }
-        Ok(receipts)
+        self.read(|conn| self.stored_records(conn, &sql, params))
     }
 
     /// Accepts a caller-signed request for `host` to run, at time `now_ms`, or says why not:
@@ -660,42 +848,44 @@ impl Registry {
                 reason: "nonce must be 32 hex digits (128 bits)".into(),
             });
         }
-        let conn = self.conn();
-        let inserted = conn
-            .execute(
-                "INSERT OR IGNORE INTO requests (hash, caller, host, nonce, expires_at_ms, signed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    request.hash().to_hex(),
-                    body.caller.to_hex(),
-                    body.host.to_hex(),
-                    body.nonce,
-                    body.expires_at_ms as i64,
-                    request.as_bytes(),
-                ],
-            )
-            .map_err(|e| self.db_error(e))?;
-        if inserted == 0 {
-            return Err(Error::Replayed {
-                caller: body.caller,
-                nonce: body.nonce.clone(),
-            });
-        }
-        Ok(())
+        let request = request.clone();
+        self.write(move |conn, path| {
+            let body = request.body();
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO requests
+                         (hash, caller, host, nonce, expires_at_ms, signed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        request.hash().to_hex(),
+                        body.caller.to_hex(),
+                        body.host.to_hex(),
+                        body.nonce,
+                        body.expires_at_ms as i64,
+                        request.as_bytes(),
+                    ],
+                )
+                .map_err(|e| db_error(path, e))?;
+            if inserted == 0 {
+                return Err(Error::Replayed {
+                    caller: body.caller,
+                    nonce: body.nonce.clone(),
+                });
+            }
+            Ok(())
+        })
     }
 
     /// The signed request with this hash, if stored.
     pub fn request(&self, hash: &Hash) -> Result<Option<SignedRequest>, Error> {
-        let conn = self.conn();
-        let bytes: Option<Vec<u8>> = conn
-            .query_row(
+        self.read(|conn| {
+            self.stored_records(
+                conn,
                 "SELECT signed FROM requests WHERE hash = ?1",
                 params![hash.to_hex()],
-                |row| row.get(0),
             )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
-        bytes.map(|b| SignedRequest::from_bytes(&b)).transpose()
+        })
+        .map(|mut found| found.pop())
     }
 
     /// Stores a caller's feedback if it counts: the receipt is known, the rater is its caller
@@ -712,95 +902,155 @@ impl Registry {
                     reference: receipt.body().agent.manifest.to_hex(),
                 })?;
         body.validate(&receipt, &manifest.body().publisher)?;
-        let conn = self.conn();
-        let existing: Option<String> = conn
-            .query_row(
-                "SELECT hash FROM feedback WHERE receipt_hash = ?1",
-                params![body.receipt.to_hex()],
-                |row| row.get(0),
+        let feedback = feedback.clone();
+        self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let body = feedback.body();
+            let existing: Option<String> = conn
+                .query_row(
+                    "SELECT hash FROM feedback WHERE receipt_hash = ?1",
+                    params![body.receipt.to_hex()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            match existing {
+                Some(hash) if hash == feedback.hash().to_hex() => {
+                    return Ok(Inserted::AlreadyPresent);
+                }
+                Some(_) => return Err(Error::DuplicateFeedback(body.receipt)),
+                None => {}
+            }
+            conn.execute(
+                "INSERT INTO feedback (receipt_hash, hash, rater, score, created_at_ms, signed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    body.receipt.to_hex(),
+                    feedback.hash().to_hex(),
+                    body.rater.to_hex(),
+                    i64::from(body.score),
+                    body.created_at_ms as i64,
+                    feedback.as_bytes(),
+                ],
             )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
-        match existing {
-            Some(hash) if hash == feedback.hash().to_hex() => return Ok(Inserted::AlreadyPresent),
-            Some(_) => return Err(Error::DuplicateFeedback(body.receipt)),
-            None => {}
-        }
-        conn.execute(
-            "INSERT INTO feedback (receipt_hash, hash, rater, score, created_at_ms, signed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                body.receipt.to_hex(),
-                feedback.hash().to_hex(),
-                body.rater.to_hex(),
-                i64::from(body.score),
-                body.created_at_ms as i64,
-                feedback.as_bytes(),
-            ],
-        )
-        .map_err(|e| self.db_error(e))?;
-        Ok(Inserted::New)
+            .map_err(db)?;
+            Ok(Inserted::New)
+        })
     }
 
     /// The feedback on a receipt, if any.
     pub fn feedback(&self, receipt: &Hash) -> Result<Option<SignedFeedback>, Error> {
-        let conn = self.conn();
-        let bytes: Option<Vec<u8>> = conn
-            .query_row(
+        self.read(|conn| {
+            self.stored_records(
+                conn,
                 "SELECT signed FROM feedback WHERE receipt_hash = ?1",
                 params![receipt.to_hex()],
-                |row| row.get(0),
             )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
-        bytes.map(|b| SignedFeedback::from_bytes(&b)).transpose()
+        })
+        .map(|mut found| found.pop())
     }
 
-    /// Everything in the registry that reputation is computed from.
-    pub fn evidence_set(&self) -> Result<crate::reputation::EvidenceSet, Error> {
-        let manifests = self.manifests()?;
-        let receipts = self.query_receipts("", params![], usize::MAX)?;
-        let conn = self.conn();
-        let mut feedback = Vec::new();
-        let mut stmt = conn
-            .prepare_cached("SELECT signed FROM feedback ORDER BY rowid")
-            .map_err(|e| self.db_error(e))?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, Vec<u8>>(0))
-            .map_err(|e| self.db_error(e))?;
-        for bytes in rows {
-            feedback.push(SignedFeedback::from_bytes(
-                &bytes.map_err(|e| self.db_error(e))?,
-            )?);
-        }
-        let mut stmt = conn
-            .prepare_cached("SELECT DISTINCT host FROM forks")
-            .map_err(|e| self.db_error(e))?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(|e| self.db_error(e))?;
-        let mut forked_hosts = std::collections::BTreeSet::new();
-        for host in rows {
-            forked_hosts.insert(host.map_err(|e| self.db_error(e))?.parse::<PublicKey>()?);
-        }
-        Ok(crate::reputation::EvidenceSet {
-            manifests,
-            receipts,
-            feedback,
-            forked_hosts,
+    /// Everything in the registry that reputation is computed from, read from columns rather
+    /// than by parsing each record, so that it stays fast with millions of receipts.
+    pub fn evidence_set(&self) -> Result<EvidenceSet, Error> {
+        self.read(|conn| {
+            let db = |e| self.db_error(e);
+            let mut keys = KeyInterner::new(&self.path);
+            let mut agents = std::collections::BTreeMap::new();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hash, publisher, component_hash,
+                            json_extract(CAST(signed AS TEXT), '$.body.limits.max_fuel')
+                     FROM manifests",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let hash: String = row.get(0).map_err(db)?;
+                let publisher: String = row.get(1).map_err(db)?;
+                let component: String = row.get(2).map_err(db)?;
+                agents.insert(
+                    parse_stored(&self.path, &hash)?,
+                    AgentFacts {
+                        publisher: keys.get(&publisher)?,
+                        component: parse_stored(&self.path, &component)?,
+                        max_fuel: row.get::<_, i64>(3).map_err(db)? as u64,
+                    },
+                );
+            }
+            let mut calls = Vec::new();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT r.hash, r.host, r.caller, r.manifest_hash, r.component_hash,
+                            r.outcome, r.fuel_limit, r.charge, r.timestamp_ms, f.rater, f.score
+                     FROM receipts r LEFT JOIN feedback f ON f.receipt_hash = r.hash",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let text = |i| {
+                    row.get_ref(i)
+                        .and_then(|v| v.as_str().map_err(Into::into))
+                        .map_err(db)
+                };
+                let optional = |i| {
+                    row.get_ref(i)
+                        .and_then(|v| v.as_str_or_null().map_err(Into::into))
+                        .map_err(db)
+                };
+                let outcome = text(5)?;
+                let rating = match optional(9)? {
+                    Some(rater) => Some(Rating {
+                        rater: keys.get(rater)?,
+                        score: row.get::<_, i64>(10).map_err(db)?.clamp(0, 100) as u8,
+                    }),
+                    None => None,
+                };
+                calls.push(Call {
+                    receipt: parse_stored(&self.path, text(0)?)?,
+                    host: keys.get(text(1)?)?,
+                    caller: optional(2)?.map(|c| keys.get(c)).transpose()?,
+                    manifest: parse_stored(&self.path, text(3)?)?,
+                    component: parse_stored(&self.path, text(4)?)?,
+                    outcome: CallOutcome::from_name(outcome).ok_or_else(|| Error::Corrupt {
+                        path: self.path.clone(),
+                        what: format!("unknown receipt outcome `{outcome}`"),
+                    })?,
+                    fuel_limit: row.get::<_, i64>(6).map_err(db)? as u64,
+                    charge: row.get::<_, i64>(7).map_err(db)? as u64,
+                    timestamp_ms: row.get::<_, i64>(8).map_err(db)? as u64,
+                    rating,
+                });
+            }
+            let mut forked_hosts = std::collections::BTreeSet::new();
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT host FROM forks")
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                forked_hosts.insert(
+                    keys.get(
+                        row.get_ref(0)
+                            .and_then(|v| v.as_str().map_err(Into::into))
+                            .map_err(db)?,
+                    )?,
+                );
+            }
+            Ok(EvidenceSet::new(agents, calls, forked_hosts))
         })
     }
 
     /// Reads a key from an agent's memory.
     pub fn kv_get(&self, ns: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let conn = self.conn();
-        conn.query_row(
-            "SELECT value FROM agent_kv WHERE publisher = ?1 AND agent = ?2 AND key = ?3",
-            params![ns.publisher.to_hex(), ns.agent, key],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(|e| self.db_error(e))
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT value FROM agent_kv WHERE publisher = ?1 AND agent = ?2 AND key = ?3",
+                params![ns.publisher.to_hex(), ns.agent, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_error(e))
+        })
     }
 
     /// Writes a key in an agent's memory, within `quota`.
@@ -825,57 +1075,232 @@ impl Registry {
                 quota.max_value_bytes
             )));
         }
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_error(e))?;
-        let used_by_others: i64 = tx
-            .query_row(
-                "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM agent_kv
-                 WHERE publisher = ?1 AND agent = ?2 AND key != ?3",
-                params![ns.publisher.to_hex(), ns.agent, key],
-                |row| row.get(0),
+        let (ns, key, value, max_total) = (
+            ns.clone(),
+            key.to_owned(),
+            value.to_vec(),
+            quota.max_total_bytes,
+        );
+        self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let used_by_others: i64 = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM agent_kv
+                     WHERE publisher = ?1 AND agent = ?2 AND key != ?3",
+                    params![ns.publisher.to_hex(), ns.agent, key],
+                    |row| row.get(0),
+                )
+                .map_err(db)?;
+            let total = used_by_others as u64 + (key.len() + value.len()) as u64;
+            if total > max_total {
+                return Err(Error::KvQuota(format!(
+                    "the agent's memory would hold {total} bytes; the quota is {max_total}"
+                )));
+            }
+            conn.execute(
+                "INSERT INTO agent_kv (publisher, agent, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (publisher, agent, key) DO UPDATE SET value = excluded.value",
+                params![ns.publisher.to_hex(), ns.agent, key, value],
             )
-            .map_err(|e| self.db_error(e))?;
-        let total = used_by_others as u64 + (key.len() + value.len()) as u64;
-        if total > quota.max_total_bytes {
-            return Err(Error::KvQuota(format!(
-                "the agent's memory would hold {total} bytes; the quota is {}",
-                quota.max_total_bytes
-            )));
-        }
-        tx.execute(
-            "INSERT INTO agent_kv (publisher, agent, key, value) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (publisher, agent, key) DO UPDATE SET value = excluded.value",
-            params![ns.publisher.to_hex(), ns.agent, key, value],
-        )
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().map_err(|e| self.db_error(e))
+            .map_err(db)?;
+            Ok(())
+        })
     }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; waiting for it
+        // means the database is closed when the registry is gone.
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn db_error(path: &Path, source: rusqlite::Error) -> Error {
+    Error::Database {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Parses a hash or key this registry wrote.
+fn parse_stored<T: std::str::FromStr>(path: &Path, text: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| Error::Corrupt {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })
+}
+
+/// Parses each distinct key once: a key's curve point is checked when it is parsed, and a
+/// million receipts name only a few thousand keys.
+struct KeyInterner<'a> {
+    path: &'a Path,
+    parsed: HashMap<String, PublicKey>,
+}
+
+impl<'a> KeyInterner<'a> {
+    fn new(path: &'a Path) -> Self {
+        KeyInterner {
+            path,
+            parsed: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, hex: &str) -> Result<PublicKey, Error> {
+        if let Some(key) = self.parsed.get(hex) {
+            return Ok(*key);
+        }
+        let key: PublicKey = parse_stored(self.path, hex)?;
+        self.parsed.insert(hex.to_owned(), key);
+        Ok(key)
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let db = |e| db_error(path, e);
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db)?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(Error::SchemaTooNew {
+            path: path.to_owned(),
+            found: applied,
+            supported: MIGRATIONS.len(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        tracing::debug!(migration = index + 1, "applied registry migration");
+    }
+    Ok(())
+}
+
+/// A write queued for the writer thread.
+trait WriteJob: Send {
+    /// Runs the write; returns whether it succeeded (and its changes are to be kept).
+    fn run(&mut self, conn: &Connection, path: &Path) -> bool;
+    /// Answers the caller once the transaction has committed or failed.
+    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>);
+}
+
+struct Job<F, R> {
+    work: Option<F>,
+    outcome: Option<Result<R, Error>>,
+    reply: mpsc::SyncSender<Result<R, Error>>,
+}
+
+impl<F, R> WriteJob for Job<F, R>
+where
+    F: FnOnce(&Connection, &Path) -> Result<R, Error> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection, path: &Path) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn, path)))
+            .unwrap_or_else(|_| {
+                Err(Error::WriteFailed {
+                    path: path.to_owned(),
+                    reason: "the write panicked and was rolled back".into(),
+                })
+            });
+        let succeeded = outcome.is_ok();
+        self.outcome = Some(outcome);
+        succeeded
+    }
+
+    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>) {
+        let answer = match (self.outcome, committed) {
+            (Some(Err(error)), _) => Err(error),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(error)) => Err(Error::WriteFailed {
+                path: path.to_owned(),
+                reason: format!("the transaction did not commit: {error}"),
+            }),
+            (None, Ok(())) => Err(Error::WriteFailed {
+                path: path.to_owned(),
+                reason: "the write was never run".into(),
+            }),
+        };
+        // The caller may have given up waiting; then nobody needs the answer.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The writer thread: takes every write queued so far, commits them in one transaction, answers
+/// each caller, and repeats until the registry is dropped.
+fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = commit_batch(&conn, path, &mut batch);
+        if let Err(error) = &committed {
+            tracing::error!(%error, writes = batch.len(), "registry transaction failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in batch {
+            job.finish(path, committed.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn commit_batch(
+    conn: &Connection,
+    path: &Path,
+    batch: &mut [Box<dyn WriteJob>],
+) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        conn.execute_batch("SAVEPOINT job")?;
+        if !job.run(conn, path) {
+            conn.execute_batch("ROLLBACK TO job")?;
+        }
+        conn.execute_batch("RELEASE job")?;
+    }
+    conn.execute_batch("COMMIT")
 }
 
 use crate::signed::Signed;
 
 fn insert_receipt_row(conn: &Connection, receipt: &SignedReceipt) -> rusqlite::Result<usize> {
     let body = receipt.body();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO receipts
              (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
-              timestamp_ms, signed, request_hash, caller)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        params![
-            receipt.hash().to_hex(),
-            body.host.to_hex(),
-            body.seq as i64,
-            body.prev.map(|h| h.to_hex()),
-            body.agent.manifest.to_hex(),
-            body.agent.component.to_hex(),
-            body.outcome.name(),
-            body.fuel_used as i64,
-            body.timestamp_ms as i64,
-            receipt.as_bytes(),
-            body.request.map(|h| h.to_hex()),
-            body.caller.map(|c| c.to_hex()),
-        ],
-    )
+              timestamp_ms, signed, request_hash, caller, fuel_limit, charge)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        receipt.hash().to_hex(),
+        body.host.to_hex(),
+        body.seq as i64,
+        body.prev.map(|h| h.to_hex()),
+        body.agent.manifest.to_hex(),
+        body.agent.component.to_hex(),
+        body.outcome.name(),
+        body.fuel_used as i64,
+        body.timestamp_ms as i64,
+        receipt.as_bytes(),
+        body.request.map(|h| h.to_hex()),
+        body.caller.map(|c| c.to_hex()),
+        body.fuel_limit as i64,
+        body.charge as i64,
+    ])
 }

@@ -164,13 +164,13 @@ fn the_receipt_chain_links_and_survives_reopening() {
         let registry = Registry::open(&path).unwrap();
         for _ in 0..3 {
             registry
-                .append_receipt(&host, |seq, prev| receipt(&host, seq, prev))
+                .append_receipt(&host, receipt(&host, 0, None))
                 .unwrap();
         }
     }
     let registry = Registry::open(&path).unwrap();
     registry
-        .append_receipt(&host, |seq, prev| receipt(&host, seq, prev))
+        .append_receipt(&host, receipt(&host, 0, None))
         .unwrap();
     let chain = registry.receipt_chain(&host.public()).unwrap();
     assert_eq!(chain.len(), 4);
@@ -247,4 +247,141 @@ fn a_host_cannot_rate_calls_it_ran_itself() {
         created_at_ms: 0,
     };
     assert_eq!(rating.validate(&signed, &publisher.public()), Ok(()));
+}
+
+#[test]
+fn batch_parsing_judges_each_record_as_parsing_it_alone_would() {
+    let host = SecretKey::generate();
+    let signed: Vec<SignedReceipt> = (0..300)
+        .map(|seq| Signed::sign(receipt(&host, seq, None), &host).unwrap())
+        .collect();
+    let mut bytes: Vec<Vec<u8>> = signed.iter().map(|r| r.as_bytes().to_vec()).collect();
+    // A forged signature in the middle of the batch and a truncated record near its end.
+    let forged = 150;
+    let position = bytes[forged].len() - 4;
+    bytes[forged][position] = if bytes[forged][position] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
+    bytes[290].truncate(40);
+    let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let results = SignedReceipt::from_bytes_batch(&slices);
+    assert_eq!(results.len(), 300);
+    for (index, result) in results.iter().enumerate() {
+        match index {
+            150 => assert!(
+                matches!(result, Err(Error::BadSignature { .. })),
+                "{result:?}"
+            ),
+            290 => assert!(matches!(result, Err(Error::Malformed { .. })), "{result:?}"),
+            _ => assert_eq!(result.as_ref().unwrap().hash(), signed[index].hash()),
+        }
+    }
+}
+
+#[test]
+fn a_failing_write_in_a_batch_leaves_the_others_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = std::sync::Arc::new(Registry::open(&dir.path().join("registry.db")).unwrap());
+    let key = SecretKey::generate();
+    let first = Signed::sign(manifest(&key, "1.0.0", b"v1"), &key).unwrap();
+    registry.insert_manifest(&first).unwrap();
+    // Many writers at once, so that the writer thread commits several in one transaction; one
+    // of them is refused (a conflicting release) and must take nothing else down with it.
+    let writers: Vec<_> = (0..32)
+        .map(|i| {
+            let registry = registry.clone();
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let version = if i == 7 {
+                    "1.0.0".to_owned()
+                } else {
+                    format!("2.{i}.0")
+                };
+                let code = format!("code {i}");
+                let signed = Signed::sign(manifest(&key, &version, code.as_bytes()), &key).unwrap();
+                registry.insert_manifest(&signed)
+            })
+        })
+        .collect();
+    let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    for (i, result) in results.iter().enumerate() {
+        if i == 7 {
+            assert!(
+                matches!(result, Err(Error::ReleaseConflict { .. })),
+                "{result:?}"
+            );
+        } else {
+            assert_eq!(result.as_ref().unwrap(), &Inserted::New);
+        }
+    }
+    assert_eq!(registry.manifests().unwrap().len(), 32);
+}
+
+#[test]
+fn reads_do_not_wait_for_a_write_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let registry = std::sync::Arc::new(Registry::open(&path).unwrap());
+    let key = SecretKey::generate();
+    let first = Signed::sign(manifest(&key, "1.0.0", b"v1"), &key).unwrap();
+    registry.insert_manifest(&first).unwrap();
+
+    // Another process (here: another connection) holds the write lock, so the registry's own
+    // write queues behind it...
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let writer = {
+        let registry = registry.clone();
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let next = Signed::sign(manifest(&key, "1.1.0", b"v2"), &key).unwrap();
+            registry.insert_manifest(&next)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // ...while reads go ahead and see the last committed state.
+    assert_eq!(registry.manifests().unwrap().len(), 1);
+    assert_eq!(
+        registry.resolve("energy-trader").unwrap().hash(),
+        first.hash()
+    );
+    assert!(
+        !writer.is_finished(),
+        "the write should still be waiting for the lock"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(writer.join().unwrap().unwrap(), Inserted::New);
+    assert_eq!(registry.manifests().unwrap().len(), 2);
+}
+
+#[test]
+fn receipts_page_by_cursor_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let host = SecretKey::generate();
+    for _ in 0..7 {
+        registry
+            .append_receipt(&host, receipt(&host, 0, None))
+            .unwrap();
+    }
+    let manifest = Hash::of(b"m");
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = registry.receipts_page(&manifest, cursor, 3).unwrap();
+        seen.extend(page.receipts.iter().map(|r| r.body().seq));
+        match page.next {
+            Some(next) => cursor = Some(next.to_string().parse().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![6, 5, 4, 3, 2, 1, 0]);
+    assert!("-1".parse::<ReceiptCursor>().is_err());
+    assert!("abc".parse::<ReceiptCursor>().is_err());
+    let record = registry.host_record(&host.public()).unwrap();
+    assert_eq!(record.receipts, 7);
+    assert_eq!(record.head.map(|(seq, _)| seq), Some(6));
+    assert!(record.forks.is_empty());
 }

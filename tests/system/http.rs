@@ -35,6 +35,24 @@ async fn json(server: &ApiServer, path: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// Scores are recomputed in the background after evidence arrives: polls `path` until `ready`
+/// holds of its answer, for at most ten seconds.
+async fn eventually(server: &ApiServer, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = json(server, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if ready(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never became ready: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn error_of(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body).unwrap()["error"]
         .as_str()
@@ -135,6 +153,78 @@ async fn every_endpoint_and_its_errors() {
     let (status, page) = json(&server, &format!("/v1/agents/{manifest}/receipts?limit=1")).await;
     assert_eq!(status, 200);
     assert_eq!(page["receipts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        page["receipts"][0]["body"]["request"],
+        request.hash().to_hex()
+    );
+    let next = page["next"].as_str().expect("a cursor after a full page");
+    let (status, page) = json(
+        &server,
+        &format!("/v1/agents/{manifest}/receipts?limit=1&cursor={next}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page["receipts"].as_array().unwrap().is_empty());
+    assert_eq!(page["next"], Value::Null);
+    let (status, body) = http(
+        &server,
+        "GET",
+        &format!("/v1/agents/{manifest}/receipts?cursor=yesterday"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        error_of(&body).contains("not a cursor"),
+        "{}",
+        error_of(&body)
+    );
+    assert_eq!(
+        http(
+            &server,
+            "GET",
+            &format!("/v1/agents/{unknown}/receipts"),
+            b""
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Host and publisher records.
+    let me = host.node.public_key().to_hex();
+    let (status, record) = json(&server, &format!("/v1/hosts/{me}")).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["receipts"], 1);
+    assert_eq!(record["head"]["seq"], 0);
+    assert_eq!(record["head"]["receipt"], receipt.hash().to_hex());
+    assert_eq!(record["forks"].as_array().unwrap().len(), 0);
+    assert!(record["trust"].as_f64().unwrap() > 0.0, "an anchor");
+    let stranger_key = SecretKey::generate().public().to_hex();
+    assert_eq!(
+        http(&server, "GET", &format!("/v1/hosts/{stranger_key}"), b"")
+            .await
+            .0,
+        404
+    );
+    let (status, body) = http(&server, "GET", "/v1/hosts/42", b"").await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).contains("invalid public key"));
+    let (status, record) = json(&server, &format!("/v1/publishers/{me}")).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["agents"][0]["manifest"], manifest);
+    assert_eq!(record["reputation"]["evidence"], 0);
+    assert_eq!(
+        http(
+            &server,
+            "GET",
+            &format!("/v1/publishers/{stranger_key}"),
+            b""
+        )
+        .await
+        .0,
+        404
+    );
 
     // Feedback: accepted from the caller once, refused from others, naming the fault.
     let rating = sign_feedback(&caller, &receipt, 90);
@@ -165,8 +255,19 @@ async fn every_endpoint_and_its_errors() {
     let at = forged.len() / 2;
     forged[at] ^= 1;
     assert_eq!(http(&server, "POST", "/v1/feedback", &forged).await.0, 400);
-    let (_, reputation) = json(&server, &format!("/v1/agents/{manifest}/reputation")).await;
-    assert_eq!(reputation["evidence"], 1, "the accepted feedback counts");
+    let reputation = eventually(&server, &format!("/v1/agents/{manifest}/reputation"), |r| {
+        r["evidence"] == 1
+    })
+    .await;
+    assert!(
+        reputation["quality"].as_f64().unwrap() > 0.5,
+        "rated 90: {reputation}"
+    );
+    let publisher = eventually(&server, &format!("/v1/publishers/{me}"), |r| {
+        r["reputation"]["evidence"] == 1
+    })
+    .await;
+    assert_eq!(publisher["agents"][0]["reputation"]["evidence"], 1);
 
     // Receipts from other hosts: verified, deduplicated, forgeries refused.
     let other = TestHost::new().await;
@@ -276,6 +377,26 @@ async fn every_endpoint_and_its_errors() {
     let (status, body) = http(&server, "GET", "/v2/anything", b"").await;
     assert_eq!(status, 404);
     assert_eq!(error_of(&body), "no such endpoint");
+
+    // The OpenAPI document is served, is the one in the repository, and every path it
+    // documents is routed (with real values in place of its parameters).
+    let (status, document) = json(&server, "/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        document,
+        serde_json::from_str::<Value>(agora_host::api::OPENAPI).unwrap()
+    );
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{hash}", &manifest)
+            .replace("{key}", &host.node.public_key().to_hex());
+        for method in operations.as_object().unwrap().keys() {
+            let (status, body) = http(&server, &method.to_uppercase(), &concrete, b"{}").await;
+            let unrouted = status == 405
+                || (status == 404 && String::from_utf8_lossy(&body).contains("no such endpoint"));
+            assert!(!unrouted, "{method} {path} is documented but not served");
+        }
+    }
 
     let (status, metrics) = http(&server, "GET", "/metrics", b"").await;
     assert_eq!(status, 200);

@@ -1,7 +1,7 @@
 //! Scores computed from signed evidence: what moves them and what cannot.
 
 use agora_host::{PublishOptions, examples};
-use agora_registry::reputation::{ScoreParams, Scores, compute};
+use agora_registry::reputation::{EvidenceSet, ScoreParams, Scores, compute};
 use agora_registry::{
     AgentRef, Hash, Outcome, Receipt, SecretKey, Signed, SignedManifest, request_hash,
 };
@@ -211,9 +211,7 @@ async fn a_host_whose_receipt_chain_forks_loses_its_weight() {
     let served = receipt(0, b"one history");
     registry.insert_receipt(&served).unwrap();
     let mut evidence = registry.evidence_set().unwrap();
-    evidence
-        .feedback
-        .push(sign_feedback(&callers[0], &served, 100));
+    assert!(evidence.rate(&sign_feedback(&callers[0], &served, 100)));
     let params = ScoreParams::new(vec![host.node.public_key()], now_ms());
     assert!(compute(&evidence, &params).trust_in(&other.public()) > 0.0);
 
@@ -222,9 +220,7 @@ async fn a_host_whose_receipt_chain_forks_loses_its_weight() {
         .unwrap();
     assert_eq!(registry.forks(&other.public()).unwrap().len(), 1);
     let mut evidence = registry.evidence_set().unwrap();
-    evidence
-        .feedback
-        .push(sign_feedback(&callers[0], &served, 100));
+    assert!(evidence.rate(&sign_feedback(&callers[0], &served, 100)));
     assert_eq!(compute(&evidence, &params).trust_in(&other.public()), 0.0);
 }
 
@@ -232,13 +228,29 @@ async fn a_host_whose_receipt_chain_forks_loses_its_weight() {
 async fn two_hosts_with_the_same_evidence_compute_the_same_scores() {
     let (first, driver, _) = market().await;
     let second = TestHost::new().await;
-    let evidence = first.node.registry().evidence_set().unwrap();
+    let registry = first.node.registry();
+    let receipts = registry.receipts(usize::MAX).unwrap();
+    let feedback: Vec<_> = receipts
+        .iter()
+        .filter_map(|r| registry.feedback(&r.hash()).unwrap())
+        .collect();
+    assert!(!feedback.is_empty());
+    // Scores read from the registry's columns see exactly what the records say.
+    assert_eq!(
+        registry.evidence_set().unwrap(),
+        EvidenceSet::from_records(
+            &registry.manifests().unwrap(),
+            &receipts,
+            &feedback,
+            Default::default()
+        )
+    );
     // The second host receives the same signed records (in another order).
     second.node.registry().insert_manifest(&driver).unwrap();
-    for receipt in evidence.receipts.iter().rev() {
+    for receipt in receipts.iter().rev() {
         second.node.registry().insert_receipt(receipt).unwrap();
     }
-    for feedback in evidence.feedback.iter().rev() {
+    for feedback in feedback.iter().rev() {
         second.node.registry().insert_feedback(feedback).unwrap();
     }
     let anchors = vec![first.node.public_key()];

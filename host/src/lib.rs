@@ -32,6 +32,7 @@
 
 pub mod api;
 mod blobs;
+pub mod client;
 pub mod demo;
 mod error;
 pub mod examples;

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use agora_host::net::{FetchProgress, NetConfig, Network};
 use agora_host::{DataDir, Limits, Node, NodeConfig, PublishOptions, report};
-use agora_registry::Hash;
 use agora_registry::ManifestLimits;
+use agora_registry::{Hash, PublicKey};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// Where `agora host --api` listens, and `agora reputation` asks, by default.
+const DEFAULT_API: &str = "127.0.0.1:7070";
 
 /// A runtime for an open marketplace of AI agents: sandboxed, metered WebAssembly agents,
 /// signed manifests and a signed receipt for every execution.
@@ -48,10 +51,25 @@ enum Command {
     Host {
         #[command(flatten)]
         net: NetArgs,
-        /// Also serve the HTTP API (registry, reputation, evidence) on this address, e.g.
-        /// 127.0.0.1:8080.
-        #[arg(long)]
+        /// Also serve the HTTP API (registry, reputation, evidence) on this address
+        /// (default 127.0.0.1:7070 when given without one).
+        #[arg(long, num_args = 0..=1, default_missing_value = DEFAULT_API)]
         api: Option<std::net::SocketAddr>,
+        /// Trust this key a priori when scoring, besides this host's own (repeatable): a host
+        /// or caller the operator vouches for.
+        #[arg(long = "anchor", value_name = "KEY")]
+        anchors: Vec<PublicKey>,
+    },
+    /// Show an agent's reputation as a host's HTTP API reports it.
+    Reputation {
+        /// The agent: manifest hash, or name (name@version) as the host lists it.
+        agent: String,
+        /// The host's API.
+        #[arg(long, env = "AGORA_API", default_value = "http://127.0.0.1:7070")]
+        api: String,
+        /// Print the API's JSON answers, one per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Fetch an agent by manifest hash from peers, verify it and store it.
     Fetch {
@@ -224,7 +242,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(data_dir, args).await,
-        Command::Host { net, api } => {
+        Command::Host { net, api, anchors } => {
             let node = open(data_dir).await?;
             let network = Network::start(node.clone(), net.config()?).await?;
             println!("host {}", node.public_key());
@@ -233,7 +251,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(listen) => {
                     let config = agora_host::api::ApiConfig {
                         listen,
-                        ..Default::default()
+                        extra_anchors: anchors,
                     };
                     let server = agora_host::api::ApiServer::start(node.clone(), config).await?;
                     println!("api http://{}", server.addr());
@@ -251,6 +269,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api.shutdown().await;
             }
             network.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reputation { agent, api, json } => {
+            reputation(&agent, &api, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Fetch {
@@ -509,4 +531,99 @@ mod tests {
     fn the_command_line_is_well_formed() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
+}
+
+/// Prints the reputation of every release `agent` names, as the host at `api` scores it.
+async fn reputation(agent: &str, api: &str, json: bool) -> anyhow::Result<()> {
+    let client = agora_host::client::ApiClient::new(api)?;
+    let manifests: Vec<String> = match agent.parse::<Hash>() {
+        Ok(hash) => vec![hash.to_hex()],
+        Err(_) => {
+            let (name, version) = match agent.split_once('@') {
+                Some((name, version)) => (name, Some(version)),
+                None => (agent, None),
+            };
+            let listed = client
+                .get_json(&format!("/v1/agents?name={}", query_escape(name)))
+                .await?;
+            let matches: Vec<&serde_json::Value> = listed["agents"]
+                .as_array()
+                .map(|agents| {
+                    agents
+                        .iter()
+                        .filter(|a| a["name"] == name && version.is_none_or(|v| a["version"] == v))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut publishers: Vec<&str> = matches
+                .iter()
+                .filter_map(|a| a["publisher"].as_str())
+                .collect();
+            publishers.sort_unstable();
+            publishers.dedup();
+            if publishers.len() > 1 {
+                bail!(
+                    "`{agent}` is published by {} keys ({}); give a manifest hash",
+                    publishers.len(),
+                    publishers.join(", ")
+                );
+            }
+            if matches.is_empty() {
+                bail!("{api} lists no agent named `{agent}`");
+            }
+            matches
+                .iter()
+                .filter_map(|a| a["manifest"].as_str().map(str::to_owned))
+                .collect()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for manifest in manifests {
+        let reputation = client
+            .get_json(&format!("/v1/agents/{manifest}/reputation"))
+            .await?;
+        if json {
+            writeln!(out, "{reputation}")?;
+            continue;
+        }
+        let number = |field: &str| reputation[field].as_f64().unwrap_or(f64::NAN);
+        let anchors: Vec<String> = reputation["anchors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|k| k.as_str())
+                    .map(|k| k[..12.min(k.len())].to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        writeln!(out, "manifest     {manifest}")?;
+        writeln!(
+            out,
+            "component    {}",
+            reputation["component"].as_str().unwrap_or("?")
+        )?;
+        writeln!(out, "quality      {:.3}", number("quality"))?;
+        writeln!(out, "uncertainty  {:.3}", number("uncertainty"))?;
+        writeln!(
+            out,
+            "lower bound  {:.3}  (5% quantile; agents are ranked by it)",
+            number("lower_bound")
+        )?;
+        writeln!(out, "evidence     {}", reputation["evidence"])?;
+        writeln!(out, "anchors      {}", anchors.join(", "))?;
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

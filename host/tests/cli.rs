@@ -180,11 +180,12 @@ fn a_host_serves_peers_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .to_string();
 
+    let operator_trusts = "a791e324f4921a28b64ab8ce80118f3d1e8ec16c03c21c8f69543ea80e7fc337";
     let mut host = Running(
         Command::new(env!("CARGO_BIN_EXE_agora"))
             .arg("--data-dir")
             .arg(&a)
-            .arg("host")
+            .args(["host", "--api", "127.0.0.1:0", "--anchor", operator_trusts])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -196,6 +197,47 @@ fn a_host_serves_peers_and_stops_cleanly_on_sigterm() {
         .map_while(Result::ok)
         .find_map(|line| line.strip_prefix("ticket ").map(str::to_owned))
         .expect("the host prints its ticket");
+    let api = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("api ").map(str::to_owned))
+        .expect("the host prints its API address");
+
+    // The reputation command asks the host's API, by name or by manifest hash.
+    let out = agora(&c, &["reputation", "ride-driver", "--api", &api]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains(&format!("manifest     {manifest}")),
+        "{report}"
+    );
+    assert!(report.contains("evidence     0"), "{report}");
+    let out = agora(&c, &["reputation", &manifest, "--api", &api, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(answer["manifest"], manifest.as_str());
+    assert!(
+        answer["anchors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == operator_trusts),
+        "the operator's anchor is used: {answer}"
+    );
+    let out = agora(&c, &["reputation", "taxi-meter", "--api", &api]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("lists no agent named `taxi-meter`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = agora(&c, &["reputation", "ride-driver", "--api", "ftp://example"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not an API address"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = agora(&c, &["fetch", &manifest, "--from", &ticket]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -1,0 +1,147 @@
+//! A client of a host's HTTP API (see [`crate::api`]), for the `agora reputation` command and
+//! for anyone scripting against a host.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), agora_host::client::ClientError> {
+//! let client = agora_host::client::ApiClient::new("http://127.0.0.1:7070")?;
+//! let agents = client.get_json("/v1/agents?action=quote").await?;
+//! println!("{agents}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Longest a request may take, connection included.
+const TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest answer accepted.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Why a request to a host's API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base address is not an `http://host:port` URL.
+    #[error("`{0}` is not an API address like http://127.0.0.1:7070")]
+    BadAddress(String),
+    /// The host could not be reached or the exchange broke off.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// What was requested.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The host took longer than the client waits.
+    #[error("{url} did not answer within {TIMEOUT:?}")]
+    Timeout {
+        /// What was requested.
+        url: String,
+    },
+    /// The host answered with an error status.
+    #[error("{url}: {status} {message}")]
+    Status {
+        /// What was requested.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error the host named, or the body.
+        message: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("{url} answered with malformed JSON: {reason}")]
+    Malformed {
+        /// What was requested.
+        url: String,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
+/// A client of one host's API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    authority: String,
+}
+
+impl ApiClient {
+    /// A client of the API at `base`, e.g. `http://127.0.0.1:7070` (plain HTTP: the API is
+    /// meant for loopback or a TLS-terminating proxy).
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadAddress(base.to_owned());
+        let uri: hyper::Uri = base.parse().map_err(|_| bad())?;
+        if uri.scheme_str() != Some("http") || uri.path() != "/" && !uri.path().is_empty() {
+            return Err(bad());
+        }
+        let authority = uri.authority().ok_or_else(bad)?;
+        if authority.port_u16().is_none() {
+            return Err(bad());
+        }
+        Ok(ApiClient {
+            authority: authority.to_string(),
+        })
+    }
+
+    /// GETs `path` (with any query) and parses the JSON answer. A non-2xx status is an error
+    /// carrying the message the host gave.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        let url = format!("http://{}{path}", self.authority);
+        match tokio::time::timeout(TIMEOUT, self.get(&url, path)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClientError::Timeout { url }),
+        }
+    }
+
+    async fn get(&self, url: &str, path: &str) -> Result<Value, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: url.to_owned(),
+            reason,
+        };
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        let parsed: Result<Value, _> = serde_json::from_slice(&body);
+        if !status.is_success() {
+            let message = match &parsed {
+                Ok(value) => value["error"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| value.to_string()),
+                Err(_) => String::from_utf8_lossy(&body).chars().take(200).collect(),
+            };
+            return Err(ClientError::Status {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        parsed.map_err(|e| ClientError::Malformed {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}

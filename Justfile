@@ -27,3 +27,8 @@ demo:
 # Format the code.
 fmt:
     cargo fmt --all
+
+# Evidence ingest and HTTP reputation queries with a million receipts (installs wrk if missing).
+bench-reputation:
+    command -v wrk >/dev/null || sudo apt-get install -y wrk || apt-get install -y wrk
+    cargo bench -p agora-tests --bench reputation

@@ -48,6 +48,9 @@ const ANNOUNCE_MANIFEST: u8 = 1;
 const ANNOUNCE_RECEIPT: u8 = 2;
 /// Gossip message kind: signed feedback follows.
 const ANNOUNCE_FEEDBACK: u8 = 3;
+/// Most announcements taken off the gossip stream and recorded together: receipts and feedback
+/// that arrive together are verified in one batch and stored in one transaction.
+const GOSSIP_BATCH: usize = 512;
 
 /// The gossip topic every agora host joins to hear about agents.
 pub fn marketplace_topic() -> TopicId {
@@ -656,59 +659,177 @@ async fn listen(
     sender: GossipSender,
     stats: Arc<GossipStats>,
 ) {
-    while let Some(event) = receiver.next().await {
-        match event {
-            Ok(Event::Received(message)) => {
-                match record_announcement(&node, &message.content).await {
-                    Ok(true) => {
-                        stats.accepted.fetch_add(1, Ordering::Relaxed);
+    while let Some(first) = receiver.next().await {
+        // Take whatever else has already arrived, so that a burst of evidence is verified and
+        // stored as one batch. A zero timeout polls the stream once without waiting.
+        let mut events = vec![first];
+        while events.len() < GOSSIP_BATCH {
+            match tokio::time::timeout(Duration::ZERO, receiver.next()).await {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut evidence = Vec::new();
+        let mut closed = false;
+        for event in events {
+            match event {
+                Ok(Event::Received(message)) => match message.content.first() {
+                    Some(&ANNOUNCE_RECEIPT | &ANNOUNCE_FEEDBACK) => evidence.push(message),
+                    _ => {
+                        let recorded = record_manifest(&node, &message.content).await;
+                        stats.count(recorded, &message.delivered_from);
                     }
-                    Ok(false) => {}
-                    Err(reason) => {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(from = %message.delivered_from.fmt_short(), %reason, "dropped announcement");
+                },
+                Ok(Event::NeighborUp(peer)) => {
+                    tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; sending our catalog");
+                    let manifests = node.registry().manifests().unwrap_or_default();
+                    for manifest in manifests.iter().take(MAX_CATALOG_ANNOUNCEMENTS) {
+                        if sender
+                            .broadcast_neighbors(announcement(manifest))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
                     }
                 }
-            }
-            Ok(Event::NeighborUp(peer)) => {
-                tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; sending our catalog");
-                let manifests = node.registry().manifests().unwrap_or_default();
-                for manifest in manifests.iter().take(MAX_CATALOG_ANNOUNCEMENTS) {
-                    if sender
-                        .broadcast_neighbors(announcement(manifest))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "marketplace gossip closed");
+                    closed = true;
+                    break;
                 }
             }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "marketplace gossip closed");
-                break;
+        }
+        if !evidence.is_empty() {
+            let node = node.clone();
+            let recorded = tokio::task::spawn_blocking(move || {
+                let results = record_evidence(&node, &evidence);
+                evidence
+                    .into_iter()
+                    .map(|m| m.delivered_from)
+                    .zip(results)
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            match recorded {
+                Ok(recorded) => {
+                    for (from, result) in recorded {
+                        stats.count(result, &from);
+                    }
+                }
+                Err(error) => tracing::error!(%error, "recording gossiped evidence"),
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+impl GossipStats {
+    fn count(&self, recorded: Result<bool, String>, from: &iroh::EndpointId) {
+        match recorded {
+            Ok(true) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(from = %from.fmt_short(), %reason, "dropped announcement");
             }
         }
     }
 }
 
-/// Verifies an announcement and records what it carries; `Ok(false)` if it was already known.
-async fn record_announcement(node: &Node, message: &[u8]) -> Result<bool, String> {
+/// Verifies gossiped receipts and feedback in a batch and stores what verifies in batched
+/// transactions; one result per message: `Ok(false)` if it was already known.
+fn record_evidence(
+    node: &Node,
+    messages: &[iroh_gossip::api::Message],
+) -> Vec<Result<bool, String>> {
     let inserted = |result: Result<Inserted, agora_registry::Error>| match result {
         Ok(Inserted::New) => Ok(true),
         Ok(Inserted::AlreadyPresent) => Ok(false),
         Err(error) => Err(error.to_string()),
     };
+    let mut results: Vec<Result<bool, String>> = vec![Ok(false); messages.len()];
+    let of_kind = |kind: u8| -> (Vec<usize>, Vec<&[u8]>) {
+        messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.content.first() == Some(&kind))
+            .map(|(i, m)| (i, &m.content[1..]))
+            .unzip()
+    };
+
+    let (positions, bytes) = of_kind(ANNOUNCE_RECEIPT);
+    let mut verified = Vec::new();
+    let mut stored_at = Vec::new();
+    for (position, parsed) in positions
+        .into_iter()
+        .zip(SignedReceipt::from_bytes_batch(&bytes))
+    {
+        match parsed {
+            Ok(receipt) => {
+                verified.push(receipt);
+                stored_at.push(position);
+            }
+            Err(error) => results[position] = Err(error.to_string()),
+        }
+    }
+    if !verified.is_empty() {
+        match node.registry().insert_receipts(verified) {
+            Ok(answers) => {
+                for (position, answer) in stored_at.into_iter().zip(answers) {
+                    results[position] = inserted(Ok(answer));
+                }
+            }
+            Err(error) => {
+                for position in stored_at {
+                    results[position] = Err(error.to_string());
+                }
+            }
+        }
+    }
+
+    // Feedback goes second: it may rate a receipt that arrived in the same batch.
+    let (positions, bytes) = of_kind(ANNOUNCE_FEEDBACK);
+    let mut verified = Vec::new();
+    let mut stored_at = Vec::new();
+    for (position, parsed) in positions
+        .into_iter()
+        .zip(SignedFeedback::from_bytes_batch(&bytes))
+    {
+        match parsed {
+            Ok(feedback) => {
+                verified.push(feedback);
+                stored_at.push(position);
+            }
+            Err(error) => results[position] = Err(error.to_string()),
+        }
+    }
+    if !verified.is_empty() {
+        match node.registry().insert_feedback_batch(verified) {
+            Ok(answers) => {
+                for (position, answer) in stored_at.into_iter().zip(answers) {
+                    results[position] = inserted(answer);
+                }
+            }
+            Err(error) => {
+                for position in stored_at {
+                    results[position] = Err(error.to_string());
+                }
+            }
+        }
+    }
+    results
+}
+
+/// Verifies a manifest announcement and records it; `Ok(false)` if it was already known.
+async fn record_manifest(node: &Node, message: &[u8]) -> Result<bool, String> {
     let bytes = match message.split_first() {
         Some((&ANNOUNCE_MANIFEST, bytes)) => bytes,
-        Some((&ANNOUNCE_RECEIPT, bytes)) => {
-            let receipt = SignedReceipt::from_bytes(bytes).map_err(|e| e.to_string())?;
-            return inserted(node.registry().insert_receipt(&receipt));
-        }
-        Some((&ANNOUNCE_FEEDBACK, bytes)) => {
-            let feedback = SignedFeedback::from_bytes(bytes).map_err(|e| e.to_string())?;
-            return inserted(node.registry().insert_feedback(&feedback));
-        }
         _ => return Err("unknown message kind".into()),
     };
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
@@ -716,8 +837,8 @@ async fn record_announcement(node: &Node, message: &[u8]) -> Result<bool, String
     }
     let manifest = SignedManifest::from_bytes(bytes).map_err(|e| e.to_string())?;
     match node.registry().insert_manifest(&manifest) {
-        Ok(agora_registry::Inserted::AlreadyPresent) => Ok(false),
-        Ok(agora_registry::Inserted::New) => {
+        Ok(Inserted::AlreadyPresent) => Ok(false),
+        Ok(Inserted::New) => {
             // Keep the manifest blob too, so this host can serve it to whoever asks.
             node.blobs()
                 .put(manifest.as_bytes().to_vec())

@@ -401,59 +401,84 @@ fn trust(evidence: &EvidenceSet, params: &ScoreParams) -> BTreeMap<PublicKey, f6
     if anchors.is_empty() {
         return BTreeMap::new();
     }
-    let start = 1.0 / anchors.len() as f64;
-    let restart: BTreeMap<PublicKey, f64> = anchors.iter().map(|a| (*a, start)).collect();
-    let mut trust = restart.clone();
+    // The walk runs over dense arrays: keys in sorted order (so that every host sums in the
+    // same order) and each key's outgoing edges normalised once.
+    let mut keys: BTreeSet<PublicKey> = anchors.clone();
+    for (from, out) in &edges {
+        keys.insert(*from);
+        keys.extend(out.keys());
+    }
+    let keys: Vec<PublicKey> = keys.into_iter().collect();
+    let index: std::collections::HashMap<PublicKey, usize> =
+        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let rows: Vec<Option<Vec<(usize, f64)>>> = keys
+        .iter()
+        .map(|key| {
+            edges.get(key).map(|out| {
+                let total: f64 = out.values().sum();
+                out.iter()
+                    .filter_map(|(to, w)| index.get(to).map(|&j| (j, w / total)))
+                    .collect()
+            })
+        })
+        .collect();
+    let anchor_rows: Vec<usize> = anchors
+        .iter()
+        .filter_map(|a| index.get(a).copied())
+        .collect();
+    let start = 1.0 / anchor_rows.len() as f64;
+    let is_anchor: Vec<bool> = (0..keys.len()).map(|i| anchor_rows.contains(&i)).collect();
+
+    let mut trust = vec![0.0; keys.len()];
+    for &a in &anchor_rows {
+        trust[a] = start;
+    }
     for _ in 0..100 {
-        let mut next: BTreeMap<PublicKey, f64> = restart
-            .iter()
-            .map(|(k, v)| (*k, params.restart * v))
-            .collect();
-        for (from, t) in &trust {
-            match edges.get(from) {
+        let mut next = vec![0.0; keys.len()];
+        for &a in &anchor_rows {
+            next[a] = params.restart * start;
+        }
+        for (i, &t) in trust.iter().enumerate() {
+            if t == 0.0 {
+                continue;
+            }
+            let share = (1.0 - params.restart) * t;
+            match &rows[i] {
                 Some(out) => {
-                    let total: f64 = out.values().sum();
-                    for (to, w) in out {
-                        *next.entry(*to).or_insert(0.0) += (1.0 - params.restart) * t * w / total;
+                    for &(j, w) in out {
+                        next[j] += share * w;
                     }
                 }
                 // A key that trusts nobody hands its share back to the anchors.
                 None => {
-                    for (anchor, p) in &restart {
-                        *next.entry(*anchor).or_insert(0.0) += (1.0 - params.restart) * t * p;
+                    for &a in &anchor_rows {
+                        next[a] += share * start;
                     }
                 }
             }
         }
-        cap_trust(&mut next, &restart, params.cap);
-        let change: f64 = next
-            .iter()
-            .map(|(k, v)| (v - trust.get(k).copied().unwrap_or(0.0)).abs())
-            .sum();
+        // No key but an anchor may hold more than `cap`; the excess returns to the anchors,
+        // which are the host's own judgement and are not capped.
+        let mut excess = 0.0;
+        for (value, anchor) in next.iter_mut().zip(&is_anchor) {
+            if !anchor && *value > params.cap {
+                excess += *value - params.cap;
+                *value = params.cap;
+            }
+        }
+        for &a in &anchor_rows {
+            next[a] += excess * start;
+        }
+        let change: f64 = next.iter().zip(&trust).map(|(n, t)| (n - t).abs()).sum();
         trust = next;
         if change < 1e-12 {
             break;
         }
     }
-    trust.retain(|_, v| *v > 0.0);
-    trust
-}
-
-/// Clips every non-anchor key to `cap` and returns the excess to the anchors. Anchors are the
-/// host's own judgement and are not capped.
-fn cap_trust(trust: &mut BTreeMap<PublicKey, f64>, restart: &BTreeMap<PublicKey, f64>, cap: f64) {
-    let mut excess = 0.0;
-    for (key, value) in trust.iter_mut() {
-        if !restart.contains_key(key) && *value > cap {
-            excess += *value - cap;
-            *value = cap;
-        }
-    }
-    if excess > 0.0 {
-        for (anchor, p) in restart {
-            *trust.entry(*anchor).or_insert(0.0) += excess * p;
-        }
-    }
+    keys.into_iter()
+        .zip(trust)
+        .filter(|(_, t)| *t > 0.0)
+        .collect()
 }
 
 /// The `p` quantile of `Beta(a, b)`, by bisection on the regularised incomplete beta function.

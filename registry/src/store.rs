@@ -240,7 +240,8 @@ pub struct HostRecord {
     pub receipts: u64,
     /// The highest sequence number seen and its receipt.
     pub head: Option<(u64, Hash)>,
-    /// The earliest and latest receipt timestamps, in milliseconds since the Unix epoch.
+    /// The timestamps of its first and latest receipts (by sequence number), in milliseconds
+    /// since the Unix epoch.
     pub active_ms: Option<(u64, u64)>,
     /// Forks in its receipt chain.
     pub forks: Vec<Fork>,
@@ -275,10 +276,14 @@ impl Registry {
         };
         let mut conn = Connection::open(path).map_err(db_error)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        // The writer inserts into indexes keyed by hashes, which land on random pages: a
+        // larger page cache than SQLite's 2 MiB default keeps ingest from slowing to the speed
+        // of the disk as the registry grows.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             PRAGMA foreign_keys = ON;",
+             PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -65536;",
         )
         .map_err(db_error)?;
         migrate(&mut conn, path)?;
@@ -321,6 +326,8 @@ impl Registry {
                 )
                 .map_err(|e| self.db_error(e))?;
                 conn.busy_timeout(BUSY_TIMEOUT)
+                    .map_err(|e| self.db_error(e))?;
+                conn.execute_batch("PRAGMA cache_size = -16384;")
                     .map_err(|e| self.db_error(e))?;
                 conn
             }
@@ -629,31 +636,37 @@ impl Registry {
     pub fn host_record(&self, host: &PublicKey) -> Result<HostRecord, Error> {
         let forks = self.forks(host)?;
         self.read(|conn| {
-            let (receipts, first, last): (i64, Option<i64>, Option<i64>) = conn
-                .query_row(
-                    "SELECT COUNT(*), MIN(timestamp_ms), MAX(timestamp_ms) FROM receipts
-                     WHERE host = ?1",
-                    params![host.to_hex()],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .map_err(|e| self.db_error(e))?;
-            let head: Option<(i64, String)> = conn
-                .query_row(
-                    "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC, rowid
-                     LIMIT 1",
-                    params![host.to_hex()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(|e| self.db_error(e))?;
-            let head = match head {
-                Some((seq, hash)) => Some((seq as u64, parse_stored(&self.path, &hash)?)),
+            let db = |e| self.db_error(e);
+            let key = host.to_hex();
+            // Everything comes from the (host, seq) index: a count over it, and its two ends.
+            let receipts: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM receipts WHERE host = ?1")
+                .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)))
+                .map_err(db)?;
+            let end = |order: &str| -> Result<Option<(i64, String, i64)>, Error> {
+                conn.prepare_cached(&format!(
+                    "SELECT seq, hash, timestamp_ms FROM receipts WHERE host = ?1
+                     ORDER BY seq {order}, rowid LIMIT 1"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![key], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()
+                })
+                .map_err(db)
+            };
+            let (first, last) = (end("ASC")?, end("DESC")?);
+            let head = match &last {
+                Some((seq, hash, _)) => Some((*seq as u64, parse_stored(&self.path, hash)?)),
                 None => None,
             };
             Ok(HostRecord {
                 receipts: receipts as u64,
                 head,
-                active_ms: first.zip(last).map(|(a, b)| (a as u64, b as u64)),
+                active_ms: first
+                    .zip(last)
+                    .map(|(first, last)| (first.2 as u64, last.2 as u64)),
                 forks,
             })
         })
@@ -892,6 +905,75 @@ impl Registry {
     /// and neither the agent's publisher nor the host, and it is the first feedback on that
     /// receipt.
     pub fn insert_feedback(&self, feedback: &SignedFeedback) -> Result<Inserted, Error> {
+        self.insert_feedback_batch(vec![feedback.clone()])?
+            .pop()
+            .unwrap_or(Ok(Inserted::AlreadyPresent))
+    }
+
+    /// Stores many feedback records in one transaction. Each gets its own answer, as
+    /// [`Registry::insert_feedback`] would give; the outer error is a database failure.
+    pub fn insert_feedback_batch(
+        &self,
+        batch: Vec<SignedFeedback>,
+    ) -> Result<Vec<Result<Inserted, Error>>, Error> {
+        let mut checked = Vec::with_capacity(batch.len());
+        for feedback in batch {
+            checked.push(self.check_feedback(&feedback).map(|()| feedback));
+        }
+        self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let mut answers = Vec::with_capacity(checked.len());
+            for feedback in checked {
+                let feedback = match feedback {
+                    Ok(feedback) => feedback,
+                    Err(refused) => {
+                        answers.push(Err(refused));
+                        continue;
+                    }
+                };
+                let body = feedback.body();
+                let existing: Option<String> = conn
+                    .prepare_cached("SELECT hash FROM feedback WHERE receipt_hash = ?1")
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![body.receipt.to_hex()], |row| row.get(0))
+                            .optional()
+                    })
+                    .map_err(db)?;
+                match existing {
+                    Some(hash) if hash == feedback.hash().to_hex() => {
+                        answers.push(Ok(Inserted::AlreadyPresent));
+                        continue;
+                    }
+                    Some(_) => {
+                        answers.push(Err(Error::DuplicateFeedback(body.receipt)));
+                        continue;
+                    }
+                    None => {}
+                }
+                conn.prepare_cached(
+                    "INSERT INTO feedback (receipt_hash, hash, rater, score, created_at_ms, signed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        body.receipt.to_hex(),
+                        feedback.hash().to_hex(),
+                        body.rater.to_hex(),
+                        i64::from(body.score),
+                        body.created_at_ms as i64,
+                        feedback.as_bytes(),
+                    ])
+                })
+                .map_err(db)?;
+                answers.push(Ok(Inserted::New));
+            }
+            Ok(answers)
+        })
+    }
+
+    /// Whether `feedback` counts: its receipt and agent are known and it passes
+    /// [`crate::Feedback::validate`].
+    fn check_feedback(&self, feedback: &SignedFeedback) -> Result<(), Error> {
         let body = feedback.body();
         let receipt = self
             .receipt(&body.receipt)?
@@ -902,40 +984,7 @@ impl Registry {
                     reference: receipt.body().agent.manifest.to_hex(),
                 })?;
         body.validate(&receipt, &manifest.body().publisher)?;
-        let feedback = feedback.clone();
-        self.write(move |conn, path| {
-            let db = |e| db_error(path, e);
-            let body = feedback.body();
-            let existing: Option<String> = conn
-                .query_row(
-                    "SELECT hash FROM feedback WHERE receipt_hash = ?1",
-                    params![body.receipt.to_hex()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            match existing {
-                Some(hash) if hash == feedback.hash().to_hex() => {
-                    return Ok(Inserted::AlreadyPresent);
-                }
-                Some(_) => return Err(Error::DuplicateFeedback(body.receipt)),
-                None => {}
-            }
-            conn.execute(
-                "INSERT INTO feedback (receipt_hash, hash, rater, score, created_at_ms, signed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    body.receipt.to_hex(),
-                    feedback.hash().to_hex(),
-                    body.rater.to_hex(),
-                    i64::from(body.score),
-                    body.created_at_ms as i64,
-                    feedback.as_bytes(),
-                ],
-            )
-            .map_err(db)?;
-            Ok(Inserted::New)
-        })
+        Ok(())
     }
 
     /// The feedback on a receipt, if any.
@@ -978,12 +1027,33 @@ impl Registry {
                     },
                 );
             }
+            // Feedback first, into memory: one pass over it is cheaper than a join that probes
+            // the feedback index once per receipt.
+            let mut ratings: HashMap<Hash, Rating> = HashMap::new();
+            let mut stmt = conn
+                .prepare_cached("SELECT receipt_hash, rater, score FROM feedback")
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let text = |i| {
+                    row.get_ref(i)
+                        .and_then(|v| v.as_str().map_err(Into::into))
+                        .map_err(db)
+                };
+                ratings.insert(
+                    parse_stored(&self.path, text(0)?)?,
+                    Rating {
+                        rater: keys.get(text(1)?)?,
+                        score: row.get::<_, i64>(2).map_err(db)?.clamp(0, 100) as u8,
+                    },
+                );
+            }
             let mut calls = Vec::new();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT r.hash, r.host, r.caller, r.manifest_hash, r.component_hash,
-                            r.outcome, r.fuel_limit, r.charge, r.timestamp_ms, f.rater, f.score
-                     FROM receipts r LEFT JOIN feedback f ON f.receipt_hash = r.hash",
+                    "SELECT hash, host, caller, manifest_hash, component_hash, outcome,
+                            fuel_limit, charge, timestamp_ms
+                     FROM receipts",
                 )
                 .map_err(db)?;
             let mut rows = stmt.query([]).map_err(db)?;
@@ -999,15 +1069,9 @@ impl Registry {
                         .map_err(db)
                 };
                 let outcome = text(5)?;
-                let rating = match optional(9)? {
-                    Some(rater) => Some(Rating {
-                        rater: keys.get(rater)?,
-                        score: row.get::<_, i64>(10).map_err(db)?.clamp(0, 100) as u8,
-                    }),
-                    None => None,
-                };
+                let receipt: Hash = parse_stored(&self.path, text(0)?)?;
                 calls.push(Call {
-                    receipt: parse_stored(&self.path, text(0)?)?,
+                    receipt,
                     host: keys.get(text(1)?)?,
                     caller: optional(2)?.map(|c| keys.get(c)).transpose()?,
                     manifest: parse_stored(&self.path, text(3)?)?,
@@ -1019,7 +1083,7 @@ impl Registry {
                     fuel_limit: row.get::<_, i64>(6).map_err(db)? as u64,
                     charge: row.get::<_, i64>(7).map_err(db)? as u64,
                     timestamp_ms: row.get::<_, i64>(8).map_err(db)? as u64,
-                    rating,
+                    rating: ratings.get(&receipt).copied(),
                 });
             }
             let mut forked_hosts = std::collections::BTreeSet::new();

@@ -1,0 +1,359 @@
+//! Reputation at marketplace scale: verified evidence ingest, and reputation queries over HTTP
+//! with a million receipts in the registry.
+//!
+//! `cargo bench -p agora-tests --bench reputation` (or `just bench-reputation`). The first run
+//! builds a registry of `AGORA_BENCH_RECEIPTS` (default 1,000,000) receipts from 100 hosts and
+//! 5,000 callers in `target/bench-reputation/` through the real ingest path, timing it; later
+//! runs reuse it. The query load comes from `wrk` in a second process on loopback (`apt install
+//! wrk`); without it the query figures are skipped with a note.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agora_host::api::{ApiConfig, ApiServer};
+use agora_host::{DataDir, Node, NodeConfig, PublishOptions, examples};
+use agora_registry::{
+    AgentRef, Feedback, Hash, Outcome, Receipt, SecretKey, Signed, SignedFeedback, SignedReceipt,
+};
+
+const HOSTS: usize = 100;
+const CALLERS: usize = 5_000;
+/// Receipts signed, verified and stored per batch.
+const BATCH: usize = 10_000;
+/// One call in this many gets the caller's feedback.
+const RATED_ONE_IN: u64 = 5;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let receipts: u64 = std::env::var("AGORA_BENCH_RECEIPTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bench-reputation")
+        .join(receipts.to_string());
+    let data_dir = DataDir::new(&root);
+    if !data_dir.key_path().exists() {
+        std::fs::create_dir_all(&root)?;
+        data_dir.keygen()?;
+    }
+    let node = Node::open(NodeConfig::new(data_dir)).await?;
+    let driver = node
+        .publish(
+            examples::RIDE_DRIVER,
+            PublishOptions {
+                price_per_mfuel: 1_000,
+                ..PublishOptions::default()
+            },
+        )
+        .await?
+        .manifest;
+    let trader = node
+        .publish(examples::ENERGY_TRADER, PublishOptions::default())
+        .await?
+        .manifest;
+
+    let stored = node.registry().evidence_cursor()?.receipts as u64;
+    if stored > 0 && stored < receipts {
+        anyhow::bail!(
+            "{} holds a partly built registry ({stored} receipts); remove it and run again",
+            root.display()
+        );
+    }
+    if stored < receipts {
+        println!(
+            "building a registry of {receipts} receipts in {}",
+            root.display()
+        );
+        ingest(&node, &[driver.clone(), trader], receipts - stored).await?;
+    } else {
+        println!(
+            "reusing the registry of {stored} receipts in {}",
+            root.display()
+        );
+    }
+
+    let clock = Instant::now();
+    let evidence = node.registry().evidence_set()?;
+    let read = clock.elapsed();
+    let clock = Instant::now();
+    let scores = agora_registry::reputation::compute(
+        &evidence,
+        &agora_registry::reputation::ScoreParams::new(vec![node.public_key()], now_ms()),
+    );
+    println!(
+        "scores over {} receipts: read the evidence {:.2} s, compute {:.2} s ({} keys trusted)",
+        evidence.calls().len(),
+        read.as_secs_f64(),
+        clock.elapsed().as_secs_f64(),
+        scores.trust.len(),
+    );
+    drop((evidence, scores));
+
+    let started = Instant::now();
+    let server = ApiServer::start(node.clone(), ApiConfig::default()).await?;
+    println!(
+        "api start, first score computation over all evidence included: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let base = format!("http://{}", server.addr());
+    let reputation = format!("{base}/v1/agents/{}/reputation", driver.hash());
+    let receipts_page = format!("{base}/v1/agents/{}/receipts?limit=50", driver.hash());
+    let host_record = format!("{base}/v1/hosts/{}", node.public_key());
+    for (what, url) in [
+        ("reputation", &reputation),
+        ("receipts page (50)", &receipts_page),
+        ("host record", &host_record),
+    ] {
+        match load(url).await {
+            Some(figures) => println!("{what:<20} {figures}"),
+            None => {
+                println!("wrk not found: install it (apt install wrk) for the query figures");
+                break;
+            }
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Signs `count` receipts (and feedback on some) as other hosts and their callers would, then
+/// ingests them the way evidence from peers arrives: batch-verified and stored in batched
+/// transactions. Prints the rates.
+async fn ingest(
+    node: &Node,
+    agents: &[agora_registry::SignedManifest],
+    count: u64,
+) -> anyhow::Result<()> {
+    let own = SecretKey::load(&node.data_dir().key_path())?;
+    let hosts: Vec<SecretKey> = std::iter::once(own)
+        .chain((1..HOSTS).map(|_| SecretKey::generate()))
+        .collect();
+    let callers: Vec<SecretKey> = (0..CALLERS).map(|_| SecretKey::generate()).collect();
+    let now = now_ms();
+    let mut seqs = vec![0u64; HOSTS];
+    let mut prevs: Vec<Option<Hash>> = vec![None; HOSTS];
+    let (mut signing, mut verifying, mut storing) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut feedback_time = Duration::ZERO;
+    let (mut stored, mut rated) = (0u64, 0u64);
+    let mut done = 0u64;
+    while done < count {
+        let n = (count - done).min(BATCH as u64);
+        // Signing stands in for the hosts that produced the evidence; it is not ingest work.
+        let clock = Instant::now();
+        let mut plan = Vec::with_capacity(n as usize);
+        for i in done..done + n {
+            let host = (mix(i) % HOSTS as u64) as usize;
+            let seq = seqs[host];
+            seqs[host] += 1;
+            plan.push((i, host, seq));
+        }
+        let signed = sign_all(&plan, &hosts, &callers, agents, now, &mut prevs);
+        let bytes: Vec<Vec<u8>> = signed.iter().map(|r| r.as_bytes().to_vec()).collect();
+        signing += clock.elapsed();
+
+        let clock = Instant::now();
+        let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        let verified: Vec<SignedReceipt> = SignedReceipt::from_bytes_batch(&slices)
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        verifying += clock.elapsed();
+        let clock = Instant::now();
+        let registry = node.registry();
+        stored += registry.insert_receipts(verified.clone())?.len() as u64;
+        storing += clock.elapsed();
+
+        let ratings: Vec<SignedFeedback> = verified
+            .iter()
+            .zip(&plan)
+            .filter(|(_, (i, _, _))| mix(*i) % RATED_ONE_IN == 0)
+            .map(|(receipt, (i, _, _))| {
+                let caller = &callers[(mix(i ^ 0xca11) % CALLERS as u64) as usize];
+                let feedback = Feedback {
+                    receipt: receipt.hash(),
+                    rater: caller.public(),
+                    score: 40 + (mix(i ^ 0xfeed) % 61) as u8,
+                    tags: vec![],
+                    created_at_ms: receipt.body().timestamp_ms + 1_000,
+                };
+                Signed::sign(feedback, caller).map(|f| f.as_bytes().to_vec())
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .map(|bytes| Signed::from_bytes(bytes))
+            .collect::<Result<_, _>>()?;
+        let clock = Instant::now();
+        for answer in registry.insert_feedback_batch(ratings)? {
+            answer?;
+            rated += 1;
+        }
+        feedback_time += clock.elapsed();
+        done += n;
+        if done % 100_000 == 0 || done == count {
+            println!(
+                "  {done} receipts: verify {:.0}/s, store {:.0}/s, verify+store {:.0}/s (signing them took {:.0} s)",
+                done as f64 / verifying.as_secs_f64(),
+                done as f64 / storing.as_secs_f64(),
+                done as f64 / (verifying + storing).as_secs_f64(),
+                signing.as_secs_f64(),
+            );
+        }
+    }
+    println!(
+        "ingest: {stored} receipts in {:.1} s = {:.0} receipts/s verified and stored \
+         (batches of {BATCH}: verify {:.1} s on {} threads, store {:.1} s)",
+        (verifying + storing).as_secs_f64(),
+        stored as f64 / (verifying + storing).as_secs_f64(),
+        verifying.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        storing.as_secs_f64(),
+    );
+    println!(
+        "ingest: {rated} feedback records checked against their receipts and stored in {:.1} s = {:.0}/s",
+        feedback_time.as_secs_f64(),
+        rated as f64 / feedback_time.as_secs_f64()
+    );
+
+    // For contrast, the same work one receipt at a time: a verify and a commit (an fsync) each.
+    let sample = 1_000u64;
+    let plan: Vec<_> = (count..count + sample)
+        .map(|i| {
+            let host = (mix(i) % HOSTS as u64) as usize;
+            let seq = seqs[host];
+            seqs[host] += 1;
+            (i, host, seq)
+        })
+        .collect();
+    let signed = sign_all(&plan, &hosts, &callers, agents, now, &mut prevs);
+    let clock = Instant::now();
+    for receipt in &signed {
+        let verified = SignedReceipt::from_bytes(receipt.as_bytes())?;
+        node.registry().insert_receipt(&verified)?;
+    }
+    println!(
+        "ingest, one at a time (verify, then a transaction each): {:.0} receipts/s",
+        sample as f64 / clock.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Signs the planned receipts on every core, keeping each host's chain linked.
+fn sign_all(
+    plan: &[(u64, usize, u64)],
+    hosts: &[SecretKey],
+    callers: &[SecretKey],
+    agents: &[agora_registry::SignedManifest],
+    now: u64,
+    prevs: &mut [Option<Hash>],
+) -> Vec<SignedReceipt> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = plan.len().div_ceil(threads).max(1);
+    let mut signed: Vec<SignedReceipt> = std::thread::scope(|scope| {
+        let workers: Vec<_> = plan
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|&(i, host, seq)| {
+                            let agent = &agents[(i % agents.len() as u64) as usize];
+                            let caller =
+                                &callers[(mix(i ^ 0xca11) % callers.len() as u64) as usize];
+                            let outcome = match mix(i ^ 0x0c) % 50 {
+                                0 => Outcome::Trap {
+                                    message: "unreachable".into(),
+                                },
+                                1 => Outcome::Timeout,
+                                _ => Outcome::Ok,
+                            };
+                            let fuel_used = 200_000 + mix(i ^ 0xf0e1) % 2_000_000;
+                            let body = Receipt {
+                                agent: AgentRef {
+                                    manifest: agent.hash(),
+                                    component: agent.body().component.hash,
+                                },
+                                request: Some(Hash::of(&i.to_le_bytes())),
+                                caller: Some(caller.public()),
+                                input_hash: Hash::of(&(i ^ 1).to_le_bytes()),
+                                output_hash: Some(Hash::of(&(i ^ 2).to_le_bytes())),
+                                outcome,
+                                fuel_limit: 10_000_000,
+                                fuel_used,
+                                charge: fuel_used / 1_000 + 1,
+                                wall_time_us: 600,
+                                nested: vec![],
+                                parent_call: None,
+                                host: hosts[host].public(),
+                                runtime: agora_host::RUNTIME_VERSION.into(),
+                                seq,
+                                // Linked below, once the chain order is known.
+                                prev: None,
+                                timestamp_ms: now - mix(i ^ 0x71) % (60 * 86_400_000),
+                            };
+                            (host, body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .map(|(host, mut body)| {
+                body.prev = prevs[host];
+                let signed = Signed::sign(body, &hosts[host]).expect("sign");
+                prevs[host] = Some(signed.hash());
+                signed
+            })
+            .collect()
+    });
+    signed.shrink_to_fit();
+    signed
+}
+
+/// A cheap deterministic scrambler, so that runs are repeatable.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ceb9fe1a85ec53);
+    x ^ (x >> 33)
+}
+
+/// Runs wrk against `url` from a second process and returns its throughput and latency figures.
+async fn load(url: &str) -> Option<String> {
+    let url = url.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("wrk")
+            .args(["-t2", "-c64", "-d15s", "--latency", &url])
+            .output()
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| "?".into())
+    };
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .map(|l| format!(" ({})", l.trim()))
+        .unwrap_or_default();
+    Some(format!(
+        "{} req/s, p50 {}, p90 {}, p99 {}{errors}",
+        field("Requests/sec:"),
+        field("50%"),
+        field("90%"),
+        field("99%"),
+    ))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -525,14 +525,6 @@ fn spinner(message: &str) -> ProgressBar {
     spinner
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_well_formed() {
-        <super::Cli as clap::CommandFactory>::command().debug_assert();
-    }
-}
-
 /// Prints the reputation of every release `agent` names, as the host at `api` scores it.
 async fn reputation(agent: &str, api: &str, json: bool) -> anyhow::Result<()> {
     let client = agora_host::client::ApiClient::new(api)?;
@@ -626,4 +618,12 @@ fn query_escape(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

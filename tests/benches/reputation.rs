@@ -168,7 +168,7 @@ async fn ingest(
         let ratings: Vec<SignedFeedback> = verified
             .iter()
             .zip(&plan)
-            .filter(|(_, (i, _, _))| mix(*i) % RATED_ONE_IN == 0)
+            .filter(|(_, (i, _, _))| mix(*i).is_multiple_of(RATED_ONE_IN))
             .map(|(receipt, (i, _, _))| {
                 let caller = &callers[(mix(i ^ 0xca11) % CALLERS as u64) as usize];
                 let feedback = Feedback {
@@ -191,7 +191,7 @@ async fn ingest(
         }
         feedback_time += clock.elapsed();
         done += n;
-        if done % 100_000 == 0 || done == count {
+        if done.is_multiple_of(100_000) || done == count {
             println!(
                 "  {done} receipts: verify {:.0}/s, store {:.0}/s, verify+store {:.0}/s (signing them took {:.0} s)",
                 done as f64 / verifying.as_secs_f64(),

@@ -518,32 +518,40 @@ impl Node {
         let charge = charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
         let input_hash = request_hash(&request.action, &request.payload);
         let output_hash = invocation.output.as_deref().map(Hash::of);
-        let receipt = self.0.registry.append_receipt(
-            &self.0.key,
-            Receipt {
-                agent: AgentRef {
-                    manifest: manifest.hash(),
-                    component: body.component.hash,
-                },
-                request: signed_request.map(|(hash, _)| hash),
-                caller: signed_request.map(|(_, caller)| caller),
-                input_hash,
-                output_hash,
-                outcome: invocation.outcome.clone(),
-                fuel_limit,
-                fuel_used: invocation.fuel_used,
-                charge,
-                wall_time_us: invocation.wall_time.as_micros() as u64,
-                nested: invocation.nested.iter().map(|n| n.receipt).collect(),
-                parent_call: parent,
-                host: self.0.key.public(),
-                runtime: crate::RUNTIME_VERSION.into(),
-                // The registry sets these to follow the chain.
-                seq: 0,
-                prev: None,
-                timestamp_ms: unix_now().as_millis() as u64,
+        let receipt = Receipt {
+            agent: AgentRef {
+                manifest: manifest.hash(),
+                component: body.component.hash,
             },
-        )?;
+            request: signed_request.map(|(hash, _)| hash),
+            caller: signed_request.map(|(_, caller)| caller),
+            input_hash,
+            output_hash,
+            outcome: invocation.outcome.clone(),
+            fuel_limit,
+            fuel_used: invocation.fuel_used,
+            charge,
+            wall_time_us: invocation.wall_time.as_micros() as u64,
+            nested: invocation.nested.iter().map(|n| n.receipt).collect(),
+            parent_call: parent,
+            host: self.0.key.public(),
+            runtime: crate::RUNTIME_VERSION.into(),
+            // The registry sets these to follow the chain.
+            seq: 0,
+            prev: None,
+            timestamp_ms: unix_now().as_millis() as u64,
+        };
+        // Appending waits for a durable commit (an fsync shared with other writes); keep that
+        // wait off the async executor.
+        let node = self.clone();
+        let receipt = match tokio::task::spawn_blocking(move || {
+            node.0.registry.append_receipt(&node.0.key, receipt)
+        })
+        .await
+        {
+            Ok(appended) => appended?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
         tracing::debug!(
             agent = %agent,
             outcome = %invocation.outcome,

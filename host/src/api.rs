@@ -77,6 +77,7 @@ pub struct ApiServer {
     addr: SocketAddr,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl ApiServer {
@@ -98,7 +99,7 @@ impl ApiServer {
             evidence_arrived: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
         });
-        tokio::spawn(refresh_scores(Arc::downgrade(&state)));
+        let refresher = tokio::spawn(refresh_scores(Arc::downgrade(&state)));
         let app = router(state);
         let (shutdown, signal) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -116,6 +117,7 @@ impl ApiServer {
             addr,
             shutdown,
             task,
+            refresher,
         })
     }
 
@@ -128,6 +130,8 @@ impl ApiServer {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
+        self.refresher.abort();
+        let _ = self.refresher.await;
     }
 }
 

@@ -825,9 +825,7 @@ impl Registry {
         limit: usize,
     ) -> Result<Vec<SignedReceipt>, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = format!(
-            "SELECT signed FROM receipts {filter} ORDER BY rowid DESC LIMIT {limit}"
-        );
+        let sql = format!("SELECT signed FROM receipts {filter} ORDER BY rowid DESC LIMIT {limit}");
         self.read(|conn| self.stored_records(conn, &sql, params))
     }
 
@@ -1007,6 +1005,8 @@ impl Registry {
     pub fn evidence_set(&self) -> Result<EvidenceSet, Error> {
         self.read(|conn| {
             let db = |e| self.db_error(e);
+            // One read transaction (rolled back on drop): every table as of one commit.
+            let _snapshot = conn.unchecked_transaction().map_err(db)?;
             let mut keys = KeyInterner::new(&self.path);
             let mut agents = std::collections::BTreeMap::new();
             let mut stmt = conn

@@ -685,20 +685,30 @@ fn add_host_interface(linker: &mut Linker<AgentState>, limits: &Limits) -> wasmt
     )?;
 
     let kv_quota = limits.kv;
-    host.func_wrap(
+    host.func_wrap_async(
         "kv-set",
         move |store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
-            let Some(services) = &store.data().call.services else {
-                return Ok((Err(
-                    "agent memory is not available while publishing".to_string()
-                ),));
-            };
-            let result = services
-                .node
-                .registry()
-                .kv_set(&services.kv, &key, &value, &kv_quota)
-                .map_err(|e| e.to_string());
-            Ok((result,))
+            let services = store.data().call.services.clone();
+            Box::new(async move {
+                let Some(services) = services else {
+                    return Ok((Err(
+                        "agent memory is not available while publishing".to_string()
+                    ),));
+                };
+                // A write waits for a durable commit; keep that wait off the async executor.
+                let written = tokio::task::spawn_blocking(move || {
+                    services
+                        .node
+                        .registry()
+                        .kv_set(&services.kv, &key, &value, &kv_quota)
+                })
+                .await;
+                let result = match written {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                };
+                Ok((result,))
+            })
         },
     )?;
 

@@ -302,7 +302,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let manifest = node.registry().resolve(&agent)?;
                     node.registry()
                         .receipts_page(&manifest.hash(), None, limit)?
-                        .receipts
+                        .parse()?
                 }
                 None => node.registry().receipts(limit)?,
             };

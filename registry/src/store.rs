@@ -202,10 +202,21 @@ pub enum Inserted {
 /// One page of receipts; see [`Registry::receipts_page`].
 #[derive(Clone, Debug)]
 pub struct ReceiptPage {
-    /// Receipts, newest arrival first.
-    pub receipts: Vec<SignedReceipt>,
+    /// The signed receipts as stored (canonical JSON envelopes), newest arrival first. Serving
+    /// them needs no parsing; [`ReceiptPage::parse`] gives the records.
+    pub receipts: Vec<Vec<u8>>,
     /// Where the next (older) page starts, if there may be one.
     pub next: Option<ReceiptCursor>,
+}
+
+impl ReceiptPage {
+    /// The page's receipts as records.
+    pub fn parse(&self) -> Result<Vec<SignedReceipt>, Error> {
+        self.receipts
+            .iter()
+            .map(|bytes| SignedReceipt::from_stored(bytes))
+            .collect()
+    }
 }
 
 /// A position in a list of receipts, opaque to clients.
@@ -793,7 +804,7 @@ impl Registry {
             let mut last = None;
             for row in rows {
                 let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
-                receipts.push(SignedReceipt::from_stored(&bytes)?);
+                receipts.push(bytes);
                 last = Some(ReceiptCursor(rowid));
             }
             let next = if receipts.len() as i64 == limit {

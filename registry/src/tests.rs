@@ -371,7 +371,7 @@ fn receipts_page_by_cursor_without_gaps_or_repeats() {
     let mut cursor = None;
     loop {
         let page = registry.receipts_page(&manifest, cursor, 3).unwrap();
-        seen.extend(page.receipts.iter().map(|r| r.body().seq));
+        seen.extend(page.parse().unwrap().iter().map(|r| r.body().seq));
         match page.next {
             Some(next) => cursor = Some(next.to_string().parse().unwrap()),
             None => break,

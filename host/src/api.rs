@@ -6,9 +6,10 @@
 //! names the fault otherwise. Every request runs under a body-size limit, a timeout and a
 //! concurrency limit. Served on loopback unless configured otherwise.
 //!
-//! Scores are materialised: a background task recomputes them from all the evidence when new
-//! evidence has arrived (at most every [`SCORE_REFRESH`], and never more than a fifth of the
-//! time), and reads answer from the latest result without waiting for it. Registry reads use
+//! Scores are materialised: a background task keeps the evidence in memory, reads what is new
+//! from the registry when evidence has arrived, and recomputes (at most every
+//! [`SCORE_REFRESH`], and never more than a fifth of the time); reads answer from the latest
+//! result without waiting for it. Registry reads use
 //! the registry's read-only connections, so they never queue behind writes either.
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agora_registry::reputation::{Reputation, ScoreParams, Scores, compute};
+use agora_registry::reputation::{EvidenceSet, Reputation, ScoreParams, Scores, compute};
 use agora_registry::{
     EvidenceCursor, Hash, Inserted, PublicKey, ReceiptCursor, SignedFeedback, SignedReceipt,
 };
@@ -89,7 +90,7 @@ impl ApiServer {
         anchors.extend(config.extra_anchors);
         anchors.sort();
         anchors.dedup();
-        let first = score(node.clone(), anchors.clone())
+        let (first, read) = score(node.clone(), anchors.clone(), ReadEvidence::none())
             .await
             .map_err(std::io::Error::other)?;
         let state = Arc::new(ApiState {
@@ -99,7 +100,7 @@ impl ApiServer {
             evidence_arrived: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
         });
-        let refresher = tokio::spawn(refresh_scores(Arc::downgrade(&state)));
+        let refresher = tokio::spawn(refresh_scores(Arc::downgrade(&state), read));
         let app = router(state);
         let (shutdown, signal) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -155,27 +156,50 @@ struct ScoreSnapshot {
     calls: usize,
 }
 
-/// Reads all evidence and computes scores, off the async executor.
-async fn score(node: Node, anchors: Vec<PublicKey>) -> Result<ScoreSnapshot, String> {
+/// The evidence scores are computed from, kept between refreshes so that each refresh reads
+/// only what is new.
+struct ReadEvidence {
+    evidence: EvidenceSet,
+    cursor: EvidenceCursor,
+}
+
+impl ReadEvidence {
+    /// Nothing read yet: the next update reads everything.
+    fn none() -> Self {
+        ReadEvidence {
+            evidence: EvidenceSet::default(),
+            cursor: EvidenceCursor::default(),
+        }
+    }
+}
+
+/// Brings `read` up to date with the registry and computes scores from it, off the async
+/// executor. Gives the evidence back for the next refresh.
+async fn score(
+    node: Node,
+    anchors: Vec<PublicKey>,
+    mut read: ReadEvidence,
+) -> Result<(ScoreSnapshot, ReadEvidence), String> {
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let registry = node.registry();
-        // The cursor is read first: evidence arriving during the computation moves it on, and
-        // the next refresh sees that.
-        let cursor = registry.evidence_cursor().map_err(|e| e.to_string())?;
-        let evidence = registry.evidence_set().map_err(|e| e.to_string())?;
+        read.cursor = node
+            .registry()
+            .update_evidence(&mut read.evidence, read.cursor)
+            .map_err(|e| e.to_string())?;
+        let (evidence, cursor) = (&read.evidence, read.cursor);
         let now = unix_ms();
-        let scores = compute(&evidence, &ScoreParams::new(anchors, now));
+        let scores = compute(evidence, &ScoreParams::new(anchors, now));
         let took = started.elapsed();
         tracing::debug!(calls = evidence.calls().len(), ?took, "scores computed");
-        Ok(ScoreSnapshot {
+        let snapshot = ScoreSnapshot {
             scores,
             cursor,
             computed_at_ms: now,
             computed: Instant::now(),
             took,
             calls: evidence.calls().len(),
-        })
+        };
+        Ok((snapshot, read))
     })
     .await
     .map_err(|e| format!("score computation failed: {e}"))?
@@ -183,7 +207,7 @@ async fn score(node: Node, anchors: Vec<PublicKey>) -> Result<ScoreSnapshot, Str
 
 /// Keeps the scores fresh while the server runs (it holds the state only weakly, so it stops
 /// when the server does).
-async fn refresh_scores(state: Weak<ApiState>) {
+async fn refresh_scores(state: Weak<ApiState>, mut read: ReadEvidence) {
     loop {
         let (node, anchors, last) = {
             let Some(state) = state.upgrade() else { return };
@@ -208,8 +232,16 @@ async fn refresh_scores(state: Weak<ApiState>) {
         if !stale && last.computed.elapsed() < SCORE_MAX_AGE {
             continue;
         }
-        match score(node, anchors).await {
-            Ok(fresh) => {
+        // If the refresh fails, what was read is lost and the next refresh reads everything.
+        match score(
+            node,
+            anchors,
+            std::mem::replace(&mut read, ReadEvidence::none()),
+        )
+        .await
+        {
+            Ok((fresh, updated)) => {
+                read = updated;
                 let Some(state) = state.upgrade() else { return };
                 *state.scores.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
             }

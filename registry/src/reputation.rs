@@ -191,18 +191,66 @@ impl EvidenceSet {
     /// that call is in the set.
     pub fn rate(&mut self, feedback: &SignedFeedback) -> bool {
         let body = feedback.body();
+        self.set_rating(
+            body.receipt,
+            Rating {
+                rater: body.rater,
+                score: body.score.min(100),
+            },
+        )
+    }
+
+    fn set_rating(&mut self, receipt: Hash, rating: Rating) -> bool {
         match self
             .calls
-            .binary_search_by_key(&body.receipt, |call| call.receipt)
+            .binary_search_by_key(&receipt, |call| call.receipt)
         {
             Ok(index) => {
-                self.calls[index].rating = Some(Rating {
-                    rater: body.rater,
-                    score: body.score.min(100),
-                });
+                self.calls[index].rating = Some(rating);
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// Adds evidence that arrived later: `calls` (in any order; ones already present are kept
+    /// as they are) and `ratings` of calls by receipt hash. `agents` and `forked_hosts` are a
+    /// complete, newer view and replace the old one.
+    pub fn update(
+        &mut self,
+        agents: BTreeMap<Hash, AgentFacts>,
+        mut calls: Vec<Call>,
+        ratings: Vec<(Hash, Rating)>,
+        forked_hosts: BTreeSet<PublicKey>,
+    ) {
+        self.agents = agents;
+        self.forked_hosts = forked_hosts;
+        if !calls.is_empty() {
+            calls.sort_unstable_by_key(|call| call.receipt);
+            // Merge two sorted runs rather than re-sorting the lot.
+            let old = std::mem::take(&mut self.calls);
+            let mut merged = Vec::with_capacity(old.len() + calls.len());
+            let (mut old, mut new) = (old.into_iter().peekable(), calls.into_iter().peekable());
+            loop {
+                let take_old = match (old.peek(), new.peek()) {
+                    (Some(a), Some(b)) => a.receipt <= b.receipt,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                let next = if take_old { old.next() } else { new.next() };
+                if let Some(call) = next
+                    && merged
+                        .last()
+                        .is_none_or(|last: &Call| last.receipt != call.receipt)
+                {
+                    merged.push(call);
+                }
+            }
+            self.calls = merged;
+        }
+        for (receipt, rating) in ratings {
+            self.set_rating(receipt, rating);
         }
     }
 

@@ -1014,10 +1014,40 @@ impl Registry {
     /// Everything in the registry that reputation is computed from, read from columns rather
     /// than by parsing each record, so that it stays fast with millions of receipts.
     pub fn evidence_set(&self) -> Result<EvidenceSet, Error> {
+        let mut evidence = EvidenceSet::default();
+        self.update_evidence(&mut evidence, EvidenceCursor::default())?;
+        Ok(evidence)
+    }
+
+    /// Brings `evidence`, read up to `since`, up to date: adds the receipts and feedback stored
+    /// after `since` and rereads the (few) manifests and forks. Returns the cursor it is now
+    /// read up to, for the next update. Reading only what is new keeps refreshing scores cheap
+    /// however much evidence there is.
+    pub fn update_evidence(
+        &self,
+        evidence: &mut EvidenceSet,
+        since: EvidenceCursor,
+    ) -> Result<EvidenceCursor, Error> {
         self.read(|conn| {
             let db = |e| self.db_error(e);
-            // One read transaction (rolled back on drop): every table as of one commit.
+            // One read transaction (rolled back on drop): every table as of one commit, and a
+            // cursor that matches it exactly.
             let _snapshot = conn.unchecked_transaction().map_err(db)?;
+            let cursor: EvidenceCursor = conn
+                .query_row(
+                    "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM manifests),
+                            (SELECT COALESCE(MAX(rowid), 0) FROM receipts),
+                            (SELECT COALESCE(MAX(rowid), 0) FROM feedback)",
+                    [],
+                    |row| {
+                        Ok(EvidenceCursor {
+                            manifests: row.get(0)?,
+                            receipts: row.get(1)?,
+                            feedback: row.get(2)?,
+                        })
+                    },
+                )
+                .map_err(db)?;
             let mut keys = KeyInterner::new(&self.path);
             let mut agents = std::collections::BTreeMap::new();
             let mut stmt = conn
@@ -1041,36 +1071,43 @@ impl Registry {
                     },
                 );
             }
-            // Feedback first, into memory: one pass over it is cheaper than a join that probes
-            // the feedback index once per receipt.
-            let mut ratings: HashMap<Hash, Rating> = HashMap::new();
+            // Ratings are attached after the calls are merged in: one pass over the feedback is
+            // cheaper than a join that probes the feedback index once per receipt.
+            let mut ratings = Vec::new();
             let mut stmt = conn
-                .prepare_cached("SELECT receipt_hash, rater, score FROM feedback")
+                .prepare_cached(
+                    "SELECT receipt_hash, rater, score FROM feedback
+                     WHERE rowid > ?1 AND rowid <= ?2",
+                )
                 .map_err(db)?;
-            let mut rows = stmt.query([]).map_err(db)?;
+            let mut rows = stmt
+                .query(params![since.feedback, cursor.feedback])
+                .map_err(db)?;
             while let Some(row) = rows.next().map_err(db)? {
                 let text = |i| {
                     row.get_ref(i)
                         .and_then(|v| v.as_str().map_err(Into::into))
                         .map_err(db)
                 };
-                ratings.insert(
+                ratings.push((
                     parse_stored(&self.path, text(0)?)?,
                     Rating {
                         rater: keys.get(text(1)?)?,
                         score: row.get::<_, i64>(2).map_err(db)?.clamp(0, 100) as u8,
                     },
-                );
+                ));
             }
             let mut calls = Vec::new();
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT hash, host, caller, manifest_hash, component_hash, outcome,
                             fuel_limit, charge, timestamp_ms
-                     FROM receipts",
+                     FROM receipts WHERE rowid > ?1 AND rowid <= ?2",
                 )
                 .map_err(db)?;
-            let mut rows = stmt.query([]).map_err(db)?;
+            let mut rows = stmt
+                .query(params![since.receipts, cursor.receipts])
+                .map_err(db)?;
             while let Some(row) = rows.next().map_err(db)? {
                 let text = |i| {
                     row.get_ref(i)
@@ -1083,9 +1120,8 @@ impl Registry {
                         .map_err(db)
                 };
                 let outcome = text(5)?;
-                let receipt: Hash = parse_stored(&self.path, text(0)?)?;
                 calls.push(Call {
-                    receipt,
+                    receipt: parse_stored(&self.path, text(0)?)?,
                     host: keys.get(text(1)?)?,
                     caller: optional(2)?.map(|c| keys.get(c)).transpose()?,
                     manifest: parse_stored(&self.path, text(3)?)?,
@@ -1097,7 +1133,7 @@ impl Registry {
                     fuel_limit: row.get::<_, i64>(6).map_err(db)? as u64,
                     charge: row.get::<_, i64>(7).map_err(db)? as u64,
                     timestamp_ms: row.get::<_, i64>(8).map_err(db)? as u64,
-                    rating: ratings.get(&receipt).copied(),
+                    rating: None,
                 });
             }
             let mut forked_hosts = std::collections::BTreeSet::new();
@@ -1114,7 +1150,8 @@ impl Registry {
                     )?,
                 );
             }
-            Ok(EvidenceSet::new(agents, calls, forked_hosts))
+            evidence.update(agents, calls, ratings, forked_hosts);
+            Ok(cursor)
         })
     }
 

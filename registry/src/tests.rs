@@ -385,3 +385,78 @@ fn receipts_page_by_cursor_without_gaps_or_repeats() {
     assert_eq!(record.head.map(|(seq, _)| seq), Some(6));
     assert!(record.forks.is_empty());
 }
+
+#[test]
+fn evidence_read_in_steps_equals_evidence_read_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let publisher = SecretKey::generate();
+    let agent = Signed::sign(manifest(&publisher, "1.0.0", b"code"), &publisher).unwrap();
+    registry.insert_manifest(&agent).unwrap();
+    let host = SecretKey::generate();
+    let callers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
+    let call = |seq: u64, caller: &SecretKey, history: &[u8]| {
+        let mut body = receipt(&host, seq, None);
+        body.agent = AgentRef {
+            manifest: agent.hash(),
+            component: agent.body().component.hash,
+        };
+        body.caller = Some(caller.public());
+        body.request = Some(Hash::of(history));
+        body.charge = 1_000;
+        Signed::sign(body, &host).unwrap()
+    };
+    let rate = |receipt: &SignedReceipt, caller: &SecretKey, score: u8| {
+        let feedback = Feedback {
+            receipt: receipt.hash(),
+            rater: caller.public(),
+            score,
+            tags: vec![],
+            created_at_ms: 1,
+        };
+        registry
+            .insert_feedback(&Signed::sign(feedback, caller).unwrap())
+            .unwrap();
+    };
+
+    let early: Vec<SignedReceipt> = (0..3)
+        .map(|i| call(i, &callers[i as usize], &[i as u8]))
+        .collect();
+    registry.insert_receipts(early.clone()).unwrap();
+    rate(&early[0], &callers[0], 80);
+    let mut stepwise = reputation::EvidenceSet::default();
+    let first = registry
+        .update_evidence(&mut stepwise, EvidenceCursor::default())
+        .unwrap();
+    assert_eq!(stepwise.calls().len(), 3);
+
+    // More calls, feedback on an old call and on a new one, and a fork.
+    let late = call(3, &callers[3], b"late");
+    registry.insert_receipt(&late).unwrap();
+    rate(&early[1], &callers[1], 20);
+    rate(&late, &callers[3], 100);
+    registry
+        .insert_receipt(&call(0, &callers[2], b"another history"))
+        .unwrap();
+    let second = registry.update_evidence(&mut stepwise, first).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(stepwise, registry.evidence_set().unwrap());
+    assert_eq!(stepwise.calls().len(), 5);
+    assert!(stepwise.forked_hosts.contains(&host.public()));
+    assert_eq!(
+        stepwise
+            .calls()
+            .iter()
+            .filter(|c| c.rating.is_some())
+            .count(),
+        3
+    );
+
+    // Nothing new: nothing changes.
+    let before = stepwise.clone();
+    assert_eq!(
+        registry.update_evidence(&mut stepwise, second).unwrap(),
+        second
+    );
+    assert_eq!(stepwise, before);
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use agora_host::api::{ApiConfig, ApiServer};
 use agora_host::{DataDir, Node, NodeConfig, PublishOptions, examples};
+use agora_registry::reputation::{EvidenceSet, ScoreParams, compute};
 use agora_registry::{
     AgentRef, Feedback, Hash, Outcome, Receipt, SecretKey, Signed, SignedFeedback, SignedReceipt,
 };
@@ -74,20 +75,45 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    let params = || ScoreParams::new(vec![node.public_key()], now_ms());
     let clock = Instant::now();
-    let evidence = node.registry().evidence_set()?;
+    let mut evidence = EvidenceSet::default();
+    let cursor = node
+        .registry()
+        .update_evidence(&mut evidence, Default::default())?;
     let read = clock.elapsed();
     let clock = Instant::now();
-    let scores = agora_registry::reputation::compute(
-        &evidence,
-        &agora_registry::reputation::ScoreParams::new(vec![node.public_key()], now_ms()),
-    );
+    let scores = compute(&evidence, &params());
     println!(
         "scores over {} receipts: read the evidence {:.2} s, compute {:.2} s ({} keys trusted)",
         evidence.calls().len(),
         read.as_secs_f64(),
         clock.elapsed().as_secs_f64(),
         scores.trust.len(),
+    );
+    // A refresh after more evidence arrived reads only what is new.
+    let newcomer = SecretKey::generate();
+    let callers: Vec<SecretKey> = (0..100).map(|_| SecretKey::generate()).collect();
+    let mut prevs = vec![None];
+    let plan: Vec<_> = (0..10_000u64).map(|i| (u64::MAX - i, 0, i)).collect();
+    let fresh = sign_all(
+        &plan,
+        std::slice::from_ref(&newcomer),
+        &callers,
+        std::slice::from_ref(&driver),
+        now_ms(),
+        &mut prevs,
+    );
+    node.registry().insert_receipts(fresh)?;
+    let clock = Instant::now();
+    node.registry().update_evidence(&mut evidence, cursor)?;
+    let read = clock.elapsed();
+    let clock = Instant::now();
+    compute(&evidence, &params());
+    println!(
+        "refresh after 10,000 new receipts: read what is new {:.3} s, compute {:.2} s",
+        read.as_secs_f64(),
+        clock.elapsed().as_secs_f64(),
     );
     drop((evidence, scores));
 

@@ -12,7 +12,8 @@
 //!   agents by manifest hash from peers with verified streaming, and learns of agents through
 //!   the marketplace gossip topic. Local-only unless configured otherwise.
 //! - [`api::ApiServer`] serves the registry and reputation over HTTP (`/v1`, `/healthz`,
-//!   `/metrics`) and accepts signed receipts and feedback.
+//!   `/metrics`, an OpenAPI document) and accepts signed receipts, feedback and caller-signed
+//!   invocations; [`client::ApiClient`] is its client.
 //! - [`examples`] holds the example agents, compiled from `guest-examples/` when this crate is
 //!   built, and [`demo`] runs the marketplace demo with them.
 //!

@@ -9,7 +9,10 @@
 //!
 //! Records travel as [`Signed`] envelopes: canonical JSON, a domain-separated ed25519
 //! signature verified strictly, and an identity that is the hash of the signed bytes. The
-//! [`Registry`] stores them in SQLite together with each agent's private key-value memory.
+//! [`Registry`] stores them in SQLite together with each agent's private key-value memory;
+//! writes go through one writer thread in batched transactions and reads come from a pool, so
+//! reads never wait for writes. [`reputation`] computes trust and agent scores from the
+//! evidence the registry holds (signed requests, receipts, feedback).
 //!
 //! ```
 //! use agora_registry::{ComponentRef, Hash, Manifest, ManifestLimits, SecretKey, Signed, AGENT_WORLD};

@@ -42,7 +42,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most requests in flight at once; more wait.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
 /// Scores are recomputed at most this often, and only when evidence has changed or they have
-/// aged by [`SCORE_MAX_AGE`].
+/// aged by a minute (evidence decays with time).
 pub const SCORE_REFRESH: Duration = Duration::from_secs(2);
 /// Evidence decays with time, so scores are recomputed at least this often even when nothing new
 /// has arrived.

@@ -2,7 +2,7 @@
 //!
 //! Everything a host knows about the marketplace is a signed record:
 //!
-//! - a [`Manifest`], signed by a publisher, names an agent's component by its BLAKE3 [`Hash`]
+//! - a [`Manifest`], signed by a publisher, names an agent's component by its BLAKE3 [`Hash`](struct@Hash)
 //!   and states its actions, capabilities, limits and price;
 //! - a [`Receipt`], signed by a host, records one execution: which agent, input and output
 //!   hashes, fuel, charge and [`Outcome`], chained to the host's previous receipt.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_registry::reputation::{EvidenceSet, Reputation, ScoreParams, Scores, compute};
 use agora_registry::{
-    EvidenceCursor, Hash, Inserted, PublicKey, ReceiptCursor, SignedFeedback, SignedReceipt,
+    EvidenceCursor, Hash, Inserted, PublicKey, ReceiptCursor, ReceiptMessage, SignedFeedback,
 };
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -154,6 +154,8 @@ struct ScoreSnapshot {
     computed: Instant,
     took: Duration,
     calls: usize,
+    /// Stored rows the evidence read had to leave out.
+    skipped_rows: u64,
 }
 
 /// The evidence scores are computed from, kept between refreshes so that each refresh reads
@@ -198,6 +200,7 @@ async fn score(
             computed: Instant::now(),
             took,
             calls: evidence.calls().len(),
+            skipped_rows: evidence.skipped_rows,
         };
         Ok((snapshot, read))
     })
@@ -416,7 +419,7 @@ async fn list_agents(
         })
         .map(|m| {
             let body = m.body();
-            let reputation = scores.agent(&body.component.hash);
+            let reputation = scores.of(body);
             let entry = json!({
                 "manifest": m.hash(),
                 "name": body.name,
@@ -464,7 +467,7 @@ async fn agent_reputation(
     let manifest = state.manifest(&hash)?;
     let snapshot = state.snapshot();
     let component = manifest.body().component.hash;
-    let mut body = reputation_json(&snapshot.scores.agent(&component));
+    let mut body = reputation_json(&snapshot.scores.of(manifest.body()));
     body["manifest"] = json!(manifest.hash());
     body["component"] = json!(component);
     body["anchors"] = json!(state.anchors);
@@ -583,7 +586,7 @@ async fn publisher_record(
                 "name": body.name,
                 "version": body.version,
                 "component": body.component.hash,
-                "reputation": reputation_json(&scores.agent(&body.component.hash)),
+                "reputation": reputation_json(&scores.of(body)),
             })
         })
         .collect();
@@ -614,16 +617,28 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn post_receipt(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    use agora_registry::Error as E;
     state.count();
-    let receipt = SignedReceipt::from_bytes(&body)
-        .map_err(|e| state.reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let reject = |status, message| state.reject(status, message);
+    let (receipt, request) = ReceiptMessage::parse(&body)
+        .and_then(|message| message.verify())
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let node = state.node.clone();
     let stored = receipt.clone();
     // The write waits for a durable commit; keep that wait off the async executor.
-    let inserted = tokio::task::spawn_blocking(move || node.registry().insert_receipt(&stored))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let inserted = tokio::task::spawn_blocking(move || {
+        node.registry().insert_receipt(&stored, request.as_ref())
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let inserted = match inserted {
+        Ok(inserted) => inserted,
+        Err(e @ (E::Invalid { .. } | E::Malformed { .. })) => {
+            return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        Err(e @ E::Quota { .. }) => return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     if inserted == Inserted::New {
         state
             .metrics
@@ -653,9 +668,10 @@ async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Respo
         Err(e @ E::DuplicateFeedback(_)) => {
             return Err(reject(StatusCode::CONFLICT, e.to_string()));
         }
-        Err(e @ E::Feedback(_)) => {
+        Err(e @ (E::Feedback(_) | E::Invalid { .. })) => {
             return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
         }
+        Err(e @ E::Quota { .. }) => return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
         Err(e) => return Err(ApiError::internal(e)),
     };
     if inserted == Inserted::New {
@@ -731,6 +747,8 @@ fn created(inserted: Inserted, hash: Hash) -> Response {
     let status = match inserted {
         Inserted::New => StatusCode::CREATED,
         Inserted::AlreadyPresent => StatusCode::OK,
+        // Kept until what it refers to arrives.
+        Inserted::Pending => StatusCode::ACCEPTED,
     };
     (status, Json(json!({ "hash": hash }))).into_response()
 }
@@ -745,7 +763,8 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
          # TYPE agora_feedback_accepted_total counter\nagora_feedback_accepted_total {}\n\
          # TYPE agora_scores_receipts gauge\nagora_scores_receipts {}\n\
          # TYPE agora_scores_compute_seconds gauge\nagora_scores_compute_seconds {}\n\
-         # TYPE agora_scores_age_seconds gauge\nagora_scores_age_seconds {}\n",
+         # TYPE agora_scores_age_seconds gauge\nagora_scores_age_seconds {}\n\
+         # TYPE agora_scores_skipped_rows gauge\nagora_scores_skipped_rows {}\n",
         m.requests.load(Ordering::Relaxed),
         m.rejected.load(Ordering::Relaxed),
         m.receipts_accepted.load(Ordering::Relaxed),
@@ -753,6 +772,7 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         snapshot.calls,
         snapshot.took.as_secs_f64(),
         snapshot.computed.elapsed().as_secs_f64(),
+        snapshot.skipped_rows,
     );
     (
         [(

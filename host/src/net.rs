@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use agora_registry::{Hash, Inserted, SignedFeedback, SignedManifest, SignedReceipt};
+use agora_registry::{
+    Hash, Inserted, ReceiptMessage, SignedFeedback, SignedManifest, SignedReceipt,
+};
 use iroh::address_lookup::memory::MemoryLookup;
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::protocol::Router;
@@ -508,6 +510,7 @@ impl Network {
             .await
             .map_err(|reason| failed(manifest_hash, reason))?;
         let manifest = SignedManifest::from_bytes(&manifest_bytes)
+            .and_then(|m| m.body().check(agora_registry::rules::now_ms()).map(|()| m))
             .map_err(|e| failed(manifest_hash, format!("rejected manifest: {e}")))?;
         let body = manifest.body();
         let agent = format!("{}@{}", body.name, body.version);
@@ -632,10 +635,12 @@ async fn announce_new_releases(node: Node, sender: GossipSender) {
             .iter()
             .map(announcement)
             .chain(
-                evidence
-                    .receipts
-                    .iter()
-                    .map(|r| message(ANNOUNCE_RECEIPT, r.as_bytes())),
+                evidence.receipts.iter().map(|(receipt, request)| {
+                    message(
+                        ANNOUNCE_RECEIPT,
+                        &ReceiptMessage::encode(receipt, request.as_ref()),
+                    )
+                }),
             )
             .chain(
                 evidence
@@ -750,7 +755,7 @@ fn record_evidence(
 ) -> Vec<Result<bool, String>> {
     let inserted = |result: Result<Inserted, agora_registry::Error>| match result {
         Ok(Inserted::New) => Ok(true),
-        Ok(Inserted::AlreadyPresent) => Ok(false),
+        Ok(Inserted::AlreadyPresent | Inserted::Pending) => Ok(false),
         Err(error) => Err(error.to_string()),
     };
     let mut results: Vec<Result<bool, String>> = vec![Ok(false); messages.len()];
@@ -764,25 +769,42 @@ fn record_evidence(
     };
 
     let (positions, bytes) = of_kind(ANNOUNCE_RECEIPT);
-    let mut verified = Vec::new();
-    let mut stored_at = Vec::new();
-    for (position, parsed) in positions
-        .into_iter()
-        .zip(SignedReceipt::from_bytes_batch(&bytes))
-    {
-        match parsed {
-            Ok(receipt) => {
-                verified.push(receipt);
-                stored_at.push(position);
+    let mut split = Vec::new();
+    let mut split_at = Vec::new();
+    for (position, bytes) in positions.into_iter().zip(bytes) {
+        match ReceiptMessage::parse(bytes) {
+            Ok(parsed) => {
+                split.push(parsed);
+                split_at.push(position);
             }
             Err(error) => results[position] = Err(error.to_string()),
+        }
+    }
+    let receipts: Vec<&[u8]> = split.iter().map(|m| m.receipt).collect();
+    let mut verified = Vec::new();
+    let mut stored_at = Vec::new();
+    for ((position, parsed), message) in split_at
+        .into_iter()
+        .zip(SignedReceipt::from_bytes_batch(&receipts))
+        .zip(&split)
+    {
+        let request = message
+            .request
+            .map(agora_registry::SignedRequest::from_bytes)
+            .transpose();
+        match (parsed, request) {
+            (Ok(receipt), Ok(request)) => {
+                verified.push((receipt, request));
+                stored_at.push(position);
+            }
+            (Err(error), _) | (_, Err(error)) => results[position] = Err(error.to_string()),
         }
     }
     if !verified.is_empty() {
         match node.registry().insert_receipts(verified) {
             Ok(answers) => {
                 for (position, answer) in stored_at.into_iter().zip(answers) {
-                    results[position] = inserted(Ok(answer));
+                    results[position] = inserted(answer);
                 }
             }
             Err(error) => {
@@ -837,7 +859,7 @@ async fn record_manifest(node: &Node, message: &[u8]) -> Result<bool, String> {
     }
     let manifest = SignedManifest::from_bytes(bytes).map_err(|e| e.to_string())?;
     match node.registry().insert_manifest(&manifest) {
-        Ok(Inserted::AlreadyPresent) => Ok(false),
+        Ok(Inserted::AlreadyPresent | Inserted::Pending) => Ok(false),
         Ok(Inserted::New) => {
             // Keep the manifest blob too, so this host can serve it to whoever asks.
             node.blobs()

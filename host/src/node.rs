@@ -291,43 +291,12 @@ impl Node {
         let hash = Hash::of(component);
         let checked = self.0.sandbox.check(component)?;
         let info = self.0.sandbox.info(&checked).await?;
-        // `info()` is untrusted output; a manifest must stay small enough for peers to fetch.
-        if info.actions.len() > MAX_ACTIONS
-            || info
-                .actions
-                .iter()
-                .any(|a| a.is_empty() || a.len() > MAX_ACTION_BYTES)
-        {
-            return Err(PublishError::InvalidManifest(format!(
-                "info() must list at most {MAX_ACTIONS} actions of 1 to {MAX_ACTION_BYTES} bytes"
-            )));
-        }
-        let description = options.description.unwrap_or(info.description);
-        if description.len() > MAX_DESCRIPTION_BYTES {
-            return Err(PublishError::InvalidManifest(format!(
-                "description is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
-                description.len()
-            )));
-        }
-        let name = options.name.unwrap_or(info.name);
-        let version = options.version.unwrap_or(info.version);
-        validate_name(&name)?;
-        if version.is_empty() || version.len() > 64 || version.contains(char::is_whitespace) {
-            return Err(PublishError::InvalidManifest(format!(
-                "version `{version}` must be 1 to 64 characters without spaces"
-            )));
-        }
         let limits = options
             .limits
             .unwrap_or_else(|| self.0.sandbox.limits().manifest_defaults());
-        if limits.max_fuel == 0 || limits.max_wall_ms == 0 {
-            return Err(PublishError::InvalidManifest(
-                "limits must allow some fuel and some wall time".into(),
-            ));
-        }
         let manifest = Manifest {
-            name,
-            version,
+            name: options.name.unwrap_or(info.name),
+            version: options.version.unwrap_or(info.version),
             publisher: self.public_key(),
             component: ComponentRef {
                 hash,
@@ -338,9 +307,41 @@ impl Node {
             capabilities: checked.capabilities.clone(),
             limits,
             price_per_mfuel: options.price_per_mfuel,
-            description,
+            description: options.description.unwrap_or(info.description),
             created_at: unix_now().as_secs(),
         };
+        // `info()` is untrusted output and options come from the operator: the same rules
+        // every peer applies to a manifest it receives.
+        manifest
+            .check(unix_now().as_millis() as u64)
+            .map_err(|e| match e {
+                agora_registry::Error::Invalid { reason, .. } => {
+                    PublishError::InvalidManifest(reason)
+                }
+                other => PublishError::Registry(other),
+            })?;
+        // Re-publishing a release returns it; a release is never signed twice, since two
+        // manifests for one release are evidence against their publisher.
+        if let Some(existing) =
+            self.0
+                .registry
+                .release(&manifest.publisher, &manifest.name, &manifest.version)?
+        {
+            if existing.body().component.hash != hash {
+                return Err(PublishError::Registry(
+                    agora_registry::Error::ReleaseConflict {
+                        name: manifest.name,
+                        version: manifest.version,
+                        publisher: manifest.publisher,
+                        existing: existing.hash().to_hex(),
+                    },
+                ));
+            }
+            return Ok(Published {
+                manifest: existing,
+                inserted: Inserted::AlreadyPresent,
+            });
+        }
         let manifest = Signed::sign(manifest, &self.0.key)?;
         // Blobs first: a manifest in the registry must always have its component available.
         let stored = self
@@ -360,14 +361,8 @@ impl Node {
                     .map_err(|e| PublishError::Blobs(e.to_string()))?;
                 manifest
             }
-            // Re-publishing the same release returns the original manifest.
-            Inserted::AlreadyPresent => {
-                let body = manifest.body();
-                self.0
-                    .registry
-                    .release(&body.publisher, &body.name, &body.version)?
-                    .unwrap_or(manifest)
-            }
+            // Another process published the same manifest meanwhile.
+            Inserted::AlreadyPresent | Inserted::Pending => manifest,
         };
         tracing::info!(
             agent = %manifest.body().name,
@@ -515,7 +510,7 @@ impl Node {
         let nested_fuel: u64 = invocation.nested.iter().map(|n| n.fuel_used).sum();
         let nested_charge: u64 = invocation.nested.iter().map(|n| n.charge).sum();
         let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
-        let charge = charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
+        let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
         let input_hash = request_hash(&request.action, &request.payload);
         let output_hash = invocation.output.as_deref().map(Hash::of);
         let receipt = Receipt {
@@ -616,35 +611,6 @@ impl Node {
                 agent: agent.to_owned(),
                 source,
             })
-    }
-}
-
-/// Most actions a manifest lists.
-const MAX_ACTIONS: usize = 64;
-/// Longest action name, in bytes.
-const MAX_ACTION_BYTES: usize = 64;
-/// Longest description, in bytes.
-const MAX_DESCRIPTION_BYTES: usize = 4096;
-
-/// `fuel × price / 10⁶`, rounded up so that any work costs something at a non-zero price.
-fn charge_for(fuel: u64, price_per_mfuel: u64) -> u64 {
-    let charge = (fuel as u128 * price_per_mfuel as u128).div_ceil(1_000_000);
-    u64::try_from(charge).unwrap_or(u64::MAX)
-}
-
-fn validate_name(name: &str) -> Result<(), PublishError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(PublishError::InvalidManifest(format!(
-            "agent name `{name}` must be 1 to 64 characters of lowercase letters, digits and '-'"
-        )))
     }
 }
 

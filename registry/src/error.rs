@@ -36,6 +36,15 @@ pub enum Error {
         /// What the parser said.
         reason: String,
     },
+    /// A record whose signature may be fine but whose fields break the rules every host
+    /// applies (see [`crate::rules`]).
+    #[error("invalid {kind}: {reason}")]
+    Invalid {
+        /// The record type.
+        kind: &'static str,
+        /// Which field, and what is wrong with it.
+        reason: String,
+    },
     /// A record tagged as a different type or version.
     #[error("{kind} has domain tag `{found}`, expected `{expected}`")]
     WrongTag {
@@ -139,6 +148,14 @@ pub enum Error {
     /// A second, different feedback record on one receipt.
     #[error("receipt {0} already has feedback; each receipt is rated once")]
     DuplicateFeedback(crate::Hash),
+    /// A key has used up what this host keeps for it.
+    #[error("quota for key {key}: {what}")]
+    Quota {
+        /// The key.
+        key: PublicKey,
+        /// What it has too much of.
+        what: String,
+    },
     /// An agent's persistent memory would exceed its quota.
     #[error("agent memory quota: {0}")]
     KvQuota(String),

@@ -44,6 +44,7 @@ mod identity;
 mod manifest;
 mod receipt;
 pub mod reputation;
+pub mod rules;
 mod signed;
 mod store;
 
@@ -55,11 +56,13 @@ pub use evidence::{
 pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
-pub use receipt::{AgentRef, Outcome, ParentCall, Receipt, SignedReceipt, request_hash};
+pub use receipt::{
+    AgentRef, Outcome, ParentCall, Receipt, ReceiptMessage, SignedReceipt, check_pair, request_hash,
+};
 pub use signed::{Record, Signed};
 pub use store::{
-    Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota, ReceiptCursor,
-    ReceiptPage, Registry,
+    Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota,
+    MAX_PENDING_PER_KEY, Misbehaviour, ReceiptCursor, ReceiptPage, Registry,
 };
 
 #[cfg(test)]

@@ -156,3 +156,99 @@ pub fn request_hash(action: &str, payload: &[u8]) -> Hash {
     hasher.update(payload);
     Hash::from_bytes(*hasher.finalize().as_bytes())
 }
+
+/// A receipt together with the caller's signed request it answers, as hosts send them to each
+/// other (gossip, `POST /v1/receipts`): `{"receipt": <signed receipt>, "request": <signed
+/// request or null>}`, each record in its exact signed bytes. The request lets any host check
+/// that the caller really asked for this call; a receipt naming a request it does not carry
+/// (and the receiving host does not hold) is refused.
+#[derive(Clone, Copy, Debug)]
+pub struct ReceiptMessage<'a> {
+    /// The signed receipt's bytes.
+    pub receipt: &'a [u8],
+    /// The signed request's bytes, if the receipt answers one.
+    pub request: Option<&'a [u8]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    receipt: &'a serde_json::value::RawValue,
+    #[serde(borrow, default)]
+    request: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> ReceiptMessage<'a> {
+    /// Splits a message into its records without verifying them. A bare signed receipt is
+    /// accepted too, as a message without a request.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, crate::Error> {
+        if let Ok(wire) = serde_json::from_slice::<Wire<'a>>(bytes) {
+            return Ok(ReceiptMessage {
+                receipt: wire.receipt.get().as_bytes(),
+                request: wire
+                    .request
+                    .map(|r| r.get().as_bytes())
+                    .filter(|r| *r != b"null"),
+            });
+        }
+        if bytes.starts_with(b"{\"tag\":") {
+            return Ok(ReceiptMessage {
+                receipt: bytes,
+                request: None,
+            });
+        }
+        Err(crate::Error::Malformed {
+            kind: "receipt message",
+            reason: "expected {\"receipt\": <signed receipt>, \"request\": <signed request>}"
+                .into(),
+        })
+    }
+
+    /// Encodes a receipt and its request.
+    pub fn encode(receipt: &SignedReceipt, request: Option<&crate::SignedRequest>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            receipt.as_bytes().len() + request.map_or(4, |r| r.as_bytes().len()) + 24,
+        );
+        out.extend_from_slice(b"{\"receipt\":");
+        out.extend_from_slice(receipt.as_bytes());
+        out.extend_from_slice(b",\"request\":");
+        match request {
+            Some(request) => out.extend_from_slice(request.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// Verifies both records, and that the request is the one the receipt names.
+    pub fn verify(&self) -> Result<(SignedReceipt, Option<crate::SignedRequest>), crate::Error> {
+        let receipt = SignedReceipt::from_bytes(self.receipt)?;
+        let request = self
+            .request
+            .map(crate::SignedRequest::from_bytes)
+            .transpose()?;
+        check_pair(&receipt, request.as_ref())?;
+        Ok((receipt, request))
+    }
+}
+
+/// Checks that `request` is the one `receipt` names (if it came with one).
+pub fn check_pair(
+    receipt: &SignedReceipt,
+    request: Option<&crate::SignedRequest>,
+) -> Result<(), crate::Error> {
+    if let Some(request) = request
+        && receipt.body().request != Some(request.hash())
+    {
+        return Err(crate::Error::Invalid {
+            kind: "receipt message",
+            reason: format!(
+                "request {} is not the one receipt {} answers",
+                request.hash(),
+                receipt.hash()
+            ),
+        });
+    }
+    Ok(())
+}

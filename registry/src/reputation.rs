@@ -4,26 +4,38 @@
 //! ordered and every sum runs in a fixed order, so two hosts with the same evidence and the same
 //! anchors get bit-identical scores.
 //!
+//! **What counts.** Only receipts that answered a caller's signed request (checked against it
+//! when the receipt arrived) and that carry a charge. Nothing signed by a key with evidence
+//! against it (see [`EvidenceSet::dishonest`]): such a key gets no trust, its receipts, ratings
+//! and agents no weight. Evidence dated after "now" has no weight; older evidence fades with a
+//! half-life (`w = ½^(age/half-life)`).
+//!
 //! **Trust in keys** is personalised EigenTrust. Trust starts at this host's anchors (its own key
-//! and any keys its operator configures) and flows along local-trust edges:
-//! - caller → host: feedback the caller gave on the host's receipts, `score/100 × ln(1+charge)`;
-//! - host → caller: calls the host served under the caller's signed request, `ln(1+charge)`.
+//! and any keys its operator configures) and flows along one kind of edge: a caller's ratings
+//! of the hosts that served it, `Σ w·score/100`. No trust flows to a caller for calling, since
+//! calls cost nothing until settlement exists: callers hold trust as anchors, or as hosts that
+//! trusted keys rated. Each key's outgoing edges are normalised, `t = (1−α)·Cᵀt + α·p` is
+//! iterated from the anchor distribution `p`, and no key but an anchor may hold more than `cap`
+//! (the excess returns to the anchors). Keys no path from an anchor reaches get exactly zero,
+//! however many of them there are.
 //!
-//! Each key's outgoing edges are normalised, `t = (1−α)·Cᵀt + α·p` is iterated from the anchor
-//! distribution `p`, and any key's share is capped at `cap` (the excess returns to the anchors).
-//! Keys no path from an anchor reaches get exactly zero, however many of them there are. A host
-//! whose receipt chain forked gets zero and passes on nothing.
+//! **Influence.** Trust sums to 1, so it is rescaled before it weighs evidence: a key's
+//! influence is `min(1, t / (α/|anchors|))`, which is 1 for an anchor and for the keys anchors
+//! trust directly, so one of their observations counts as one call.
 //!
-//! **Agent quality**, per component hash (a new version starts afresh), is a Beta reputation:
-//! quality `(R+1)/(R+S+2)`, uncertainty `2/(R+S+2)`, ranked by the 5% quantile of
-//! `Beta(R+1, S+1)`. Each receipt about the component adds:
-//! - to S, if the agent failed on its own account (trap, timeout, memory limit, or fuel
-//!   exhausted with the manifest's whole budget): weight `trust(host)·w`;
-//! - to R and S, if the caller rated it (score q): `trust(caller)·w·q` and `trust(caller)·w·(1−q)`;
-//! - where `w = ln(1+charge)·½^(age/half-life)`: free calls are not evidence, so farming ratings
-//!   costs real fuel, and old evidence fades.
+//! **Agent quality**, per agent — the publisher and the component hash together, so that a
+//! manifest by another key naming the same component is a different agent — is a Beta
+//! reputation: quality `(R+1)/(R+S+2)`, uncertainty `2/(R+S+2)`, ranked by the 5% quantile of
+//! `Beta(R+1, S+1)`. Each key's reports about an agent are summed first:
+//! - a rater's calls give a weight `m = Σ w` and a mean score `q`; `q` is pulled to within
+//!   `clip` of the trust-weighted median of all raters' means (as Yuma consensus clips
+//!   outliers); it adds `f·min(m, per_pair)·q` to R and `f·min(m, per_pair)·(1−q)` to S;
+//! - a host's failures on the agent's own account — traps, and fuel exhausted when the budget
+//!   was the publisher's whole `max_fuel` — add `f·min(Σ w, per_pair)` to S; timeouts and
+//!   memory limits depend on the host and are never blamed on the agent;
+//! - where `f` is the key's influence, and each key's reports over all agents are scaled down
+//!   to at most `per_key` calls in all: no key's influence grows with its volume.
 //!
-//! Receipts where caller, host and publisher are one key are self-dealing and ignored.
 //! **Publisher reputation** is the same formula over the sums of all the publisher's agents.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,8 +54,12 @@ pub struct EvidenceSet {
     pub agents: BTreeMap<Hash, AgentFacts>,
     /// Calls, one per receipt, in receipt-hash order (so sums run in the same order everywhere).
     calls: Vec<Call>,
-    /// Hosts with a recorded fork in their receipt chain.
-    pub forked_hosts: BTreeSet<PublicKey>,
+    /// Keys with recorded evidence against them: a forked or broken receipt chain, a receipt
+    /// that contradicts its request or manifest, double-signed feedback or releases.
+    pub dishonest: BTreeSet<PublicKey>,
+    /// Stored rows that could not be read as evidence and were left out (see
+    /// [`crate::Registry::update_evidence`]).
+    pub skipped_rows: u64,
 }
 
 /// What scoring needs from a manifest.
@@ -55,6 +71,8 @@ pub struct AgentFacts {
     pub component: Hash,
     /// The fuel the publisher said a call may need.
     pub max_fuel: u64,
+    /// The price per million fuel.
+    pub price_per_mfuel: u64,
 }
 
 /// What scoring needs from a receipt and the feedback on it.
@@ -97,17 +115,21 @@ pub enum CallOutcome {
     /// It returned (an answer, an agent-level error, or too much output or logging: the
     /// caller's feedback judges those).
     Returned,
-    /// It trapped, timed out or exceeded its memory: a failure on the agent's own account.
-    Failed,
+    /// It trapped: a failure on the agent's own account.
+    Trap,
     /// It ran out of fuel: a failure only if the caller allowed the manifest's whole budget.
     OutOfFuel,
+    /// It hit a bound that depends on the host running it (a wall-clock timeout, a memory cap
+    /// that may be the host's rather than the manifest's): never blamed on the agent.
+    HostBound,
 }
 
 impl CallOutcome {
     /// Classifies a receipt's outcome.
     pub fn of(outcome: &Outcome) -> Self {
         match outcome {
-            Outcome::Trap { .. } | Outcome::Timeout | Outcome::MemoryLimit => CallOutcome::Failed,
+            Outcome::Trap { .. } => CallOutcome::Trap,
+            Outcome::Timeout | Outcome::MemoryLimit => CallOutcome::HostBound,
             Outcome::FuelExhausted => CallOutcome::OutOfFuel,
             Outcome::Ok | Outcome::AgentError { .. } | Outcome::OutputLimit | Outcome::LogLimit => {
                 CallOutcome::Returned
@@ -118,7 +140,8 @@ impl CallOutcome {
     /// Classifies an outcome by its name ([`Outcome::name`]).
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
-            "trap" | "timeout" | "memory-limit" => CallOutcome::Failed,
+            "trap" => CallOutcome::Trap,
+            "timeout" | "memory-limit" => CallOutcome::HostBound,
             "fuel-exhausted" => CallOutcome::OutOfFuel,
             "ok" | "agent-error" | "output-limit" | "log-limit" => CallOutcome::Returned,
             _ => return None,
@@ -131,14 +154,15 @@ impl EvidenceSet {
     pub fn new(
         agents: BTreeMap<Hash, AgentFacts>,
         mut calls: Vec<Call>,
-        forked_hosts: BTreeSet<PublicKey>,
+        dishonest: BTreeSet<PublicKey>,
     ) -> Self {
         calls.sort_unstable_by_key(|call| call.receipt);
         calls.dedup_by_key(|call| call.receipt);
         EvidenceSet {
             agents,
             calls,
-            forked_hosts,
+            dishonest,
+            skipped_rows: 0,
         }
     }
 
@@ -148,7 +172,7 @@ impl EvidenceSet {
         manifests: &[SignedManifest],
         receipts: &[SignedReceipt],
         feedback: &[SignedFeedback],
-        forked_hosts: BTreeSet<PublicKey>,
+        dishonest: BTreeSet<PublicKey>,
     ) -> Self {
         let agents = manifests
             .iter()
@@ -158,6 +182,7 @@ impl EvidenceSet {
                     publisher: body.publisher,
                     component: body.component.hash,
                     max_fuel: body.limits.max_fuel,
+                    price_per_mfuel: body.price_per_mfuel,
                 };
                 (m.hash(), facts)
             })
@@ -180,7 +205,7 @@ impl EvidenceSet {
                 }
             })
             .collect();
-        let mut set = EvidenceSet::new(agents, calls, forked_hosts);
+        let mut set = EvidenceSet::new(agents, calls, dishonest);
         for rating in feedback {
             set.rate(rating);
         }
@@ -214,17 +239,17 @@ impl EvidenceSet {
     }
 
     /// Adds evidence that arrived later: `calls` (in any order; ones already present are kept
-    /// as they are) and `ratings` of calls by receipt hash. `agents` and `forked_hosts` are a
+    /// as they are) and `ratings` of calls by receipt hash. `agents` and `dishonest` are a
     /// complete, newer view and replace the old one.
     pub fn update(
         &mut self,
         agents: BTreeMap<Hash, AgentFacts>,
         mut calls: Vec<Call>,
         ratings: Vec<(Hash, Rating)>,
-        forked_hosts: BTreeSet<PublicKey>,
+        dishonest: BTreeSet<PublicKey>,
     ) {
         self.agents = agents;
-        self.forked_hosts = forked_hosts;
+        self.dishonest = dishonest;
         if !calls.is_empty() {
             calls.sort_unstable_by_key(|call| call.receipt);
             // Merge two sorted runs rather than re-sorting the lot.
@@ -269,6 +294,14 @@ pub struct ScoreParams {
     pub restart: f64,
     /// Largest share of all trust one key may hold.
     pub cap: f64,
+    /// Most evidence one key's reports about one agent add up to, in calls: a rater (or a host
+    /// reporting failures) that calls an agent a thousand times counts as this many calls.
+    pub per_pair: f64,
+    /// Most evidence one key's reports add up to over all agents, in calls.
+    pub per_key: f64,
+    /// How far (in quality, 0 to 1) a rater's mean score may sit from the trust-weighted median
+    /// of everyone's before it is pulled in to that distance.
+    pub clip: f64,
     /// Evidence loses half its weight over this many milliseconds.
     pub half_life_ms: u64,
     /// "Now", for ageing evidence, in milliseconds since the Unix epoch.
@@ -276,12 +309,16 @@ pub struct ScoreParams {
 }
 
 impl ScoreParams {
-    /// Defaults: α = 0.15, cap 0.25, half-life 30 days.
+    /// Defaults: α = 0.15, cap 0.25, 10 calls per (key, agent), 100 per key, clip 0.25,
+    /// half-life 30 days.
     pub fn new(anchors: Vec<PublicKey>, now_ms: u64) -> Self {
         ScoreParams {
             anchors,
             restart: 0.15,
             cap: 0.25,
+            per_pair: 10.0,
+            per_key: 100.0,
+            clip: 0.25,
             half_life_ms: 30 * 24 * 3_600_000,
             now_ms,
         }
@@ -333,8 +370,8 @@ impl Reputation {
 pub struct Scores {
     /// Trust in each key that has any (they sum to 1).
     pub trust: BTreeMap<PublicKey, f64>,
-    /// Reputation per component hash.
-    pub agents: BTreeMap<Hash, Reputation>,
+    /// Reputation per agent: (publisher, component hash).
+    pub agents: BTreeMap<(PublicKey, Hash), Reputation>,
     /// Reputation per publisher.
     pub publishers: BTreeMap<PublicKey, Reputation>,
 }
@@ -345,65 +382,144 @@ impl Scores {
         self.trust.get(key).copied().unwrap_or(0.0)
     }
 
-    /// An agent's reputation (no evidence if unknown).
-    pub fn agent(&self, component: &Hash) -> Reputation {
+    /// The reputation of the agent `publisher` published as `component` (no evidence if
+    /// unknown).
+    pub fn agent(&self, publisher: &PublicKey, component: &Hash) -> Reputation {
         self.agents
-            .get(component)
+            .get(&(*publisher, *component))
             .copied()
             .unwrap_or(Reputation::NONE)
     }
+
+    /// The reputation of the agent a manifest releases.
+    pub fn of(&self, manifest: &crate::Manifest) -> Reputation {
+        self.agent(&manifest.publisher, &manifest.component.hash)
+    }
+}
+
+/// One key's reports about one agent: its calls' weights, and the weighted sum of its scores.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reports {
+    rated: f64,
+    score_sum: f64,
+    ratings: usize,
+    failed: f64,
+    failures: usize,
 }
 
 /// Computes trust and reputation from `evidence`.
 pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
     let trust = trust(evidence, params);
-    let trust_in = |key: &PublicKey| trust.get(key).copied().unwrap_or(0.0);
+    let influence = influence(&trust, params);
+    let influence_of = |key: &PublicKey| influence.get(key).copied().unwrap_or(0.0);
+    let dishonest = &evidence.dishonest;
 
-    let mut agents: BTreeMap<Hash, Reputation> = BTreeMap::new();
-    let mut publisher_of: BTreeMap<Hash, PublicKey> = BTreeMap::new();
+    // Gather each key's reports per agent. Only calls that answered a caller's signed request
+    // count (the request travels with the receipt and was checked against it), and nothing
+    // signed by a key with evidence against it.
+    let mut reports: BTreeMap<(PublicKey, Hash), BTreeMap<PublicKey, Reports>> = BTreeMap::new();
     for call in evidence.calls() {
         let Some(agent) = evidence.agents.get(&call.manifest) else {
             continue;
         };
-        if call.caller == Some(call.host) && call.host == agent.publisher {
+        let Some(caller) = call.caller else { continue };
+        if agent.component != call.component
+            || dishonest.contains(&call.host)
+            || dishonest.contains(&agent.publisher)
+        {
             continue;
         }
         let weight = cost_weight(call.charge) * decay(call.timestamp_ms, params);
         if weight == 0.0 {
             continue;
         }
-        publisher_of.insert(call.component, agent.publisher);
-        let entry = agents.entry(call.component).or_insert(Reputation::NONE);
+        let key = (agent.publisher, agent.component);
+        // A host's own reports of failure: only what is the agent's own doing, judged
+        // against the publisher's own limits. Timeouts and memory limits depend on the
+        // host (its load, its caps, which receipts do not record), so they are never blamed.
         let failed = match call.outcome {
-            CallOutcome::Failed => true,
+            CallOutcome::Trap => true,
             CallOutcome::OutOfFuel => call.fuel_limit >= agent.max_fuel,
-            CallOutcome::Returned => false,
+            CallOutcome::Returned | CallOutcome::HostBound => false,
         };
-        if failed {
-            let w = trust_in(&call.host) * weight;
-            if w > 0.0 {
-                entry.negative += w;
-                entry.evidence += 1;
+        if failed && caller != call.host {
+            let entry = reports.entry(key).or_default().entry(call.host).or_default();
+            entry.failed += weight;
+            entry.failures += 1;
+        }
+        if let Some(rating) = call.rating
+            && !dishonest.contains(&rating.rater)
+        {
+            let entry = reports.entry(key).or_default().entry(rating.rater).or_default();
+            entry.rated += weight;
+            entry.score_sum += weight * f64::from(rating.score.min(100)) / 100.0;
+            entry.ratings += 1;
+        }
+    }
+
+    // Each key's reports are capped per agent and, over all agents, per key: volume cannot
+    // multiply a key's influence.
+    let mut volume: BTreeMap<PublicKey, f64> = BTreeMap::new();
+    for by_key in reports.values() {
+        for (key, r) in by_key {
+            *volume.entry(*key).or_insert(0.0) +=
+                r.rated.min(params.per_pair) + r.failed.min(params.per_pair);
+        }
+    }
+    let scale = |key: &PublicKey| {
+        let total = volume.get(key).copied().unwrap_or(0.0);
+        if total > params.per_key {
+            params.per_key / total
+        } else {
+            1.0
+        }
+    };
+
+    let mut agents: BTreeMap<(PublicKey, Hash), Reputation> = BTreeMap::new();
+    for (agent, by_key) in &reports {
+        // The trust-weighted median of the raters' mean scores, and each mean pulled to
+        // within `clip` of it: a minority cannot drag an agent far from what the rest see.
+        let mut means: Vec<(f64, f64)> = by_key
+            .iter()
+            .filter(|(_, r)| r.rated > 0.0)
+            .map(|(key, r)| {
+                let mass = influence_of(key) * r.rated.min(params.per_pair) * scale(key);
+                (r.score_sum / r.rated, mass)
+            })
+            .filter(|(_, mass)| *mass > 0.0)
+            .collect();
+        let median = weighted_median(&mut means);
+        let mut reputation = Reputation::NONE;
+        for (key, r) in by_key {
+            let weight = influence_of(key) * scale(key);
+            if weight == 0.0 {
+                continue;
+            }
+            if r.rated > 0.0 {
+                let mass = weight * r.rated.min(params.per_pair);
+                let mut q = r.score_sum / r.rated;
+                if let Some(median) = median {
+                    q = q.clamp(median - params.clip, median + params.clip).clamp(0.0, 1.0);
+                }
+                reputation.positive += mass * q;
+                reputation.negative += mass * (1.0 - q);
+                reputation.evidence += r.ratings;
+            }
+            if r.failed > 0.0 {
+                reputation.negative += weight * r.failed.min(params.per_pair);
+                reputation.evidence += r.failures;
             }
         }
-        if let Some(rating) = call.rating {
-            let w = trust_in(&rating.rater) * weight;
-            if w > 0.0 {
-                let q = f64::from(rating.score.min(100)) / 100.0;
-                entry.positive += w * q;
-                entry.negative += w * (1.0 - q);
-                entry.evidence += 1;
-            }
+        if reputation.evidence > 0 {
+            agents.insert(*agent, reputation);
         }
     }
     let mut publishers: BTreeMap<PublicKey, Reputation> = BTreeMap::new();
-    for (component, reputation) in &agents {
-        if let Some(publisher) = publisher_of.get(component) {
-            publishers
-                .entry(*publisher)
-                .or_insert(Reputation::NONE)
-                .add(reputation);
-        }
+    for ((publisher, _), reputation) in &agents {
+        publishers
+            .entry(*publisher)
+            .or_insert(Reputation::NONE)
+            .add(reputation);
     }
     Scores {
         trust,
@@ -412,38 +528,79 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
     }
 }
 
-fn cost_weight(charge: u64) -> f64 {
-    (charge as f64).ln_1p()
+/// How much a key's reports count, 0 to 1: its trust relative to the least an anchor holds
+/// (its restart share), capped at 1. Trust sums to 1 over every key, so used raw it would
+/// shrink as the market grows; relative to an anchor, a key the anchors trust directly counts
+/// about as much as an anchor's own observation, and one observation is one call's worth.
+fn influence(trust: &BTreeMap<PublicKey, f64>, params: &ScoreParams) -> BTreeMap<PublicKey, f64> {
+    let anchors = params.anchors.iter().filter(|a| trust.contains_key(a)).count();
+    if anchors == 0 {
+        return BTreeMap::new();
+    }
+    let reference = params.restart / anchors as f64;
+    trust
+        .iter()
+        .map(|(key, t)| (*key, (t / reference).min(1.0)))
+        .collect()
 }
 
+/// The weighted median of `(value, weight)` pairs, or `None` if there are none.
+fn weighted_median(values: &mut [(f64, f64)]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = values.iter().map(|(_, w)| w).sum();
+    let mut seen = 0.0;
+    for (value, weight) in values.iter() {
+        seen += weight;
+        if seen >= total / 2.0 {
+            return Some(*value);
+        }
+    }
+    values.last().map(|(v, _)| *v)
+}
+
+/// A call's weight for its cost: evidence needs a charge (which ingest checked against the
+/// fuel and the manifest's price), and any charge counts as one call.
+fn cost_weight(charge: u64) -> f64 {
+    if charge > 0 { 1.0 } else { 0.0 }
+}
+
+/// Ages evidence by its half-life; evidence dated in the future (beyond nothing: ingest
+/// already refused what is beyond the clock skew) carries no weight until its time comes.
 fn decay(timestamp_ms: u64, params: &ScoreParams) -> f64 {
-    let age = params.now_ms.saturating_sub(timestamp_ms) as f64;
+    if timestamp_ms > params.now_ms {
+        return 0.0;
+    }
+    let age = (params.now_ms - timestamp_ms) as f64;
     0.5_f64.powf(age / params.half_life_ms.max(1) as f64)
 }
 
-/// Personalised EigenTrust over the local-trust graph built from receipts and feedback.
+/// Personalised EigenTrust over the local-trust graph. Its only edges are callers' ratings of
+/// hosts: a caller trusts a host it rated well, in proportion to its scores. No trust flows to
+/// a caller for calling (calls cost nothing until settlement exists), so callers hold trust
+/// only as anchors or when some trusted key rates them as a host.
 fn trust(evidence: &EvidenceSet, params: &ScoreParams) -> BTreeMap<PublicKey, f64> {
-    let forked = &evidence.forked_hosts;
+    let dishonest = &evidence.dishonest;
     let mut edges: BTreeMap<PublicKey, BTreeMap<PublicKey, f64>> = BTreeMap::new();
     let mut add = |from: PublicKey, to: PublicKey, weight: f64| {
-        if from != to && weight > 0.0 && !forked.contains(&from) && !forked.contains(&to) {
+        if from != to && weight > 0.0 && !dishonest.contains(&from) && !dishonest.contains(&to) {
             *edges.entry(from).or_default().entry(to).or_insert(0.0) += weight;
         }
     };
     for call in evidence.calls() {
-        let Some(caller) = call.caller else { continue };
+        let (Some(caller), Some(rating)) = (call.caller, call.rating) else {
+            continue;
+        };
         let weight = cost_weight(call.charge) * decay(call.timestamp_ms, params);
-        add(call.host, caller, weight);
-        if let Some(rating) = call.rating {
-            let q = f64::from(rating.score.min(100)) / 100.0;
-            add(caller, call.host, weight * q);
-        }
+        let q = f64::from(rating.score.min(100)) / 100.0;
+        add(caller, call.host, weight * q);
     }
-
     let anchors: BTreeSet<PublicKey> = params
         .anchors
         .iter()
-        .filter(|a| !forked.contains(a))
+        .filter(|a| !dishonest.contains(a))
         .copied()
         .collect();
     if anchors.is_empty() {

@@ -1,0 +1,311 @@
+//! The SQLite registry: one database file per host.
+//!
+//! Rows that came from signed records keep the exact signed bytes. Every record is verified
+//! before it is written, so reads parse the stored bytes without checking signatures again: the
+//! database is the host's own, as trusted as the key file beside it.
+//!
+//! **Concurrency.** SQLite runs in WAL mode, where readers never wait for a writer. All writes go
+//! to one writer thread, which commits whatever has queued up in one transaction (group commit:
+//! one fsync for many receipts), each write inside its own savepoint so that one failing write
+//! does not undo the others. Reads take a connection from a pool of read-only connections.
+
+//!
+//! The parts: [`schema`] (migrations), [`records`] (storing and reading signed records),
+//! [`ingest`] (checking evidence from other keys against what it refers to), [`chain`]
+//! (hosts' receipt chains and the evidence against keys), [`evidence`] (reading
+//! evidence back for peers and for scores) and [`kv`] (agents' memory).
+
+mod chain;
+mod evidence;
+mod ingest;
+mod kv;
+mod records;
+mod schema;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::Error;
+
+pub use chain::{Fork, HostRecord, Misbehaviour};
+pub use ingest::MAX_PENDING_PER_KEY;
+pub use evidence::{Evidence, EvidenceCursor};
+pub use kv::{KvNamespace, KvQuota};
+pub use records::{ReceiptCursor, ReceiptPage};
+
+/// Most writes committed in one transaction.
+const MAX_WRITE_BATCH: usize = 1024;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 16;
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether an insert stored something new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The record was new and is now stored.
+    New,
+    /// The same record was already stored; nothing changed.
+    AlreadyPresent,
+    /// The record refers to one not yet here (feedback before its receipt, a receipt before
+    /// its manifest); it is kept, bounded, and stored once that arrives.
+    Pending,
+}
+
+/// A host's registry of manifests, receipts and agent memory.
+///
+/// Writes are serialised on a writer thread and committed in batches; SQLite runs in WAL mode
+/// with `synchronous = FULL`, so an acknowledged write survives a power cut. Reads come from a
+/// pool of read-only connections and never wait for writes.
+pub struct Registry {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    writer_thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db_error = |source| Error::Database {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(db_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        // The writer inserts into indexes keyed by hashes, which land on random pages: a
+        // larger page cache than SQLite's 2 MiB default keeps ingest from slowing to the speed
+        // of the disk as the registry grows.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -65536;",
+        )
+        .map_err(db_error)?;
+        schema::migrate(&mut conn, path)?;
+        let (writer, jobs) = mpsc::channel();
+        let thread_path = path.to_owned();
+        let writer_thread = std::thread::Builder::new()
+            .name("agora-registry-writer".into())
+            .spawn(move || write_loop(conn, &thread_path, jobs))
+            .map_err(|e| Error::WriteFailed {
+                path: path.to_owned(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Registry {
+            path: path.to_owned(),
+            readers: Mutex::new(Vec::new()),
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_error(&self, source: rusqlite::Error) -> Error {
+        db_error(&self.path, source)
+    }
+
+    fn corrupt(&self, what: &str) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("{what} out of range"),
+        }
+    }
+
+    /// Runs `read` on a pooled read-only connection. Readers see the last committed state and
+    /// never wait for the writer.
+    fn read<R>(&self, read: impl FnOnce(&Connection) -> Result<R, Error>) -> Result<R, Error> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| self.db_error(e))?;
+                conn.busy_timeout(BUSY_TIMEOUT)
+                    .map_err(|e| self.db_error(e))?;
+                conn.execute_batch("PRAGMA cache_size = -16384;")
+                    .map_err(|e| self.db_error(e))?;
+                conn
+            }
+        };
+        let result = read(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Runs `write` on the writer thread inside a transaction shared with whatever other writes
+    /// are queued, and returns once that transaction is durable. If `write` fails, its changes
+    /// are rolled back and the others still commit.
+    fn write<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let stopped = || Error::WriteFailed {
+            path: self.path.clone(),
+            reason: "the writer thread has stopped".into(),
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Box::new(Job {
+            work: Some(write),
+            outcome: None,
+            reply,
+        });
+        self.writer
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; waiting for it
+        // means the database is closed when the registry is gone.
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Column `i` of `row` as text.
+fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(i)?.as_str().map_err(Into::into)
+}
+
+fn db_error(path: &Path, source: rusqlite::Error) -> Error {
+    Error::Database {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Parses a hash or key this registry wrote.
+fn parse_stored<T: std::str::FromStr>(path: &Path, text: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| Error::Corrupt {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })
+}
+
+/// A write queued for the writer thread.
+trait WriteJob: Send {
+    /// Runs the write; returns whether it succeeded (and its changes are to be kept).
+    fn run(&mut self, conn: &Connection, path: &Path) -> bool;
+    /// Answers the caller once the transaction has committed or failed.
+    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>);
+}
+
+struct Job<F, R> {
+    work: Option<F>,
+    outcome: Option<Result<R, Error>>,
+    reply: mpsc::SyncSender<Result<R, Error>>,
+}
+
+impl<F, R> WriteJob for Job<F, R>
+where
+    F: FnOnce(&Connection, &Path) -> Result<R, Error> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection, path: &Path) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn, path)))
+            .unwrap_or_else(|_| {
+                Err(Error::WriteFailed {
+                    path: path.to_owned(),
+                    reason: "the write panicked and was rolled back".into(),
+                })
+            });
+        let succeeded = outcome.is_ok();
+        self.outcome = Some(outcome);
+        succeeded
+    }
+
+    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>) {
+        let answer = match (self.outcome, committed) {
+            (Some(Err(error)), _) => Err(error),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(error)) => Err(Error::WriteFailed {
+                path: path.to_owned(),
+                reason: format!("the transaction did not commit: {error}"),
+            }),
+            (None, Ok(())) => Err(Error::WriteFailed {
+                path: path.to_owned(),
+                reason: "the write was never run".into(),
+            }),
+        };
+        // The caller may have given up waiting; then nobody needs the answer.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The writer thread: takes every write queued so far, commits them in one transaction, answers
+/// each caller, and repeats until the registry is dropped.
+fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = commit_batch(&conn, path, &mut batch);
+        if let Err(error) = &committed {
+            tracing::error!(%error, writes = batch.len(), "registry transaction failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in batch {
+            job.finish(path, committed.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn commit_batch(
+    conn: &Connection,
+    path: &Path,
+    batch: &mut [Box<dyn WriteJob>],
+) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        conn.execute_batch("SAVEPOINT job")?;
+        if !job.run(conn, path) {
+            conn.execute_batch("ROLLBACK TO job")?;
+        }
+        conn.execute_batch("RELEASE job")?;
+    }
+    conn.execute_batch("COMMIT")
+}
+

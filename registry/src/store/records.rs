@@ -1,0 +1,433 @@
+//! Storing and reading signed records: manifests, receipts, requests and feedback.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Inserted, Registry, db_error, parse_stored};
+use crate::evidence::{SignedFeedback, SignedRequest};
+use crate::identity::{PublicKey, SecretKey};
+use crate::manifest::SignedManifest;
+use crate::receipt::{Receipt, SignedReceipt};
+use crate::signed::Signed;
+use crate::{Error, Hash};
+
+/// One page of receipts; see [`Registry::receipts_page`].
+#[derive(Clone, Debug)]
+pub struct ReceiptPage {
+    /// The signed receipts as stored (canonical JSON envelopes), newest arrival first. Serving
+    /// them needs no parsing; [`ReceiptPage::parse`] gives the records.
+    pub receipts: Vec<Vec<u8>>,
+    /// Where the next (older) page starts, if there may be one.
+    pub next: Option<ReceiptCursor>,
+}
+
+impl ReceiptPage {
+    /// The page's receipts as records.
+    pub fn parse(&self) -> Result<Vec<SignedReceipt>, Error> {
+        self.receipts
+            .iter()
+            .map(|bytes| SignedReceipt::from_stored(bytes))
+            .collect()
+    }
+}
+
+/// A position in a list of receipts, opaque to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptCursor(i64);
+
+impl std::fmt::Display for ReceiptCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for ReceiptCursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        s.parse::<i64>()
+            .ok()
+            .filter(|row| *row > 0)
+            .map(ReceiptCursor)
+            .ok_or_else(|| Error::Malformed {
+                kind: "cursor",
+                reason: format!(
+                    "`{}` is not a cursor this host returned",
+                    s.chars().take(32).collect::<String>()
+                ),
+            })
+    }
+}
+
+/// Stores a signed request unless one with its (caller, host, nonce) is stored; returns the
+/// number of rows written.
+pub(super) fn insert_request_row(conn: &Connection, request: &SignedRequest) -> rusqlite::Result<usize> {
+    let body = request.body();
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO requests (hash, caller, host, nonce, expires_at_ms, signed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        request.hash().to_hex(),
+        body.caller.to_hex(),
+        body.host.to_hex(),
+        body.nonce,
+        body.expires_at_ms as i64,
+        request.as_bytes(),
+    ])
+}
+
+pub(super) fn insert_receipt_row(conn: &Connection, receipt: &SignedReceipt) -> rusqlite::Result<usize> {
+    let body = receipt.body();
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO receipts
+             (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
+              timestamp_ms, signed, request_hash, caller, fuel_limit, charge)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        receipt.hash().to_hex(),
+        body.host.to_hex(),
+        body.seq as i64,
+        body.prev.map(|h| h.to_hex()),
+        body.agent.manifest.to_hex(),
+        body.agent.component.to_hex(),
+        body.outcome.name(),
+        body.fuel_used as i64,
+        body.timestamp_ms as i64,
+        receipt.as_bytes(),
+        body.request.map(|h| h.to_hex()),
+        body.caller.map(|c| c.to_hex()),
+        body.fuel_limit as i64,
+        body.charge as i64,
+    ])
+}
+
+impl Registry {
+    /// Stores a verified manifest.
+    ///
+    /// Releases are immutable: if the publisher already signed a different manifest for the
+    /// same name and version, the first one stored stands, the pair is recorded as
+    /// [`Misbehaviour`](super::Misbehaviour) (`double-release`) against the publisher, and this
+    /// fails with [`Error::ReleaseConflict`]. (A host re-publishing its own release finds it with
+    /// [`Registry::release`] before signing anything.)
+    ///
+    /// The manifest must pass [`Manifest::check`](crate::Manifest::check) first, whichever way
+    /// it arrived. Receipts that were waiting for it are checked again.
+    pub fn insert_manifest(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
+        let now = crate::rules::now_ms();
+        manifest.body().check(now)?;
+        let manifest = manifest.clone();
+        self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let body = manifest.body();
+            let existing: Option<(String, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT hash, signed FROM manifests
+                     WHERE publisher = ?1 AND name = ?2 AND version = ?3",
+                    params![body.publisher.to_hex(), body.name, body.version],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            if let Some((existing_hash, existing_bytes)) = existing {
+                if existing_hash == manifest.hash().to_hex() {
+                    return Ok(Ok(Inserted::AlreadyPresent));
+                }
+                let existing: Hash = parse_stored(path, &existing_hash)?;
+                super::chain::record_misbehaviour(
+                    conn,
+                    path,
+                    &body.publisher,
+                    "double-release",
+                    &existing,
+                    &format!(
+                        "manifests {existing} and {} are both {}@{}",
+                        manifest.hash(),
+                        body.name,
+                        body.version
+                    ),
+                    &[&existing_bytes, manifest.as_bytes()],
+                )?;
+                return Ok(Err(Error::ReleaseConflict {
+                    name: body.name.clone(),
+                    version: body.version.clone(),
+                    publisher: body.publisher,
+                    existing: existing_hash,
+                }));
+            }
+            conn.execute(
+                "INSERT OR IGNORE INTO publishers (key, first_seen) VALUES (?1, ?2)",
+                params![body.publisher.to_hex(), body.created_at as i64],
+            )
+            .map_err(db)?;
+            conn.execute(
+                "INSERT INTO manifests
+                     (hash, name, version, publisher, component_hash, component_size, created_at,
+                      signed, max_fuel, price_per_mfuel)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    manifest.hash().to_hex(),
+                    body.name,
+                    body.version,
+                    body.publisher.to_hex(),
+                    body.component.hash.to_hex(),
+                    body.component.size as i64,
+                    body.created_at as i64,
+                    manifest.as_bytes(),
+                    body.limits.max_fuel as i64,
+                    body.price_per_mfuel as i64,
+                ],
+            )
+            .map_err(db)?;
+            super::ingest::retry_pending(conn, path, now, vec![manifest.hash()])?;
+            Ok(Ok(Inserted::New))
+        })?
+    }
+
+    /// The manifest with this hash, if stored.
+    pub fn manifest(&self, hash: &Hash) -> Result<Option<SignedManifest>, Error> {
+        self.query_manifests("WHERE hash = ?1", params![hash.to_hex()])
+            .map(|mut found| found.pop())
+    }
+
+    /// The manifest `publisher` released as `name` `version`, if stored.
+    pub fn release(
+        &self,
+        publisher: &PublicKey,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<SignedManifest>, Error> {
+        self.query_manifests(
+            "WHERE publisher = ?1 AND name = ?2 AND version = ?3",
+            params![publisher.to_hex(), name, version],
+        )
+        .map(|mut found| found.pop())
+    }
+
+    /// Every stored manifest, newest first.
+    pub fn manifests(&self) -> Result<Vec<SignedManifest>, Error> {
+        self.query_manifests("", params![])
+    }
+
+    /// Every manifest `publisher` released, newest first.
+    pub fn manifests_by(&self, publisher: &PublicKey) -> Result<Vec<SignedManifest>, Error> {
+        self.query_manifests("WHERE publisher = ?1", params![publisher.to_hex()])
+    }
+
+    /// Finds the manifest an agent reference names. A reference is a manifest hash, a component
+    /// hash (the newest manifest for it), or a name, optionally `name@version` (the newest
+    /// release of that name; ambiguous if several publishers use the name).
+    pub fn resolve(&self, reference: &str) -> Result<SignedManifest, Error> {
+        if let Ok(hash) = reference.parse::<Hash>() {
+            if let Some(manifest) = self.manifest(&hash)? {
+                return Ok(manifest);
+            }
+            let mut by_component =
+                self.query_manifests("WHERE component_hash = ?1", params![hash.to_hex()])?;
+            if !by_component.is_empty() {
+                return Ok(by_component.swap_remove(0));
+            }
+            return Err(Error::UnknownAgent {
+                reference: reference.to_owned(),
+            });
+        }
+        let (name, version) = match reference.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (reference, None),
+        };
+        let mut found = match version {
+            Some(version) => {
+                self.query_manifests("WHERE name = ?1 AND version = ?2", params![name, version])?
+            }
+            None => self.query_manifests("WHERE name = ?1", params![name])?,
+        };
+        let mut publishers: Vec<PublicKey> = found.iter().map(|m| m.body().publisher).collect();
+        publishers.sort();
+        publishers.dedup();
+        match publishers.len() {
+            0 => Err(Error::UnknownAgent {
+                reference: reference.to_owned(),
+            }),
+            1 => Ok(found.swap_remove(0)),
+            _ => Err(Error::AmbiguousAgent {
+                reference: reference.to_owned(),
+                publishers,
+            }),
+        }
+    }
+
+    fn query_manifests(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<SignedManifest>, Error> {
+        let sql =
+            format!("SELECT signed FROM manifests {filter} ORDER BY created_at DESC, rowid DESC");
+        self.read(|conn| self.stored_records(conn, &sql, params))
+    }
+
+    /// Parses the records in the first column of `sql`'s rows.
+    fn stored_records<T: crate::Record>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Signed<T>>, Error> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params, |row| row.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.db_error(e))?;
+        let mut records = Vec::new();
+        for bytes in rows {
+            let bytes = bytes.map_err(|e| self.db_error(e))?;
+            records.push(Signed::from_stored(&bytes)?);
+        }
+        Ok(records)
+    }
+
+    /// Signs and stores this host's next receipt: `receipt` with its `seq` and `prev` set to
+    /// follow the host's last receipt. Appends are serialised, so the chain never forks on one
+    /// host.
+    pub fn append_receipt(
+        &self,
+        host_key: &SecretKey,
+        mut receipt: Receipt,
+    ) -> Result<SignedReceipt, Error> {
+        let host_key = host_key.clone();
+        self.write(move |conn, path| {
+            let last: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
+                    params![host_key.public().to_hex()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| db_error(path, e))?;
+            let (seq, prev) = match last {
+                Some((seq, hash)) => (seq as u64 + 1, Some(parse_stored(path, &hash)?)),
+                None => (0, None),
+            };
+            receipt.seq = seq;
+            receipt.prev = prev;
+            let receipt = Signed::sign(receipt, &host_key)?;
+            insert_receipt_row(conn, &receipt).map_err(|e| db_error(path, e))?;
+            Ok(receipt)
+        })
+    }
+
+    /// The receipt with this hash, if stored.
+    pub fn receipt(&self, hash: &Hash) -> Result<Option<SignedReceipt>, Error> {
+        self.query_receipts("WHERE hash = ?1", params![hash.to_hex()], 1)
+            .map(|mut found| found.pop())
+    }
+
+    /// Receipts about the agent released as `manifest`, newest arrival first: at most `limit`,
+    /// starting after `after` (a cursor from the previous page).
+    pub fn receipts_page(
+        &self,
+        manifest: &Hash,
+        after: Option<ReceiptCursor>,
+        limit: usize,
+    ) -> Result<ReceiptPage, Error> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let before = after.map_or(i64::MAX, |cursor| cursor.0);
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT rowid, signed FROM receipts INDEXED BY receipts_by_manifest_arrival
+                     WHERE manifest_hash = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
+                )
+                .map_err(|e| self.db_error(e))?;
+            let rows = stmt
+                .query_map(params![manifest.to_hex(), before, limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(|e| self.db_error(e))?;
+            let mut receipts = Vec::new();
+            let mut last = None;
+            for row in rows {
+                let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
+                receipts.push(bytes);
+                last = Some(ReceiptCursor(rowid));
+            }
+            let next = if receipts.len() as i64 == limit {
+                last
+            } else {
+                None
+            };
+            Ok(ReceiptPage { receipts, next })
+        })
+    }
+
+    /// All receipts, newest arrival first, at most `limit`.
+    pub fn receipts(&self, limit: usize) -> Result<Vec<SignedReceipt>, Error> {
+        self.query_receipts("", params![], limit)
+    }
+
+    /// One host's receipts in chain order (oldest first).
+    pub fn receipt_chain(&self, host: &PublicKey) -> Result<Vec<SignedReceipt>, Error> {
+        let mut chain =
+            self.query_receipts("WHERE host = ?1", params![host.to_hex()], usize::MAX)?;
+        chain.sort_by_key(|r| r.body().seq);
+        Ok(chain)
+    }
+
+    fn query_receipts(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+        limit: usize,
+    ) -> Result<Vec<SignedReceipt>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!("SELECT signed FROM receipts {filter} ORDER BY rowid DESC LIMIT {limit}");
+        self.read(|conn| self.stored_records(conn, &sql, params))
+    }
+
+    /// Accepts a caller-signed request for `host` to run, at time `now_ms`, or says why not:
+    /// anything [`CallRequest::check_admissible`](crate::CallRequest::check_admissible) refuses,
+    /// or a replay of a request already accepted. Accepted requests are kept as evidence.
+    pub fn admit_request(
+        &self,
+        request: &SignedRequest,
+        host: &PublicKey,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        request.body().check_admissible(host, now_ms)?;
+        let request = request.clone();
+        self.write(move |conn, path| {
+            let body = request.body();
+            let inserted = insert_request_row(conn, &request).map_err(|e| db_error(path, e))?;
+            if inserted == 0 {
+                return Err(Error::Replayed {
+                    caller: body.caller,
+                    nonce: body.nonce.clone(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// The signed request with this hash, if stored.
+    pub fn request(&self, hash: &Hash) -> Result<Option<SignedRequest>, Error> {
+        self.read(|conn| {
+            self.stored_records(
+                conn,
+                "SELECT signed FROM requests WHERE hash = ?1",
+                params![hash.to_hex()],
+            )
+        })
+        .map(|mut found| found.pop())
+    }
+
+    /// The feedback on a receipt, if any.
+    pub fn feedback(&self, receipt: &Hash) -> Result<Option<SignedFeedback>, Error> {
+        self.read(|conn| {
+            self.stored_records(
+                conn,
+                "SELECT signed FROM feedback WHERE receipt_hash = ?1",
+                params![receipt.to_hex()],
+            )
+        })
+        .map(|mut found| found.pop())
+    }
+}

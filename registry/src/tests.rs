@@ -24,6 +24,115 @@ fn manifest(publisher: &SecretKey, version: &str, code: &[u8]) -> Manifest {
     }
 }
 
+/// A host signing a chain of receipts, each answering a caller's signed request, with the
+/// charge its manifest's price gives: what an honest host sends its peers.
+pub(crate) struct Chain {
+    pub key: SecretKey,
+    pub head: Option<(u64, Hash)>,
+}
+
+impl Chain {
+    pub fn new() -> Self {
+        Chain {
+            key: SecretKey::generate(),
+            head: None,
+        }
+    }
+
+    /// The next receipt: `caller` ran `agent` here, with the outcome given.
+    pub fn call(
+        &mut self,
+        agent: &SignedManifest,
+        caller: &SecretKey,
+        outcome: Outcome,
+    ) -> (SignedReceipt, SignedRequest) {
+        let seq = self.head.map_or(0, |(seq, _)| seq + 1);
+        let prev = self.head.map(|(_, hash)| hash);
+        let (receipt, request) = self.sign(agent, caller, outcome, seq, prev, |_| {});
+        self.head = Some((seq, receipt.hash()));
+        (receipt, request)
+    }
+
+    /// A second receipt at `seq`: a fork.
+    pub fn fork(
+        &self,
+        agent: &SignedManifest,
+        caller: &SecretKey,
+        seq: u64,
+    ) -> (SignedReceipt, SignedRequest) {
+        let prev = (seq > 0).then(|| Hash::of(b"another history"));
+        self.sign(agent, caller, Outcome::Ok, seq, prev, |_| {})
+    }
+
+    /// A receipt at the chain's next position, altered by `edit` after it was filled in
+    /// honestly (the chain does not advance).
+    pub fn sign(
+        &self,
+        agent: &SignedManifest,
+        caller: &SecretKey,
+        outcome: Outcome,
+        seq: u64,
+        prev: Option<Hash>,
+        edit: impl FnOnce(&mut Receipt),
+    ) -> (SignedReceipt, SignedRequest) {
+        let input_hash = request_hash("offer", caller.public().to_hex().as_bytes());
+        let now = crate::rules::now_ms();
+        let request = Signed::sign(
+            CallRequest {
+                caller: caller.public(),
+                host: self.key.public(),
+                agent: agent.hash(),
+                input_hash,
+                fuel_limit: agent.body().limits.max_fuel,
+                nonce: CallRequest::new_nonce(),
+                expires_at_ms: now + 60_000,
+            },
+            caller,
+        )
+        .unwrap();
+        let fuel_used = agent.body().limits.max_fuel / 2;
+        let mut body = Receipt {
+            agent: AgentRef {
+                manifest: agent.hash(),
+                component: agent.body().component.hash,
+            },
+            request: Some(request.hash()),
+            caller: Some(caller.public()),
+            input_hash,
+            output_hash: None,
+            outcome,
+            fuel_limit: agent.body().limits.max_fuel,
+            fuel_used,
+            charge: crate::rules::charge_for(fuel_used, agent.body().price_per_mfuel),
+            wall_time_us: 100,
+            nested: vec![],
+            parent_call: None,
+            host: self.key.public(),
+            runtime: "wasmtime 48".into(),
+            seq,
+            prev,
+            timestamp_ms: now,
+        };
+        edit(&mut body);
+        (Signed::sign(body, &self.key).unwrap(), request)
+    }
+}
+
+/// Feedback by `rater` on `receipt`.
+pub(crate) fn feedback(rater: &SecretKey, receipt: &SignedReceipt, score: u8) -> SignedFeedback {
+    Signed::sign(
+        Feedback {
+            receipt: receipt.hash(),
+            rater: rater.public(),
+            score,
+            tags: vec![],
+            created_at_ms: crate::rules::now_ms(),
+        },
+        rater,
+    )
+    .unwrap()
+}
+
 fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt {
     Receipt {
         agent: AgentRef {
@@ -393,37 +502,20 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
     let publisher = SecretKey::generate();
     let agent = Signed::sign(manifest(&publisher, "1.0.0", b"code"), &publisher).unwrap();
     registry.insert_manifest(&agent).unwrap();
-    let host = SecretKey::generate();
+    let mut host = Chain::new();
     let callers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
-    let call = |seq: u64, caller: &SecretKey, history: &[u8]| {
-        let mut body = receipt(&host, seq, None);
-        body.agent = AgentRef {
-            manifest: agent.hash(),
-            component: agent.body().component.hash,
-        };
-        body.caller = Some(caller.public());
-        body.request = Some(Hash::of(history));
-        body.charge = 1_000;
-        Signed::sign(body, &host).unwrap()
-    };
     let rate = |receipt: &SignedReceipt, caller: &SecretKey, score: u8| {
-        let feedback = Feedback {
-            receipt: receipt.hash(),
-            rater: caller.public(),
-            score,
-            tags: vec![],
-            created_at_ms: 1,
-        };
-        registry
-            .insert_feedback(&Signed::sign(feedback, caller).unwrap())
-            .unwrap();
+        registry.insert_feedback(&feedback(caller, receipt, score)).unwrap();
     };
 
-    let early: Vec<SignedReceipt> = (0..3)
-        .map(|i| call(i, &callers[i as usize], &[i as u8]))
+    let early: Vec<(SignedReceipt, Option<SignedRequest>)> = (0..3)
+        .map(|i| host.call(&agent, &callers[i], Outcome::Ok))
+        .map(|(r, q)| (r, Some(q)))
         .collect();
-    registry.insert_receipts(early.clone()).unwrap();
-    rate(&early[0], &callers[0], 80);
+    for answer in registry.insert_receipts(early.clone()).unwrap() {
+        assert_eq!(answer.unwrap(), Inserted::New);
+    }
+    rate(&early[0].0, &callers[0], 80);
     let mut stepwise = reputation::EvidenceSet::default();
     let first = registry
         .update_evidence(&mut stepwise, EvidenceCursor::default())
@@ -431,18 +523,17 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
     assert_eq!(stepwise.calls().len(), 3);
 
     // More calls, feedback on an old call and on a new one, and a fork.
-    let late = call(3, &callers[3], b"late");
-    registry.insert_receipt(&late).unwrap();
-    rate(&early[1], &callers[1], 20);
+    let (late, request) = host.call(&agent, &callers[3], Outcome::Ok);
+    registry.insert_receipt(&late, Some(&request)).unwrap();
+    rate(&early[1].0, &callers[1], 20);
     rate(&late, &callers[3], 100);
-    registry
-        .insert_receipt(&call(0, &callers[2], b"another history"))
-        .unwrap();
+    let (fork, request) = host.fork(&agent, &callers[2], 0);
+    registry.insert_receipt(&fork, Some(&request)).unwrap();
     let second = registry.update_evidence(&mut stepwise, first).unwrap();
     assert_ne!(second, first);
     assert_eq!(stepwise, registry.evidence_set().unwrap());
     assert_eq!(stepwise.calls().len(), 5);
-    assert!(stepwise.forked_hosts.contains(&host.public()));
+    assert!(stepwise.dishonest.contains(&host.key.public()));
     assert_eq!(
         stepwise
             .calls()
@@ -460,3 +551,5 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
     );
     assert_eq!(stepwise, before);
 }
+
+mod attacks;

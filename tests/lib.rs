@@ -106,3 +106,68 @@ pub fn sign_feedback(
     )
     .expect("sign feedback")
 }
+
+/// A host that exists only as a key: it signs receipts in a chain, each answering a caller's
+/// signed request, with the charge the manifest's price gives, as an honest host would send
+/// them to its peers. Tests edit receipts to make it lie.
+pub struct SigningHost {
+    /// Its key.
+    pub key: agora_registry::SecretKey,
+    /// Its last receipt: sequence number and hash.
+    pub head: Option<(u64, agora_registry::Hash)>,
+}
+
+impl Default for SigningHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SigningHost {
+    /// A host with a fresh key and no receipts.
+    pub fn new() -> Self {
+        SigningHost {
+            key: agora_registry::SecretKey::generate(),
+            head: None,
+        }
+    }
+
+    /// Its next receipt: `caller` asked it to run `agent`, which used `fuel_used` fuel and
+    /// ended with `outcome`; `edit` may change the receipt before it is signed.
+    pub fn call(
+        &mut self,
+        agent: &SignedManifest,
+        caller: &agora_registry::SecretKey,
+        outcome: agora_registry::Outcome,
+        edit: impl FnOnce(&mut agora_registry::Receipt),
+    ) -> (agora_registry::SignedReceipt, agora_registry::SignedRequest) {
+        let request = sign_request(caller, self.key.public(), agent.hash(), "quote", b"{}");
+        let fuel_used = 900_000;
+        let mut body = agora_registry::Receipt {
+            agent: agora_registry::AgentRef {
+                manifest: agent.hash(),
+                component: agent.body().component.hash,
+            },
+            request: Some(request.hash()),
+            caller: Some(caller.public()),
+            input_hash: request.body().input_hash,
+            output_hash: None,
+            outcome,
+            fuel_limit: request.body().fuel_limit,
+            fuel_used,
+            charge: agora_registry::rules::charge_for(fuel_used, agent.body().price_per_mfuel),
+            wall_time_us: 1,
+            nested: vec![],
+            parent_call: None,
+            host: self.key.public(),
+            runtime: agora_host::RUNTIME_VERSION.into(),
+            seq: self.head.map_or(0, |(seq, _)| seq + 1),
+            prev: self.head.map(|(_, hash)| hash),
+            timestamp_ms: now_ms(),
+        };
+        edit(&mut body);
+        let receipt = agora_registry::Signed::sign(body, &self.key).expect("sign receipt");
+        self.head = Some((receipt.body().seq, receipt.hash()));
+        (receipt, request)
+    }
+}

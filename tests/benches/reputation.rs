@@ -15,8 +15,12 @@ use agora_host::api::{ApiConfig, ApiServer};
 use agora_host::{DataDir, Node, NodeConfig, PublishOptions, examples};
 use agora_registry::reputation::{EvidenceSet, ScoreParams, compute};
 use agora_registry::{
-    AgentRef, Feedback, Hash, Outcome, Receipt, SecretKey, Signed, SignedFeedback, SignedReceipt,
+    AgentRef, CallRequest, Feedback, Hash, Outcome, Receipt, SecretKey, Signed, SignedFeedback,
+    SignedReceipt, SignedRequest,
 };
+
+/// A receipt with the request it answers, as hosts send them.
+type Evidence = (SignedReceipt, Option<SignedRequest>);
 
 const HOSTS: usize = 100;
 const CALLERS: usize = 5_000;
@@ -177,19 +181,31 @@ async fn ingest(
             plan.push((i, host, seq));
         }
         let signed = sign_all(&plan, &hosts, &callers, agents, now, &mut prevs);
-        let bytes: Vec<Vec<u8>> = signed.iter().map(|r| r.as_bytes().to_vec()).collect();
+        let bytes: Vec<(Vec<u8>, Vec<u8>)> = signed
+            .iter()
+            .map(|(r, q)| (r.as_bytes().to_vec(), q.as_ref().map_or(vec![], |q| q.as_bytes().to_vec())))
+            .collect();
         signing += clock.elapsed();
 
+        // Verify both signatures of every message, then check and store: the whole path a
+        // receipt from a peer takes.
         let clock = Instant::now();
-        let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        let verified: Vec<SignedReceipt> = SignedReceipt::from_bytes_batch(&slices)
+        let receipts: Vec<&[u8]> = bytes.iter().map(|(r, _)| r.as_slice()).collect();
+        let requests: Vec<&[u8]> = bytes.iter().map(|(_, q)| q.as_slice()).collect();
+        let verified: Vec<Evidence> = SignedReceipt::from_bytes_batch(&receipts)
             .into_iter()
+            .zip(SignedRequest::from_bytes_batch(&requests))
+            .map(|(r, q)| Ok::<_, agora_registry::Error>((r?, Some(q?))))
             .collect::<Result<_, _>>()?;
         verifying += clock.elapsed();
         let clock = Instant::now();
         let registry = node.registry();
-        stored += registry.insert_receipts(verified.clone())?.len() as u64;
+        for answer in registry.insert_receipts(verified.clone())? {
+            answer?;
+            stored += 1;
+        }
         storing += clock.elapsed();
+        let verified: Vec<SignedReceipt> = verified.into_iter().map(|(r, _)| r).collect();
 
         let ratings: Vec<SignedFeedback> = verified
             .iter()
@@ -254,9 +270,10 @@ async fn ingest(
         .collect();
     let signed = sign_all(&plan, &hosts, &callers, agents, now, &mut prevs);
     let clock = Instant::now();
-    for receipt in &signed {
-        let verified = SignedReceipt::from_bytes(receipt.as_bytes())?;
-        node.registry().insert_receipt(&verified)?;
+    for (receipt, request) in &signed {
+        let message = agora_registry::ReceiptMessage::encode(receipt, request.as_ref());
+        let (receipt, request) = agora_registry::ReceiptMessage::parse(&message)?.verify()?;
+        node.registry().insert_receipt(&receipt, request.as_ref())?;
     }
     println!(
         "ingest, one at a time (verify, then a transaction each): {:.0} receipts/s",
@@ -273,10 +290,10 @@ fn sign_all(
     agents: &[agora_registry::SignedManifest],
     now: u64,
     prevs: &mut [Option<Hash>],
-) -> Vec<SignedReceipt> {
+) -> Vec<Evidence> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = plan.len().div_ceil(threads).max(1);
-    let mut signed: Vec<SignedReceipt> = std::thread::scope(|scope| {
+    let mut signed: Vec<Evidence> = std::thread::scope(|scope| {
         let workers: Vec<_> = plan
             .chunks(chunk)
             .map(|part| {
@@ -294,19 +311,36 @@ fn sign_all(
                                 _ => Outcome::Ok,
                             };
                             let fuel_used = 200_000 + mix(i ^ 0xf0e1) % 2_000_000;
+                            let timestamp_ms = now - mix(i ^ 0x71) % (60 * 86_400_000);
+                            let request = Signed::sign(
+                                CallRequest {
+                                    caller: caller.public(),
+                                    host: hosts[host].public(),
+                                    agent: agent.hash(),
+                                    input_hash: Hash::of(&(i ^ 1).to_le_bytes()),
+                                    fuel_limit: 10_000_000,
+                                    nonce: CallRequest::new_nonce(),
+                                    expires_at_ms: timestamp_ms + 60_000,
+                                },
+                                caller,
+                            )
+                            .expect("sign request");
                             let body = Receipt {
                                 agent: AgentRef {
                                     manifest: agent.hash(),
                                     component: agent.body().component.hash,
                                 },
-                                request: Some(Hash::of(&i.to_le_bytes())),
+                                request: Some(request.hash()),
                                 caller: Some(caller.public()),
-                                input_hash: Hash::of(&(i ^ 1).to_le_bytes()),
+                                input_hash: request.body().input_hash,
                                 output_hash: Some(Hash::of(&(i ^ 2).to_le_bytes())),
                                 outcome,
                                 fuel_limit: 10_000_000,
                                 fuel_used,
-                                charge: fuel_used / 1_000 + 1,
+                                charge: agora_registry::rules::charge_for(
+                                    fuel_used,
+                                    agent.body().price_per_mfuel,
+                                ),
                                 wall_time_us: 600,
                                 nested: vec![],
                                 parent_call: None,
@@ -315,9 +349,9 @@ fn sign_all(
                                 seq,
                                 // Linked below, once the chain order is known.
                                 prev: None,
-                                timestamp_ms: now - mix(i ^ 0x71) % (60 * 86_400_000),
+                                timestamp_ms,
                             };
-                            (host, body)
+                            (host, body, request)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -326,11 +360,11 @@ fn sign_all(
         workers
             .into_iter()
             .flat_map(|w| w.join().expect("worker"))
-            .map(|(host, mut body)| {
+            .map(|(host, mut body, request)| {
                 body.prev = prevs[host];
                 let signed = Signed::sign(body, &hosts[host]).expect("sign");
                 prevs[host] = Some(signed.hash());
-                signed
+                (signed, Some(request))
             })
             .collect()
     });

@@ -2,10 +2,8 @@
 
 use agora_host::{PublishOptions, examples};
 use agora_registry::reputation::{EvidenceSet, ScoreParams, Scores, compute};
-use agora_registry::{
-    AgentRef, Hash, Outcome, Receipt, SecretKey, Signed, SignedManifest, request_hash,
-};
-use agora_tests::{HOSTILE, TestHost, now_ms, sign_feedback, sign_request};
+use agora_registry::{Inserted, Outcome, SecretKey, SignedManifest};
+use agora_tests::{HOSTILE, SigningHost, TestHost, now_ms, sign_feedback, sign_request};
 
 const PAYLOAD: &[u8] = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
 
@@ -51,75 +49,63 @@ fn scores(host: &TestHost) -> Scores {
 }
 
 fn scores_at(host: &TestHost, now: u64) -> Scores {
+    scores_anchored(host, &[], now)
+}
+
+/// Scores at `host` with its own key and `vouched` as anchors.
+fn scores_anchored(host: &TestHost, vouched: &[SecretKey], now: u64) -> Scores {
     let evidence = host.node.registry().evidence_set().unwrap();
-    compute(
-        &evidence,
-        &ScoreParams::new(vec![host.node.public_key()], now),
-    )
+    let mut anchors = vec![host.node.public_key()];
+    anchors.extend(vouched.iter().map(SecretKey::public));
+    compute(&evidence, &ScoreParams::new(anchors, now))
 }
 
 #[tokio::test]
 async fn paid_and_rated_calls_build_an_agents_reputation() {
     let (host, driver, callers) = market().await;
-    let scores = scores(&host);
-    let reputation = scores.agent(&driver.body().component.hash);
+    let now = now_ms();
+    // Callers the operator vouches for count.
+    let scores = scores_anchored(&host, &callers, now);
+    let reputation = scores.of(driver.body());
     assert_eq!(reputation.evidence, 3);
     assert!(reputation.quality() > 0.5, "{reputation:?}");
     assert!(reputation.lower_bound() < reputation.quality());
-    for caller in &callers {
-        assert!(
-            scores.trust_in(&caller.public()) > 0.0,
-            "paying callers are reachable from the anchor"
-        );
-    }
     let publisher = scores.publishers[&driver.body().publisher];
     assert_eq!(publisher.evidence, 3);
+    // Callers nobody vouches for gain no trust by calling, however much they call.
+    let unvouched = scores_at(&host, now);
+    for caller in &callers {
+        assert_eq!(unvouched.trust_in(&caller.public()), 0.0);
+    }
+    assert_eq!(unvouched.of(driver.body()).evidence, 0);
 }
 
 #[tokio::test]
 async fn fifty_sybils_rating_through_self_dealing_or_without_receipts_move_nothing() {
-    let (host, driver, _) = market().await;
+    let (host, driver, callers) = market().await;
     // One clock for both computations, so that only the evidence differs.
-    let now = now_ms();
-    let before = scores_at(&host, now);
+    let now = now_ms() + 60_000;
+    let before = scores_anchored(&host, &callers, now);
     let registry = host.node.registry();
-    let component = driver.body().component.hash;
 
     let sybils: Vec<SecretKey> = (0..50).map(|_| SecretKey::generate()).collect();
     for (i, sybil) in sybils.iter().enumerate() {
-        // Without a receipt: refused outright.
-        let mut fake = Receipt {
-            agent: AgentRef {
-                manifest: driver.hash(),
-                component,
-            },
-            request: Some(Hash::of(&[i as u8])),
-            caller: Some(sybil.public()),
-            input_hash: request_hash("quote", PAYLOAD),
-            output_hash: None,
-            outcome: Outcome::Ok,
-            fuel_limit: 1_000_000,
-            fuel_used: 900_000,
-            charge: 1_000_000,
-            wall_time_us: 1,
-            nested: vec![],
-            parent_call: None,
-            host: sybil.public(),
-            runtime: agora_host::RUNTIME_VERSION.into(),
-            seq: 0,
-            prev: None,
-            timestamp_ms: now_ms(),
+        let mut sybil_host = SigningHost {
+            key: sybil.clone(),
+            head: None,
         };
-        let unstored = Signed::sign(fake.clone(), sybil).unwrap();
-        assert!(
+        // Without a receipt: kept waiting for a receipt that never comes, counting nothing.
+        let (unstored, _) = SigningHost::new().call(&driver, sybil, Outcome::Ok, |_| {});
+        assert_eq!(
             registry
                 .insert_feedback(&sign_feedback(sybil, &unstored, 100))
-                .is_err()
+                .unwrap(),
+            Inserted::Pending
         );
 
         // Self-dealing: the sybil hosts the call, calls it and rates it.
-        let self_dealt = Signed::sign(fake.clone(), sybil).unwrap();
-        registry.insert_receipt(&self_dealt).unwrap();
+        let (self_dealt, request) = sybil_host.call(&driver, sybil, Outcome::Ok, |_| {});
+        registry.insert_receipt(&self_dealt, Some(&request)).unwrap();
         assert!(
             registry
                 .insert_feedback(&sign_feedback(sybil, &self_dealt, 100))
@@ -129,19 +115,17 @@ async fn fifty_sybils_rating_through_self_dealing_or_without_receipts_move_nothi
         // A ring: one sybil hosts a paid call for the next, which rates it 100. The feedback
         // is well-formed, but nobody the anchor trusts trusts either of them.
         let next = &sybils[(i + 1) % sybils.len()];
-        fake.caller = Some(next.public());
-        fake.seq = 1;
-        let ring = Signed::sign(fake, sybil).unwrap();
-        registry.insert_receipt(&ring).unwrap();
+        let (ring, request) = sybil_host.call(&driver, next, Outcome::Ok, |_| {});
+        registry.insert_receipt(&ring, Some(&request)).unwrap();
         registry
             .insert_feedback(&sign_feedback(next, &ring, 100))
             .unwrap();
     }
 
-    let after = scores_at(&host, now);
+    let after = scores_anchored(&host, &callers, now);
     assert_eq!(
-        after.agent(&component),
-        before.agent(&component),
+        after.of(driver.body()),
+        before.of(driver.body()),
         "the agent's score did not move"
     );
     for sybil in &sybils {
@@ -169,64 +153,39 @@ async fn failures_count_against_an_agent_without_any_feedback() {
         let execution = host.node.run_request(&request, "panic", b"").await.unwrap();
         assert!(matches!(execution.outcome, Outcome::Trap { .. }));
     }
-    let reputation = scores(&host).agent(&hostile.body().component.hash);
+    let reputation = scores(&host).of(hostile.body());
     assert_eq!(reputation.evidence, 3);
     assert!(reputation.quality() < 0.5, "{reputation:?}");
 }
 
 #[tokio::test]
 async fn a_host_whose_receipt_chain_forks_loses_its_weight() {
-    let (host, _driver, callers) = market().await;
+    let (host, driver, callers) = market().await;
     // A second host that a trusted caller used and rated well.
-    let other = SecretKey::generate();
-    let receipt = |seq: u64, output: &[u8]| {
-        Signed::sign(
-            Receipt {
-                agent: AgentRef {
-                    manifest: Hash::of(b"elsewhere"),
-                    component: Hash::of(b"code"),
-                },
-                request: Some(Hash::of(output)),
-                caller: Some(callers[0].public()),
-                input_hash: request_hash("quote", PAYLOAD),
-                output_hash: Some(Hash::of(output)),
-                outcome: Outcome::Ok,
-                fuel_limit: 1_000_000,
-                fuel_used: 900_000,
-                charge: 500,
-                wall_time_us: 1,
-                nested: vec![],
-                parent_call: None,
-                host: other.public(),
-                runtime: agora_host::RUNTIME_VERSION.into(),
-                seq,
-                prev: None,
-                timestamp_ms: now_ms(),
-            },
-            &other,
-        )
-        .unwrap()
-    };
+    let mut other = SigningHost::new();
     let registry = host.node.registry();
-    let served = receipt(0, b"one history");
-    registry.insert_receipt(&served).unwrap();
-    let mut evidence = registry.evidence_set().unwrap();
-    assert!(evidence.rate(&sign_feedback(&callers[0], &served, 100)));
-    let params = ScoreParams::new(vec![host.node.public_key()], now_ms());
-    assert!(compute(&evidence, &params).trust_in(&other.public()) > 0.0);
-
+    let (served, request) = other.call(&driver, &callers[0], Outcome::Ok, |_| {});
+    registry.insert_receipt(&served, Some(&request)).unwrap();
     registry
-        .insert_receipt(&receipt(0, b"another history"))
+        .insert_feedback(&sign_feedback(&callers[0], &served, 100))
         .unwrap();
-    assert_eq!(registry.forks(&other.public()).unwrap().len(), 1);
-    let mut evidence = registry.evidence_set().unwrap();
-    assert!(evidence.rate(&sign_feedback(&callers[0], &served, 100)));
-    assert_eq!(compute(&evidence, &params).trust_in(&other.public()), 0.0);
+    let now = now_ms() + 1;
+    assert!(scores_anchored(&host, &callers, now).trust_in(&other.key.public()) > 0.0);
+
+    let mut forked = SigningHost {
+        key: other.key.clone(),
+        head: None,
+    };
+    let (fork, request) = forked.call(&driver, &callers[1], Outcome::Ok, |_| {});
+    registry.insert_receipt(&fork, Some(&request)).unwrap();
+    assert_eq!(registry.forks(&other.key.public()).unwrap().len(), 1);
+    let after = scores_anchored(&host, &callers, now);
+    assert_eq!(after.trust_in(&other.key.public()), 0.0);
 }
 
 #[tokio::test]
 async fn two_hosts_with_the_same_evidence_compute_the_same_scores() {
-    let (first, driver, _) = market().await;
+    let (first, driver, callers) = market().await;
     let second = TestHost::new().await;
     let registry = first.node.registry();
     let receipts = registry.receipts(usize::MAX).unwrap();
@@ -245,15 +204,24 @@ async fn two_hosts_with_the_same_evidence_compute_the_same_scores() {
             Default::default()
         )
     );
-    // The second host receives the same signed records (in another order).
-    second.node.registry().insert_manifest(&driver).unwrap();
-    for receipt in receipts.iter().rev() {
-        second.node.registry().insert_receipt(receipt).unwrap();
-    }
+    // The second host receives the same signed records (in another order: feedback first).
     for feedback in feedback.iter().rev() {
         second.node.registry().insert_feedback(feedback).unwrap();
     }
-    let anchors = vec![first.node.public_key()];
+    for receipt in receipts.iter().rev() {
+        let request = receipt
+            .body()
+            .request
+            .map(|hash| registry.request(&hash).unwrap().unwrap());
+        second
+            .node
+            .registry()
+            .insert_receipt(receipt, request.as_ref())
+            .unwrap();
+    }
+    second.node.registry().insert_manifest(&driver).unwrap();
+    let mut anchors = vec![first.node.public_key()];
+    anchors.extend(callers.iter().map(SecretKey::public));
     let now = now_ms();
     let a = compute(
         &first.node.registry().evidence_set().unwrap(),
@@ -264,5 +232,5 @@ async fn two_hosts_with_the_same_evidence_compute_the_same_scores() {
         &ScoreParams::new(anchors, now),
     );
     assert_eq!(a, b);
-    assert!(a.agent(&driver.body().component.hash).evidence > 0);
+    assert!(a.of(driver.body()).evidence > 0);
 }

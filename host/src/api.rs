@@ -636,7 +636,9 @@ async fn post_receipt(State(state): State<Shared>, body: Bytes) -> Result<Respon
         Err(e @ (E::Invalid { .. } | E::Malformed { .. })) => {
             return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
         }
-        Err(e @ E::Quota { .. }) => return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
+        Err(e @ E::Quota { .. }) => {
+            return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+        }
         Err(e) => return Err(ApiError::internal(e)),
     };
     if inserted == Inserted::New {
@@ -671,7 +673,9 @@ async fn post_feedback(State(state): State<Shared>, body: Bytes) -> Result<Respo
         Err(e @ (E::Feedback(_) | E::Invalid { .. })) => {
             return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
         }
-        Err(e @ E::Quota { .. }) => return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
+        Err(e @ E::Quota { .. }) => {
+            return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+        }
         Err(e) => return Err(ApiError::internal(e)),
     };
     if inserted == Inserted::New {

@@ -634,14 +634,12 @@ async fn announce_new_releases(node: Node, sender: GossipSender) {
             .manifests
             .iter()
             .map(announcement)
-            .chain(
-                evidence.receipts.iter().map(|(receipt, request)| {
-                    message(
-                        ANNOUNCE_RECEIPT,
-                        &ReceiptMessage::encode(receipt, request.as_ref()),
-                    )
-                }),
-            )
+            .chain(evidence.receipts.iter().map(|(receipt, request)| {
+                message(
+                    ANNOUNCE_RECEIPT,
+                    &ReceiptMessage::encode(receipt, request.as_ref()),
+                )
+            }))
             .chain(
                 evidence
                     .feedback

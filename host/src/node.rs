@@ -510,7 +510,8 @@ impl Node {
         let nested_fuel: u64 = invocation.nested.iter().map(|n| n.fuel_used).sum();
         let nested_charge: u64 = invocation.nested.iter().map(|n| n.charge).sum();
         let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
-        let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel).saturating_add(nested_charge);
+        let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel)
+            .saturating_add(nested_charge);
         let input_hash = request_hash(&request.action, &request.payload);
         let output_hash = invocation.output.as_deref().map(Hash::of);
         let receipt = Receipt {

@@ -443,14 +443,22 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
             CallOutcome::Returned | CallOutcome::HostBound => false,
         };
         if failed && caller != call.host {
-            let entry = reports.entry(key).or_default().entry(call.host).or_default();
+            let entry = reports
+                .entry(key)
+                .or_default()
+                .entry(call.host)
+                .or_default();
             entry.failed += weight;
             entry.failures += 1;
         }
         if let Some(rating) = call.rating
             && !dishonest.contains(&rating.rater)
         {
-            let entry = reports.entry(key).or_default().entry(rating.rater).or_default();
+            let entry = reports
+                .entry(key)
+                .or_default()
+                .entry(rating.rater)
+                .or_default();
             entry.rated += weight;
             entry.score_sum += weight * f64::from(rating.score.min(100)) / 100.0;
             entry.ratings += 1;
@@ -499,7 +507,9 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
                 let mass = weight * r.rated.min(params.per_pair);
                 let mut q = r.score_sum / r.rated;
                 if let Some(median) = median {
-                    q = q.clamp(median - params.clip, median + params.clip).clamp(0.0, 1.0);
+                    q = q
+                        .clamp(median - params.clip, median + params.clip)
+                        .clamp(0.0, 1.0);
                 }
                 reputation.positive += mass * q;
                 reputation.negative += mass * (1.0 - q);
@@ -533,7 +543,11 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
 /// shrink as the market grows; relative to an anchor, a key the anchors trust directly counts
 /// about as much as an anchor's own observation, and one observation is one call's worth.
 fn influence(trust: &BTreeMap<PublicKey, f64>, params: &ScoreParams) -> BTreeMap<PublicKey, f64> {
-    let anchors = params.anchors.iter().filter(|a| trust.contains_key(a)).count();
+    let anchors = params
+        .anchors
+        .iter()
+        .filter(|a| trust.contains_key(a))
+        .count();
     if anchors == 0 {
         return BTreeMap::new();
     }

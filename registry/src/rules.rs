@@ -25,11 +25,11 @@
 //! | a receipt's nested calls | at most 256 |
 //! | a request's time to live | at most [`MAX_REQUEST_TTL_MS`] (10 minutes) |
 
+use crate::Error;
 use crate::evidence::{CallRequest, MAX_REQUEST_TTL_MS};
 use crate::identity::PublicKey;
 use crate::manifest::Manifest;
 use crate::receipt::{Outcome, Receipt};
-use crate::Error;
 
 /// Longest agent name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -80,7 +80,10 @@ fn invalid(kind: &'static str, reason: impl Into<String>) -> Error {
 
 fn at_most(kind: &'static str, field: &str, value: u64, max: u64) -> Result<(), Error> {
     if value > max {
-        return Err(invalid(kind, format!("{field} {value} is above the limit {max}")));
+        return Err(invalid(
+            kind,
+            format!("{field} {value} is above the limit {max}"),
+        ));
     }
     Ok(())
 }
@@ -124,7 +127,11 @@ pub fn check_name(name: &str) -> Result<(), Error> {
             "manifest",
             format!(
                 "agent name `{}` must be 1 to {MAX_NAME_BYTES} characters of lowercase letters, digits and '-'",
-                name.escape_debug().to_string().chars().take(80).collect::<String>()
+                name.escape_debug()
+                    .to_string()
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
             ),
         ))
     }
@@ -200,11 +207,31 @@ impl Manifest {
             ));
         }
         at_most(KIND, "max_fuel", limits.max_fuel, MAX_FUEL)?;
-        at_most(KIND, "max_memory_bytes", limits.max_memory_bytes, MAX_MEMORY_BYTES)?;
+        at_most(
+            KIND,
+            "max_memory_bytes",
+            limits.max_memory_bytes,
+            MAX_MEMORY_BYTES,
+        )?;
         at_most(KIND, "max_wall_ms", limits.max_wall_ms, MAX_WALL_MS)?;
-        at_most(KIND, "max_output_bytes", limits.max_output_bytes, MAX_OUTPUT_BYTES)?;
-        at_most(KIND, "component size", self.component.size, MAX_COMPONENT_BYTES)?;
-        at_most(KIND, "price_per_mfuel", self.price_per_mfuel, MAX_PRICE_PER_MFUEL)?;
+        at_most(
+            KIND,
+            "max_output_bytes",
+            limits.max_output_bytes,
+            MAX_OUTPUT_BYTES,
+        )?;
+        at_most(
+            KIND,
+            "component size",
+            self.component.size,
+            MAX_COMPONENT_BYTES,
+        )?;
+        at_most(
+            KIND,
+            "price_per_mfuel",
+            self.price_per_mfuel,
+            MAX_PRICE_PER_MFUEL,
+        )?;
         not_in_future(
             KIND,
             "created_at",
@@ -235,7 +262,12 @@ impl Receipt {
         }
         at_most(KIND, "charge", self.charge, MAX_CHARGE)?;
         at_most(KIND, "wall_time_us", self.wall_time_us, MAX_WALL_TIME_US)?;
-        at_most(KIND, "nested receipts", self.nested.len() as u64, MAX_NESTED as u64)?;
+        at_most(
+            KIND,
+            "nested receipts",
+            self.nested.len() as u64,
+            MAX_NESTED as u64,
+        )?;
         if let Some(parent) = &self.parent_call {
             at_most(KIND, "depth", u64::from(parent.depth), u64::from(MAX_DEPTH))?;
             if parent.depth == 0 {
@@ -250,7 +282,12 @@ impl Receipt {
             Outcome::Trap { message } => message.len(),
             _ => 0,
         };
-        at_most(KIND, "outcome message bytes", message_len as u64, MAX_MESSAGE_BYTES as u64)?;
+        at_most(
+            KIND,
+            "outcome message bytes",
+            message_len as u64,
+            MAX_MESSAGE_BYTES as u64,
+        )?;
         if (self.seq == 0) != self.prev.is_none() {
             return Err(invalid(
                 KIND,

@@ -505,7 +505,9 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
     let mut host = Chain::new();
     let callers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
     let rate = |receipt: &SignedReceipt, caller: &SecretKey, score: u8| {
-        registry.insert_feedback(&feedback(caller, receipt, score)).unwrap();
+        registry
+            .insert_feedback(&feedback(caller, receipt, score))
+            .unwrap();
     };
 
     let early: Vec<(SignedReceipt, Option<SignedRequest>)> = (0..3)

@@ -183,7 +183,12 @@ async fn ingest(
         let signed = sign_all(&plan, &hosts, &callers, agents, now, &mut prevs);
         let bytes: Vec<(Vec<u8>, Vec<u8>)> = signed
             .iter()
-            .map(|(r, q)| (r.as_bytes().to_vec(), q.as_ref().map_or(vec![], |q| q.as_bytes().to_vec())))
+            .map(|(r, q)| {
+                (
+                    r.as_bytes().to_vec(),
+                    q.as_ref().map_or(vec![], |q| q.as_bytes().to_vec()),
+                )
+            })
             .collect();
         signing += clock.elapsed();
 

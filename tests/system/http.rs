@@ -87,9 +87,12 @@ async fn every_endpoint_and_its_errors() {
         .await
         .unwrap()
         .receipt;
-    let server = ApiServer::start(host.node.clone(), ApiConfig::default())
-        .await
-        .unwrap();
+    // The operator vouches for this caller: its ratings count.
+    let config = ApiConfig {
+        extra_anchors: vec![caller.public()],
+        ..ApiConfig::default()
+    };
+    let server = ApiServer::start(host.node.clone(), config).await.unwrap();
     let manifest = driver.hash().to_hex();
 
     assert_eq!(
@@ -149,7 +152,9 @@ async fn every_endpoint_and_its_errors() {
     let (status, reputation) = json(&server, &format!("/v1/agents/{manifest}/reputation")).await;
     assert_eq!(status, 200);
     assert_eq!(reputation["evidence"], 0, "no feedback yet");
-    assert_eq!(reputation["anchors"][0], host.node.public_key().to_hex());
+    let anchors = reputation["anchors"].as_array().unwrap();
+    assert!(anchors.contains(&Value::from(host.node.public_key().to_hex())));
+    assert!(anchors.contains(&Value::from(caller.public().to_hex())));
     let (status, page) = json(&server, &format!("/v1/agents/{manifest}/receipts?limit=1")).await;
     assert_eq!(status, 200);
     assert_eq!(page["receipts"].as_array().unwrap().len(), 1);
@@ -269,9 +274,10 @@ async fn every_endpoint_and_its_errors() {
     .await;
     assert_eq!(publisher["agents"][0]["reputation"]["evidence"], 1);
 
-    // Receipts from other hosts: verified, deduplicated, forgeries refused.
+    // Receipts from other hosts: verified, checked against their manifest (kept until it
+    // arrives), deduplicated, forgeries refused.
     let other = TestHost::new().await;
-    other.publish(examples::ENERGY_TRADER).await;
+    let trader = other.publish(examples::ENERGY_TRADER).await;
     let offer = br#"{"household": "h", "net_wh": 10, "reserve_cents_per_kwh": 9, "slot": "s"}"#;
     let foreign = other
         .node
@@ -283,8 +289,36 @@ async fn every_endpoint_and_its_errors() {
         http(&server, "POST", "/v1/receipts", foreign.as_bytes())
             .await
             .0,
-        201
+        202,
+        "its manifest is not here yet"
     );
+    host.node.registry().insert_manifest(&trader).unwrap();
+    assert!(
+        host.node
+            .registry()
+            .receipt(&foreign.hash())
+            .unwrap()
+            .is_some()
+    );
+    let inflated = {
+        let mut body = foreign.body().clone();
+        body.charge += 1;
+        body.seq = 1;
+        body.prev = Some(foreign.hash());
+        let key = agora_registry::SecretKey::load(&other.node.data_dir().key_path()).unwrap();
+        agora_registry::Signed::sign(body, &key).unwrap()
+    };
+    let (status, body) = http(&server, "POST", "/v1/receipts", inflated.as_bytes()).await;
+    assert_eq!(status, 422);
+    assert!(error_of(&body).contains("charge"), "{}", error_of(&body));
+    let foreign = other
+        .node
+        .run("energy-trader", "offer", offer, None)
+        .await
+        .unwrap()
+        .receipt;
+    let message = agora_registry::ReceiptMessage::encode(&foreign, None);
+    assert_eq!(http(&server, "POST", "/v1/receipts", &message).await.0, 201);
     assert_eq!(
         http(&server, "POST", "/v1/receipts", foreign.as_bytes())
             .await
@@ -293,7 +327,7 @@ async fn every_endpoint_and_its_errors() {
     );
     let tampered = String::from_utf8(foreign.as_bytes().to_vec())
         .unwrap()
-        .replacen("\"seq\":0", "\"seq\":7", 1);
+        .replacen("\"seq\":1", "\"seq\":7", 1);
     let (status, body) = http(&server, "POST", "/v1/receipts", tampered.as_bytes()).await;
     assert_eq!(status, 400);
     assert!(

@@ -892,6 +892,7 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
     use agora_registry::{AgentRef, Outcome, Receipt, SecretKey, Signed, request_hash};
 
     let b = TestHost::new().await;
+    let driver = b.publish(examples::RIDE_DRIVER).await;
     let b_net = online(&b).await;
     let (router, mut topic) = raw_gossip_peer(&b_net).await;
 
@@ -901,8 +902,8 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
         Signed::sign(
             Receipt {
                 agent: AgentRef {
-                    manifest: Hash::of(b"m"),
-                    component: Hash::of(b"c"),
+                    manifest: driver.hash(),
+                    component: driver.body().component.hash,
                 },
                 request: None,
                 caller: None,
@@ -911,7 +912,7 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
                 outcome: Outcome::Ok,
                 fuel_limit: 10,
                 fuel_used: 5,
-                charge: 1,
+                charge: 0,
                 wall_time_us: 1,
                 nested: vec![],
                 parent_call: None,

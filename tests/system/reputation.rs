@@ -105,7 +105,9 @@ async fn fifty_sybils_rating_through_self_dealing_or_without_receipts_move_nothi
 
         // Self-dealing: the sybil hosts the call, calls it and rates it.
         let (self_dealt, request) = sybil_host.call(&driver, sybil, Outcome::Ok, |_| {});
-        registry.insert_receipt(&self_dealt, Some(&request)).unwrap();
+        registry
+            .insert_receipt(&self_dealt, Some(&request))
+            .unwrap();
         assert!(
             registry
                 .insert_feedback(&sign_feedback(sybil, &self_dealt, 100))

@@ -71,9 +71,7 @@ pub(super) fn record_misbehaviour(
         "INSERT OR IGNORE INTO misbehaviour (key, kind, subject, reason, proof)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )
-    .and_then(|mut stmt| {
-        stmt.execute(params![key.to_hex(), kind, subject.to_hex(), reason, proof])
-    })
+    .and_then(|mut stmt| stmt.execute(params![key.to_hex(), kind, subject.to_hex(), reason, proof]))
     .map_err(|e| db_error(path, e))?;
     tracing::warn!(%key, kind, %subject, reason, "recorded evidence against a key");
     Ok(())
@@ -92,7 +90,11 @@ impl Registry {
                 .map_err(db)?;
             let rows = stmt
                 .query_map(params![key.to_hex()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?))
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get(2)?,
+                    ))
                 })
                 .map_err(db)?;
             let mut found = Vec::new();

@@ -218,8 +218,10 @@ impl Registry {
                         AgentFacts {
                             publisher: keys.get(text(row, 1).map_err(db)?)?,
                             component: parse_stored(&self.path, text(row, 2).map_err(db)?)?,
-                            max_fuel: u64::try_from(max_fuel).map_err(|_| self.corrupt("max_fuel"))?,
-                            price_per_mfuel: u64::try_from(price).map_err(|_| self.corrupt("price"))?,
+                            max_fuel: u64::try_from(max_fuel)
+                                .map_err(|_| self.corrupt("max_fuel"))?,
+                            price_per_mfuel: u64::try_from(price)
+                                .map_err(|_| self.corrupt("price"))?,
                         },
                     ))
                 })();

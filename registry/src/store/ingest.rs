@@ -132,9 +132,14 @@ fn admit_receipt(
             Ok(Ok(Inserted::New))
         }
         Ok(Stored::Done(done)) => Ok(Ok(done)),
-        Ok(Stored::Waiting(on)) => {
-            wait(conn, path, "pending_receipts", &receipt.body().host, on, receipt)
-        }
+        Ok(Stored::Waiting(on)) => wait(
+            conn,
+            path,
+            "pending_receipts",
+            &receipt.body().host,
+            on,
+            receipt,
+        ),
         Err(refused) => Ok(Err(refused)),
     }
 }
@@ -161,8 +166,19 @@ fn check_and_store(
     if let Err(refused) = body.check(now) {
         return Ok(Err(refused));
     }
-    let lied = |kind: &'static str, reason: String, proof: Vec<&[u8]>| -> Result<Result<Stored, Error>, Error> {
-        record_misbehaviour(conn, path, &body.host, kind, &receipt.hash(), &reason, &proof)?;
+    let lied = |kind: &'static str,
+                reason: String,
+                proof: Vec<&[u8]>|
+     -> Result<Result<Stored, Error>, Error> {
+        record_misbehaviour(
+            conn,
+            path,
+            &body.host,
+            kind,
+            &receipt.hash(),
+            &reason,
+            &proof,
+        )?;
         Ok(Err(Error::Invalid {
             kind: "receipt",
             reason: format!("{reason}; recorded as evidence against host {}", body.host),
@@ -375,7 +391,10 @@ fn chain_break(
         for (hash, _, bytes) in neighbours(before)? {
             if hash != prev.to_hex() {
                 return Ok(Some((
-                    format!("receipt {} names prev {prev}, but seq {before} is {hash}", body.seq),
+                    format!(
+                        "receipt {} names prev {prev}, but seq {before} is {hash}",
+                        body.seq
+                    ),
                     bytes,
                 )));
             }
@@ -414,7 +433,10 @@ fn wait<T: crate::Record>(
     if waiting >= MAX_PENDING_PER_KEY {
         return Ok(Err(Error::Quota {
             key: *signer,
-            what: format!("{MAX_PENDING_PER_KEY} {} records waiting for what they refer to", T::KIND),
+            what: format!(
+                "{MAX_PENDING_PER_KEY} {} records waiting for what they refer to",
+                T::KIND
+            ),
         }));
     }
     conn.prepare_cached(&format!(
@@ -499,7 +521,14 @@ fn admit_feedback(
         })
         .map_err(db)?;
     let Some(receipt) = receipt else {
-        return wait(conn, path, "pending_feedback", &body.rater, body.receipt, feedback);
+        return wait(
+            conn,
+            path,
+            "pending_feedback",
+            &body.rater,
+            body.receipt,
+            feedback,
+        );
     };
     let receipt = SignedReceipt::from_stored(&receipt)?;
     let publisher: String = conn

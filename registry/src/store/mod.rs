@@ -33,8 +33,8 @@ use rusqlite::{Connection, OpenFlags};
 use crate::Error;
 
 pub use chain::{Fork, HostRecord, Misbehaviour};
-pub use ingest::MAX_PENDING_PER_KEY;
 pub use evidence::{Evidence, EvidenceCursor};
+pub use ingest::MAX_PENDING_PER_KEY;
 pub use kv::{KvNamespace, KvQuota};
 pub use records::{ReceiptCursor, ReceiptPage};
 
@@ -181,7 +181,6 @@ impl Registry {
             .map_err(|_| stopped())?;
         answer.recv().map_err(|_| stopped())?
     }
-
 }
 
 impl Drop for Registry {
@@ -308,4 +307,3 @@ fn commit_batch(
     }
     conn.execute_batch("COMMIT")
 }
-

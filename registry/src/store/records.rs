@@ -60,7 +60,10 @@ impl std::str::FromStr for ReceiptCursor {
 
 /// Stores a signed request unless one with its (caller, host, nonce) is stored; returns the
 /// number of rows written.
-pub(super) fn insert_request_row(conn: &Connection, request: &SignedRequest) -> rusqlite::Result<usize> {
+pub(super) fn insert_request_row(
+    conn: &Connection,
+    request: &SignedRequest,
+) -> rusqlite::Result<usize> {
     let body = request.body();
     conn.prepare_cached(
         "INSERT OR IGNORE INTO requests (hash, caller, host, nonce, expires_at_ms, signed)
@@ -76,7 +79,10 @@ pub(super) fn insert_request_row(conn: &Connection, request: &SignedRequest) -> 
     ])
 }
 
-pub(super) fn insert_receipt_row(conn: &Connection, receipt: &SignedReceipt) -> rusqlite::Result<usize> {
+pub(super) fn insert_receipt_row(
+    conn: &Connection,
+    receipt: &SignedReceipt,
+) -> rusqlite::Result<usize> {
     let body = receipt.body();
     conn.prepare_cached(
         "INSERT OR IGNORE INTO receipts

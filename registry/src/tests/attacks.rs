@@ -132,7 +132,10 @@ impl Market {
         (better + 1, bound)
     }
 
-    fn store(&self, receipts: Vec<(SignedReceipt, Option<SignedRequest>)>) -> Vec<Result<Inserted, Error>> {
+    fn store(
+        &self,
+        receipts: Vec<(SignedReceipt, Option<SignedRequest>)>,
+    ) -> Vec<Result<Inserted, Error>> {
         self.registry.insert_receipts(receipts).unwrap()
     }
 }
@@ -215,7 +218,11 @@ fn a_copycat_manifest_cannot_move_the_original_agent() {
     market.registry.insert_manifest(&copy).unwrap();
     let mut host = Chain {
         key: market.hosts[0].key.clone(),
-        head: market.registry.host_record(&market.hosts[0].key.public()).unwrap().head,
+        head: market
+            .registry
+            .host_record(&market.hosts[0].key.public())
+            .unwrap()
+            .head,
     };
     let mut calls = Vec::new();
     for _ in 0..10 {
@@ -264,7 +271,11 @@ fn fabricated_failures_without_a_callers_request_are_refused() {
 fn an_inflated_charge_is_refused_and_recorded_against_the_host() {
     let market = Market::new(5, 200);
     let host = &market.hosts[1];
-    let head = market.registry.host_record(&host.key.public()).unwrap().head;
+    let head = market
+        .registry
+        .host_record(&host.key.public())
+        .unwrap()
+        .head;
     let (receipt, request) = host.sign(
         &market.agents[0].0,
         &market.callers[0],
@@ -294,7 +305,11 @@ fn an_inflated_charge_is_refused_and_recorded_against_the_host() {
 fn a_future_dated_receipt_is_refused() {
     let market = Market::new(3, 10);
     let host = &market.hosts[0];
-    let head = market.registry.host_record(&host.key.public()).unwrap().head;
+    let head = market
+        .registry
+        .host_record(&host.key.public())
+        .unwrap()
+        .head;
     let (receipt, request) = host.sign(
         &market.agents[0].0,
         &market.callers[0],
@@ -344,7 +359,11 @@ fn a_receipt_that_breaks_its_hosts_chain_is_recorded_against_the_host() {
 fn a_receipt_that_contradicts_its_callers_request_is_refused_and_recorded() {
     let market = Market::new(3, 10);
     let host = &market.hosts[0];
-    let head = market.registry.host_record(&host.key.public()).unwrap().head;
+    let head = market
+        .registry
+        .host_record(&host.key.public())
+        .unwrap()
+        .head;
     let (receipt, request) = host.sign(
         &market.agents[0].0,
         &market.callers[0],
@@ -353,7 +372,12 @@ fn a_receipt_that_contradicts_its_callers_request_is_refused_and_recorded() {
         head.map(|(_, h)| h),
         |r| r.caller = Some(market.callers[1].public()),
     );
-    assert!(market.registry.insert_receipt(&receipt, Some(&request)).is_err());
+    assert!(
+        market
+            .registry
+            .insert_receipt(&receipt, Some(&request))
+            .is_err()
+    );
     let record = market.registry.host_record(&host.key.public()).unwrap();
     assert_eq!(record.misbehaviour[0].kind, "request-mismatch");
 }
@@ -370,10 +394,17 @@ fn one_free_call_and_a_ring_of_20000_fabricated_receipts_gain_nothing() {
     let sybils: Vec<SecretKey> = (0..20).map(|_| SecretKey::generate()).collect();
     let mut anchor_host = Chain {
         key: market.hosts[0].key.clone(),
-        head: market.registry.host_record(&market.hosts[0].key.public()).unwrap().head,
+        head: market
+            .registry
+            .host_record(&market.hosts[0].key.public())
+            .unwrap()
+            .head,
     };
     let (receipt, request) = anchor_host.call(&agent, &sybils[0], Outcome::Ok);
-    market.registry.insert_receipt(&receipt, Some(&request)).unwrap();
+    market
+        .registry
+        .insert_receipt(&receipt, Some(&request))
+        .unwrap();
     market
         .registry
         .insert_feedback(&feedback(&sybils[0], &receipt, 100))
@@ -409,7 +440,11 @@ fn four_bombing_keys_with_100_calls_each_do_not_move_the_best_agent() {
     let bombers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
     let mut host = Chain {
         key: market.hosts[0].key.clone(),
-        head: market.registry.host_record(&market.hosts[0].key.public()).unwrap().head,
+        head: market
+            .registry
+            .host_record(&market.hosts[0].key.public())
+            .unwrap()
+            .head,
     };
     let mut receipts = Vec::new();
     let mut ratings = Vec::new();
@@ -439,7 +474,11 @@ fn a_whale_rater_counts_as_a_bounded_number_of_calls() {
     let whale = &market.callers[0];
     let mut host = Chain {
         key: market.hosts[0].key.clone(),
-        head: market.registry.host_record(&market.hosts[0].key.public()).unwrap().head,
+        head: market
+            .registry
+            .host_record(&market.hosts[0].key.public())
+            .unwrap()
+            .head,
     };
     let mut receipts = Vec::new();
     let mut ratings = Vec::new();
@@ -453,12 +492,17 @@ fn a_whale_rater_counts_as_a_bounded_number_of_calls() {
     let after = market.scores();
     let (rank_before, bound_before) = market.rank(&before, victim);
     let (rank_after, bound_after) = market.rank(&after, victim);
-    eprintln!("whale: rank {rank_before} → {rank_after}, lower bound {bound_before:.3} → {bound_after:.3}");
+    eprintln!(
+        "whale: rank {rank_before} → {rank_after}, lower bound {bound_before:.3} → {bound_after:.3}"
+    );
     // A thousand ratings weigh as `per_pair` (10) calls, clipped toward the consensus.
     let (r0, r1) = (before.of(victim.body()), after.of(victim.body()));
     let added = (r1.positive + r1.negative) - (r0.positive + r0.negative);
     assert!(added <= 10.0 + 1e-9, "the whale added {added} calls' worth");
-    assert!(rank_after <= rank_before + 2, "rank {rank_before} → {rank_after}");
+    assert!(
+        rank_after <= rank_before + 2,
+        "rank {rank_before} → {rank_after}"
+    );
 }
 
 #[test]
@@ -572,7 +616,10 @@ fn feedback_before_its_receipt_and_a_receipt_before_its_manifest_are_kept_and_ap
     let caller = SecretKey::generate();
     let (receipt, request) = host.call(&agent, &caller, Outcome::Ok);
     let rating = feedback(&caller, &receipt, 90);
-    assert_eq!(registry.insert_feedback(&rating).unwrap(), Inserted::Pending);
+    assert_eq!(
+        registry.insert_feedback(&rating).unwrap(),
+        Inserted::Pending
+    );
     assert_eq!(
         registry.insert_receipt(&receipt, Some(&request)).unwrap(),
         Inserted::Pending
@@ -580,7 +627,10 @@ fn feedback_before_its_receipt_and_a_receipt_before_its_manifest_are_kept_and_ap
     assert!(registry.receipt(&receipt.hash()).unwrap().is_none());
     registry.insert_manifest(&agent).unwrap();
     assert!(registry.receipt(&receipt.hash()).unwrap().is_some());
-    assert_eq!(registry.feedback(&receipt.hash()).unwrap().unwrap().hash(), rating.hash());
+    assert_eq!(
+        registry.feedback(&receipt.hash()).unwrap().unwrap().hash(),
+        rating.hash()
+    );
 }
 
 #[test]
@@ -590,7 +640,10 @@ fn double_signed_feedback_is_recorded_the_same_way_whatever_order_it_arrives_in(
     let mut host = Chain::new();
     let caller = SecretKey::generate();
     let (receipt, request) = host.call(&agent, &caller, Outcome::Ok);
-    let (good, bad) = (feedback(&caller, &receipt, 100), feedback(&caller, &receipt, 0));
+    let (good, bad) = (
+        feedback(&caller, &receipt, 100),
+        feedback(&caller, &receipt, 0),
+    );
     let mut scores = Vec::new();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     for (dir, order) in dirs.iter().zip([[&good, &bad], [&bad, &good]]) {

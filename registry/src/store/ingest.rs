@@ -35,6 +35,13 @@ use crate::{Error, Hash};
 /// a stranger cannot fill the table with records about things that never arrive.
 pub const MAX_PENDING_PER_KEY: i64 = 1_000;
 
+/// A manifest's component hash, max fuel, price and signed bytes (the numbers are NULL in rows
+/// stored before they were bounded).
+type ManifestRow = (String, Option<i64>, Option<i64>, Vec<u8>);
+
+/// A receipt's hash, `prev` and signed bytes.
+type ChainRow = (String, Option<String>, Vec<u8>);
+
 /// What became of one record in a write.
 enum Stored {
     Done(Inserted),
@@ -232,7 +239,7 @@ fn check_and_store(
         }
     }
 
-    let manifest: Option<(String, Option<i64>, Option<i64>, Vec<u8>)> = conn
+    let manifest: Option<ManifestRow> = conn
         .prepare_cached(
             "SELECT component_hash, max_fuel, price_per_mfuel, signed FROM manifests WHERE hash = ?1",
         )
@@ -376,7 +383,7 @@ fn chain_break(
 ) -> Result<Option<(String, Vec<u8>)>, Error> {
     let body = receipt.body();
     let db = |e| db_error(path, e);
-    let neighbours = |seq: u64| -> Result<Vec<(String, Option<String>, Vec<u8>)>, Error> {
+    let neighbours = |seq: u64| -> Result<Vec<ChainRow>, Error> {
         let mut stmt = conn
             .prepare_cached("SELECT hash, prev, signed FROM receipts WHERE host = ?1 AND seq = ?2")
             .map_err(db)?;

@@ -8,8 +8,10 @@
 //!   hashes, fuel, charge and [`Outcome`], chained to the host's previous receipt.
 //!
 //! Records travel as [`Signed`] envelopes: canonical JSON, a domain-separated ed25519
-//! signature verified strictly, and an identity that is the hash of the signed bytes. The
-//! [`Registry`] stores them in SQLite together with each agent's private key-value memory;
+//! signature verified strictly, and an identity that is the hash of the signed bytes. A valid
+//! signature is not enough: [`rules`] bounds every field, and the registry checks receipts and
+//! feedback against the records they refer to, keeping proof of any contradiction as
+//! [`Misbehaviour`] against its signer. The [`Registry`] stores them in SQLite together with each agent's private key-value memory;
 //! writes go through one writer thread in batched transactions and reads come from a pool, so
 //! reads never wait for writes. [`reputation`] computes trust and agent scores from the
 //! evidence the registry holds (signed requests, receipts, feedback).

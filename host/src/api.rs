@@ -548,10 +548,16 @@ async fn host_record(
         "head": record.head.map(|(seq, receipt)| json!({ "seq": seq, "receipt": receipt })),
         "first_receipt_ms": record.active_ms.map(|(first, _)| first),
         "last_receipt_ms": record.active_ms.map(|(_, last)| last),
+        "missing": record.missing,
         "forks": record.forks.iter().map(|fork| json!({
             "seq": fork.seq,
             "first": fork.first,
             "second": fork.second,
+        })).collect::<Vec<_>>(),
+        "misbehaviour": record.misbehaviour.iter().map(|m| json!({
+            "kind": m.kind,
+            "subject": m.subject,
+            "reason": m.reason,
         })).collect::<Vec<_>>(),
         "anchors": state.anchors,
         "computed_at_ms": snapshot.computed_at_ms,

@@ -5,7 +5,9 @@
 //! anchors get bit-identical scores.
 //!
 //! **What counts.** Only receipts that answered a caller's signed request (checked against it
-//! when the receipt arrived) and that carry a charge. Nothing signed by a key with evidence
+//! when the receipt arrived) and that carry a charge, and of each host only the receipts up to
+//! the first gap in its chain (a host that withholds or deletes a receipt loses all it signed
+//! after it, until the gap is filled). Nothing signed by a key with evidence
 //! against it (see [`EvidenceSet::dishonest`]): such a key gets no trust, its receipts, ratings
 //! and agents no weight. Evidence dated after "now" has no weight; older evidence fades with a
 //! half-life (`w = ½^(age/half-life)`).
@@ -96,6 +98,8 @@ pub struct Call {
     pub charge: u64,
     /// When it ran, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Its place in the host's receipt chain.
+    pub seq: u64,
     /// The caller's feedback, if any counted.
     pub rating: Option<Rating>,
 }
@@ -201,6 +205,7 @@ impl EvidenceSet {
                     fuel_limit: body.fuel_limit,
                     charge: body.charge,
                     timestamp_ms: body.timestamp_ms,
+                    seq: body.seq,
                     rating: None,
                 }
             })
@@ -407,9 +412,33 @@ struct Reports {
     failures: usize,
 }
 
+/// How far each host's chain is held without a gap: receipts `0..n` are all here. A host's
+/// receipts beyond its first gap do not count until the gap is filled, so a host that deletes a
+/// receipt (a failure, say) loses every receipt it signed after it.
+fn contiguous(evidence: &EvidenceSet) -> BTreeMap<PublicKey, u64> {
+    let mut seqs: BTreeMap<PublicKey, Vec<u64>> = BTreeMap::new();
+    for call in evidence.calls() {
+        seqs.entry(call.host).or_default().push(call.seq);
+    }
+    seqs.into_iter()
+        .map(|(host, mut seqs)| {
+            seqs.sort_unstable();
+            seqs.dedup();
+            let held = seqs
+                .iter()
+                .enumerate()
+                .take_while(|(i, seq)| *i as u64 == **seq)
+                .count();
+            (host, held as u64)
+        })
+        .collect()
+}
+
 /// Computes trust and reputation from `evidence`.
 pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
-    let trust = trust(evidence, params);
+    let held = contiguous(evidence);
+    let counts = |call: &Call| held.get(&call.host).is_some_and(|n| call.seq < *n);
+    let trust = trust(evidence, params, &counts);
     let influence = influence(&trust, params);
     let influence_of = |key: &PublicKey| influence.get(key).copied().unwrap_or(0.0);
     let dishonest = &evidence.dishonest;
@@ -424,6 +453,7 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
         };
         let Some(caller) = call.caller else { continue };
         if agent.component != call.component
+            || !counts(call)
             || dishonest.contains(&call.host)
             || dishonest.contains(&agent.publisher)
         {
@@ -595,7 +625,11 @@ fn decay(timestamp_ms: u64, params: &ScoreParams) -> f64 {
 /// hosts: a caller trusts a host it rated well, in proportion to its scores. No trust flows to
 /// a caller for calling (calls cost nothing until settlement exists), so callers hold trust
 /// only as anchors or when some trusted key rates them as a host.
-fn trust(evidence: &EvidenceSet, params: &ScoreParams) -> BTreeMap<PublicKey, f64> {
+fn trust(
+    evidence: &EvidenceSet,
+    params: &ScoreParams,
+    counts: &impl Fn(&Call) -> bool,
+) -> BTreeMap<PublicKey, f64> {
     let dishonest = &evidence.dishonest;
     let mut edges: BTreeMap<PublicKey, BTreeMap<PublicKey, f64>> = BTreeMap::new();
     let mut add = |from: PublicKey, to: PublicKey, weight: f64| {
@@ -603,7 +637,7 @@ fn trust(evidence: &EvidenceSet, params: &ScoreParams) -> BTreeMap<PublicKey, f6
             *edges.entry(from).or_default().entry(to).or_insert(0.0) += weight;
         }
     };
-    for call in evidence.calls() {
+    for call in evidence.calls().iter().filter(|call| counts(call)) {
         let (Some(caller), Some(rating)) = (call.caller, call.rating) else {
             continue;
         };

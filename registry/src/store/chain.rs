@@ -28,6 +28,9 @@ pub struct HostRecord {
     pub receipts: u64,
     /// The highest sequence number seen and its receipt.
     pub head: Option<(u64, Hash)>,
+    /// Sequence numbers below the head that this registry does not hold: gaps, behind which
+    /// none of the host's receipts count for scores.
+    pub missing: u64,
     /// The timestamps of its first and latest receipts (by sequence number), in milliseconds
     /// since the Unix epoch.
     pub active_ms: Option<(u64, u64)>,
@@ -151,9 +154,13 @@ impl Registry {
             let db = |e| self.db_error(e);
             let key = host.to_hex();
             // Everything comes from the (host, seq) index: a count over it, and its two ends.
-            let receipts: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM receipts WHERE host = ?1")
-                .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)))
+            let (receipts, distinct): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COUNT(*), COUNT(DISTINCT seq) FROM receipts WHERE host = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+                })
                 .map_err(db)?;
             let end = |order: &str| -> Result<Option<(i64, String, i64)>, Error> {
                 conn.prepare_cached(&format!(
@@ -175,6 +182,7 @@ impl Registry {
             };
             Ok(HostRecord {
                 receipts: receipts as u64,
+                missing: head.map_or(0, |(seq, _)| (seq + 1).saturating_sub(distinct as u64)),
                 head,
                 active_ms: first
                     .zip(last)

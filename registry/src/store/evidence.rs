@@ -273,7 +273,7 @@ impl Registry {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT hash, host, caller, manifest_hash, component_hash, outcome,
-                            fuel_limit, charge, timestamp_ms
+                            fuel_limit, charge, timestamp_ms, seq
                      FROM receipts WHERE rowid > ?1 AND rowid <= ?2",
                 )
                 .map_err(db)?;
@@ -302,6 +302,7 @@ impl Registry {
                         fuel_limit: number(6)?,
                         charge: number(7)?,
                         timestamp_ms: number(8)?,
+                        seq: number(9)?,
                         rating: None,
                     })
                 })();

@@ -685,3 +685,57 @@ fn a_second_manifest_for_one_release_is_recorded_against_its_publisher() {
     let against = registry.misbehaviour(&publisher.public()).unwrap();
     assert_eq!(against[0].kind, "double-release");
 }
+
+#[test]
+fn a_host_that_withholds_a_receipt_loses_every_receipt_after_it() {
+    let market = Market::new(5, 200);
+    let victim = &market.agents[0].0;
+    let mut host = Chain {
+        key: market.hosts[1].key.clone(),
+        head: market
+            .registry
+            .host_record(&market.hosts[1].key.public())
+            .unwrap()
+            .head,
+    };
+    // The host signs a trap, then ten rated calls, and withholds the trap.
+    let (trap, trap_request) = host.call(
+        victim,
+        &market.callers[0],
+        Outcome::Trap {
+            message: "unreachable".into(),
+        },
+    );
+    let mut later = Vec::new();
+    let mut ratings = Vec::new();
+    for caller in &market.callers[1..11] {
+        let (receipt, request) = host.call(victim, caller, Outcome::Ok);
+        ratings.push(feedback(caller, &receipt, 100));
+        later.push((receipt, Some(request)));
+    }
+    let before = market.scores();
+    market.store(later);
+    market.registry.insert_feedback_batch(ratings).unwrap();
+    let record = market.registry.host_record(&host.key.public()).unwrap();
+    assert_eq!(record.missing, 1);
+    assert_eq!(
+        market.scores().of(victim.body()),
+        before.of(victim.body()),
+        "nothing after the gap counts"
+    );
+    // Once the withheld receipt arrives, all of it counts, the trap too.
+    market
+        .registry
+        .insert_receipt(&trap, Some(&trap_request))
+        .unwrap();
+    assert_eq!(
+        market
+            .registry
+            .host_record(&host.key.public())
+            .unwrap()
+            .missing,
+        0
+    );
+    let after = market.scores().of(victim.body());
+    assert_eq!(after.evidence, before.of(victim.body()).evidence + 11);
+}

@@ -299,7 +299,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let node = open(data_dir).await?;
             let receipts = match agent {
                 Some(agent) => {
-                    let manifest = node.registry().resolve(&agent)?;
+                    let manifest = node.resolve(&agent)?;
                     node.registry()
                         .receipts_page(&manifest.hash(), None, limit)?
                         .parse()?

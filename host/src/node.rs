@@ -71,20 +71,31 @@ pub struct NodeConfig {
     pub data_dir: DataDir,
     /// The host's limits.
     pub limits: Limits,
+    /// Publishers besides this host's own key whose agents a bare name or a component hash
+    /// may resolve to (see [`Registry::resolve`](agora_registry::Registry::resolve)). Default:
+    /// none, so names resolve only to this host's own releases.
+    pub trusted_publishers: Vec<PublicKey>,
 }
 
 impl NodeConfig {
-    /// A configuration with default limits.
+    /// A configuration with default limits, trusting no publisher but itself.
     pub fn new(data_dir: DataDir) -> Self {
         NodeConfig {
             data_dir,
             limits: Limits::default(),
+            trusted_publishers: Vec::new(),
         }
     }
 
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Lets bare names and component hashes resolve to these publishers' agents too.
+    pub fn trust_publishers(mut self, publishers: impl IntoIterator<Item = PublicKey>) -> Self {
+        self.trusted_publishers.extend(publishers);
         self
     }
 }
@@ -178,6 +189,8 @@ pub struct Node(Arc<NodeInner>);
 struct NodeInner {
     data_dir: DataDir,
     key: SecretKey,
+    /// This host's key, then the publishers its operator trusts.
+    trusted: Vec<PublicKey>,
     registry: Registry,
     blobs: BlobStore,
     sandbox: Sandbox,
@@ -215,8 +228,12 @@ impl Node {
                 })?;
         let sandbox =
             Sandbox::new(config.limits).map_err(|e| OpenError::Engine(format!("{e:#}")))?;
+        let trusted = std::iter::once(key.public())
+            .chain(config.trusted_publishers)
+            .collect();
         Ok(Node(Arc::new(NodeInner {
             data_dir,
+            trusted,
             key,
             registry,
             blobs,
@@ -374,8 +391,13 @@ impl Node {
         Ok(Published { manifest, inserted })
     }
 
-    /// Runs `action` on the agent named by `agent` (a name, `name@version`, a manifest hash or a
-    /// component hash) with a fuel budget (default: the host's default, capped by the
+    /// The manifest an agent reference names: a manifest hash, `<publisher>/<name>[@<version>]`,
+    /// or a bare name or component hash of this host's own or a trusted publisher's release.
+    pub fn resolve(&self, reference: &str) -> Result<SignedManifest, agora_registry::Error> {
+        self.0.registry.resolve(reference, &self.0.trusted)
+    }
+
+    /// Runs `action` on the agent named by `agent` (see [`Node::resolve`]) with a fuel budget (default: the host's default, capped by the
     /// manifest's limit), and signs a receipt. Guest failures are outcomes in the returned
     /// [`Execution`], not errors.
     pub async fn run(
@@ -385,7 +407,7 @@ impl Node {
         payload: &[u8],
         fuel: Option<u64>,
     ) -> Result<Execution, RunError> {
-        let manifest = self.0.registry.resolve(agent)?;
+        let manifest = self.resolve(agent)?;
         let request = Request {
             action: action.to_owned(),
             payload: payload.to_vec(),
@@ -448,7 +470,7 @@ impl Node {
     ) -> Pin<Box<dyn Future<Output = Result<Execution, RunError>> + Send + 'static>> {
         let node = self.clone();
         Box::pin(async move {
-            let manifest = node.0.registry.resolve(&agent)?;
+            let manifest = node.resolve(&agent)?;
             let parent = ParentCall {
                 manifest: parent_manifest,
                 depth,

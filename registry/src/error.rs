@@ -95,7 +95,7 @@ pub enum Error {
     },
     /// No stored manifest matches an agent reference.
     #[error(
-        "no agent `{reference}` in the registry (give a name, a manifest hash or a component hash)"
+        "no agent `{reference}` in the registry from a publisher this host trusts (give a manifest hash, <publisher>/<name>[@<version>], or the name of a trusted publisher's agent)"
     )]
     UnknownAgent {
         /// The reference given.

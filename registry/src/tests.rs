@@ -251,15 +251,25 @@ fn releases_are_immutable() {
     let next = Signed::sign(manifest(&key, "1.1.0", b"v2"), &key).unwrap();
     assert_eq!(registry.insert_manifest(&next).unwrap(), Inserted::New);
     assert_eq!(
-        registry.resolve("energy-trader").unwrap().body().version,
+        registry
+            .resolve("energy-trader", &[key.public()])
+            .unwrap()
+            .body()
+            .version,
         "1.1.0"
     );
     assert_eq!(
-        registry.resolve("energy-trader@1.0.0").unwrap().hash(),
+        registry
+            .resolve("energy-trader@1.0.0", &[key.public()])
+            .unwrap()
+            .hash(),
         first.hash()
     );
     assert_eq!(
-        registry.resolve(&Hash::of(b"v2").to_hex()).unwrap().hash(),
+        registry
+            .resolve(&Hash::of(b"v2").to_hex(), &[key.public()])
+            .unwrap()
+            .hash(),
         next.hash()
     );
 }
@@ -453,7 +463,10 @@ fn reads_do_not_wait_for_a_write_in_progress() {
     // ...while reads go ahead and see the last committed state.
     assert_eq!(registry.manifests().unwrap().len(), 1);
     assert_eq!(
-        registry.resolve("energy-trader").unwrap().hash(),
+        registry
+            .resolve("energy-trader", &[key.public()])
+            .unwrap()
+            .hash(),
         first.hash()
     );
     assert!(

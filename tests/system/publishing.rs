@@ -39,7 +39,7 @@ async fn publishing_signs_a_manifest_naming_the_component_by_hash() {
         .unwrap();
     assert_eq!(&component[..], examples::RIDE_DRIVER);
     assert_eq!(
-        host.node.registry().resolve("ride-driver").unwrap().hash(),
+        host.node.resolve("ride-driver").unwrap().hash(),
         manifest.hash()
     );
 }

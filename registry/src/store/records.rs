@@ -210,55 +210,64 @@ impl Registry {
         .map(|mut found| found.pop())
     }
 
-    /// Every stored manifest, newest first.
+    /// Every stored manifest, newest (last stored) first.
     pub fn manifests(&self) -> Result<Vec<SignedManifest>, Error> {
         self.query_manifests("", params![])
     }
 
-    /// Every manifest `publisher` released, newest first.
+    /// Every manifest `publisher` released, newest (last stored) first.
     pub fn manifests_by(&self, publisher: &PublicKey) -> Result<Vec<SignedManifest>, Error> {
         self.query_manifests("WHERE publisher = ?1", params![publisher.to_hex()])
     }
 
-    /// Finds the manifest an agent reference names. A reference is a manifest hash, a component
-    /// hash (the newest manifest for it), or a name, optionally `name@version` (the newest
-    /// release of that name; ambiguous if several publishers use the name).
-    pub fn resolve(&self, reference: &str) -> Result<SignedManifest, Error> {
+    /// Finds the manifest an agent reference names, for a host that trusts the publishers in
+    /// `trusted` (its own key first, then any its operator trusts). A reference is:
+    ///
+    /// - a manifest hash: that release, whoever published it;
+    /// - `<publisher key>/<name>[@<version>]`: that publisher's release;
+    /// - a bare `<name>[@<version>]` or a component hash: a release by one of the `trusted`
+    ///   publishers only, so a stranger's manifest with the same name or component can neither
+    ///   hijack nor break it. Two trusted publishers using one name make it ambiguous.
+    ///
+    /// Without a version, the newest release is the one this registry stored last: nothing is
+    /// ordered by a timestamp the network supplied.
+    pub fn resolve(&self, reference: &str, trusted: &[PublicKey]) -> Result<SignedManifest, Error> {
+        let unknown = || Error::UnknownAgent {
+            reference: reference.chars().take(200).collect(),
+        };
         if let Ok(hash) = reference.parse::<Hash>() {
             if let Some(manifest) = self.manifest(&hash)? {
                 return Ok(manifest);
             }
-            let mut by_component =
+            let by_component =
                 self.query_manifests("WHERE component_hash = ?1", params![hash.to_hex()])?;
-            if !by_component.is_empty() {
-                return Ok(by_component.swap_remove(0));
-            }
-            return Err(Error::UnknownAgent {
-                reference: reference.to_owned(),
-            });
+            return pick(reference, by_component, trusted).ok_or_else(unknown)?;
         }
-        let (name, version) = match reference.split_once('@') {
-            Some((name, version)) => (name, Some(version)),
-            None => (reference, None),
+        let (scope, rest) = match reference.split_once('/') {
+            Some((publisher, rest)) => (Some(publisher.parse::<PublicKey>()?), rest),
+            None => (None, reference),
         };
-        let mut found = match version {
-            Some(version) => {
+        let (name, version) = match rest.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (rest, None),
+        };
+        let found = match (scope, version) {
+            (Some(publisher), Some(version)) => self.query_manifests(
+                "WHERE publisher = ?1 AND name = ?2 AND version = ?3",
+                params![publisher.to_hex(), name, version],
+            )?,
+            (Some(publisher), None) => self.query_manifests(
+                "WHERE publisher = ?1 AND name = ?2",
+                params![publisher.to_hex(), name],
+            )?,
+            (None, Some(version)) => {
                 self.query_manifests("WHERE name = ?1 AND version = ?2", params![name, version])?
             }
-            None => self.query_manifests("WHERE name = ?1", params![name])?,
+            (None, None) => self.query_manifests("WHERE name = ?1", params![name])?,
         };
-        let mut publishers: Vec<PublicKey> = found.iter().map(|m| m.body().publisher).collect();
-        publishers.sort();
-        publishers.dedup();
-        match publishers.len() {
-            0 => Err(Error::UnknownAgent {
-                reference: reference.to_owned(),
-            }),
-            1 => Ok(found.swap_remove(0)),
-            _ => Err(Error::AmbiguousAgent {
-                reference: reference.to_owned(),
-                publishers,
-            }),
+        match scope {
+            Some(_) => found.into_iter().next().ok_or_else(unknown),
+            None => pick(reference, found, trusted).ok_or_else(unknown)?,
         }
     }
 
@@ -267,8 +276,7 @@ impl Registry {
         filter: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<SignedManifest>, Error> {
-        let sql =
-            format!("SELECT signed FROM manifests {filter} ORDER BY created_at DESC, rowid DESC");
+        let sql = format!("SELECT signed FROM manifests {filter} ORDER BY rowid DESC");
         self.read(|conn| self.stored_records(conn, &sql, params))
     }
 
@@ -436,4 +444,30 @@ impl Registry {
         })
         .map(|mut found| found.pop())
     }
+}
+
+/// The first (newest) of `found` by a trusted publisher, if any; an error if two trusted
+/// publishers released it.
+fn pick(
+    reference: &str,
+    found: Vec<SignedManifest>,
+    trusted: &[PublicKey],
+) -> Option<Result<SignedManifest, Error>> {
+    let mut publishers: Vec<PublicKey> = found
+        .iter()
+        .map(|m| m.body().publisher)
+        .filter(|p| trusted.contains(p))
+        .collect();
+    publishers.sort();
+    publishers.dedup();
+    if publishers.len() > 1 {
+        return Some(Err(Error::AmbiguousAgent {
+            reference: reference.to_owned(),
+            publishers,
+        }));
+    }
+    found
+        .into_iter()
+        .find(|m| trusted.contains(&m.body().publisher))
+        .map(Ok)
 }

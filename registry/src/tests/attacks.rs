@@ -739,3 +739,50 @@ fn a_host_that_withholds_a_receipt_loses_every_receipt_after_it() {
     let after = market.scores().of(victim.body());
     assert_eq!(after.evidence, before.of(victim.body()).evidence + 11);
 }
+
+#[test]
+fn a_strangers_same_named_manifest_can_neither_break_nor_hijack_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let own = SecretKey::generate();
+    let mine = agent_manifest(&own, "ride-driver", b"mine");
+    registry.insert_manifest(&mine).unwrap();
+    // A stranger gossips the same name, a newer version, and a manifest for our component.
+    let stranger = SecretKey::generate();
+    let mut theirs = super::manifest(&stranger, "9.9.9", b"theirs");
+    theirs.name = "ride-driver".into();
+    theirs.created_at = rules::now_ms() / 1000;
+    let theirs = Signed::sign(theirs, &stranger).unwrap();
+    registry.insert_manifest(&theirs).unwrap();
+    let mut copy = mine.body().clone();
+    copy.publisher = stranger.public();
+    let copy = Signed::sign(copy, &stranger).unwrap();
+    registry.insert_manifest(&copy).unwrap();
+
+    let trusted = [own.public()];
+    for reference in [
+        "ride-driver".to_owned(),
+        "ride-driver@1.0.0".to_owned(),
+        mine.body().component.hash.to_hex(),
+    ] {
+        assert_eq!(
+            registry.resolve(&reference, &trusted).unwrap().hash(),
+            mine.hash(),
+            "{reference}"
+        );
+    }
+    assert!(registry.resolve("ride-driver@9.9.9", &trusted).is_err());
+    // The stranger's release is still reachable when asked for by name and publisher, or hash.
+    let scoped = format!("{}/ride-driver@9.9.9", stranger.public());
+    assert_eq!(
+        registry.resolve(&scoped, &trusted).unwrap().hash(),
+        theirs.hash()
+    );
+    assert_eq!(
+        registry
+            .resolve(&theirs.hash().to_hex(), &trusted)
+            .unwrap()
+            .hash(),
+        theirs.hash()
+    );
+}

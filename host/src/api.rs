@@ -90,6 +90,7 @@ impl ApiServer {
         anchors.extend(config.extra_anchors);
         anchors.sort();
         anchors.dedup();
+        node.registry().trust(anchors.iter().copied());
         let (first, read) = score(node.clone(), anchors.clone(), ReadEvidence::none())
             .await
             .map_err(std::io::Error::other)?;
@@ -774,7 +775,8 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
          # TYPE agora_scores_receipts gauge\nagora_scores_receipts {}\n\
          # TYPE agora_scores_compute_seconds gauge\nagora_scores_compute_seconds {}\n\
          # TYPE agora_scores_age_seconds gauge\nagora_scores_age_seconds {}\n\
-         # TYPE agora_scores_skipped_rows gauge\nagora_scores_skipped_rows {}\n",
+         # TYPE agora_scores_skipped_rows gauge\nagora_scores_skipped_rows {}\n\
+         # TYPE agora_refused_over_quota_total counter\nagora_refused_over_quota_total {}\n",
         m.requests.load(Ordering::Relaxed),
         m.rejected.load(Ordering::Relaxed),
         m.receipts_accepted.load(Ordering::Relaxed),
@@ -783,6 +785,7 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         snapshot.took.as_secs_f64(),
         snapshot.computed.elapsed().as_secs_f64(),
         snapshot.skipped_rows,
+        state.node.registry().refused_over_quota(),
     );
     (
         [(

@@ -41,7 +41,12 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gossip message: a kind byte and a manifest.
 const MAX_GOSSIP_MESSAGE: usize = MAX_MANIFEST_BYTES as usize + 1;
 /// Most manifests sent to a new neighbour so it can catch up.
-const MAX_CATALOG_ANNOUNCEMENTS: usize = 1_000;
+const MAX_CATALOG_ANNOUNCEMENTS: usize = 64;
+/// Manifests one gossip neighbour may deliver in a burst, and per second after it. Beyond
+/// that they are dropped and counted ([`GossipStats::over_quota`]): a peer relaying a flood
+/// of manifests from fresh keys cannot fill this host's registry.
+const MANIFESTS_PER_PEER_BURST: f64 = 256.0;
+const MANIFESTS_PER_PEER_PER_SECOND: f64 = 2.0;
 /// How often the host looks for releases published by other processes to announce.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 /// Gossip message kind: a signed manifest follows.
@@ -64,6 +69,7 @@ pub fn marketplace_topic() -> TopicId {
 pub struct GossipStats {
     accepted: AtomicU64,
     dropped: AtomicU64,
+    over_quota: AtomicU64,
 }
 
 impl GossipStats {
@@ -75,6 +81,12 @@ impl GossipStats {
     /// Announcements dropped: oversized, unknown kind, malformed, or failing verification.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Manifest announcements dropped unread because the neighbour that delivered them was
+    /// over its budget.
+    pub fn over_quota(&self) -> u64 {
+        self.over_quota.load(Ordering::Relaxed)
     }
 }
 
@@ -662,6 +674,7 @@ async fn listen(
     sender: GossipSender,
     stats: Arc<GossipStats>,
 ) {
+    let mut budgets = PeerBudgets::default();
     while let Some(first) = receiver.next().await {
         // Take whatever else has already arrived, so that a burst of evidence is verified and
         // stored as one batch. A zero timeout polls the stream once without waiting.
@@ -679,14 +692,21 @@ async fn listen(
                 Ok(Event::Received(message)) => match message.content.first() {
                     Some(&ANNOUNCE_RECEIPT | &ANNOUNCE_FEEDBACK) => evidence.push(message),
                     _ => {
+                        if !budgets.take(message.delivered_from) {
+                            stats.over_quota.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         let recorded = record_manifest(&node, &message.content).await;
                         stats.count(recorded, &message.delivered_from);
                     }
                 },
                 Ok(Event::NeighborUp(peer)) => {
                     tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; sending our catalog");
-                    let manifests = node.registry().manifests().unwrap_or_default();
-                    for manifest in manifests.iter().take(MAX_CATALOG_ANNOUNCEMENTS) {
+                    let manifests = node
+                        .registry()
+                        .newest_manifests(MAX_CATALOG_ANNOUNCEMENTS)
+                        .unwrap_or_default();
+                    for manifest in &manifests {
                         if sender
                             .broadcast_neighbors(announcement(manifest))
                             .await
@@ -726,6 +746,37 @@ async fn listen(
         }
         if closed {
             break;
+        }
+    }
+}
+
+/// A token bucket of manifest announcements per gossip neighbour.
+#[derive(Default)]
+struct PeerBudgets(std::collections::HashMap<iroh::EndpointId, (f64, std::time::Instant)>);
+
+impl PeerBudgets {
+    /// Takes one announcement from `peer`'s budget; false if it has none left.
+    fn take(&mut self, peer: iroh::EndpointId) -> bool {
+        let now = std::time::Instant::now();
+        // Neighbours come and go; forget the ones whose budget has filled up again.
+        if self.0.len() > 1024 {
+            self.0.retain(|_, (tokens, at)| {
+                *tokens + at.elapsed().as_secs_f64() * MANIFESTS_PER_PEER_PER_SECOND
+                    < MANIFESTS_PER_PEER_BURST
+            });
+        }
+        let (tokens, at) = self
+            .0
+            .entry(peer)
+            .or_insert((MANIFESTS_PER_PEER_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * MANIFESTS_PER_PEER_PER_SECOND)
+            .min(MANIFESTS_PER_PEER_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -856,7 +907,14 @@ async fn record_manifest(node: &Node, message: &[u8]) -> Result<bool, String> {
         return Err("oversized manifest".into());
     }
     let manifest = SignedManifest::from_bytes(bytes).map_err(|e| e.to_string())?;
-    match node.registry().insert_manifest(&manifest) {
+    // The insert waits for a durable commit: keep it off the async executor.
+    let inserted = {
+        let (node, manifest) = (node.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || node.registry().insert_manifest(&manifest))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    match inserted {
         Ok(Inserted::AlreadyPresent | Inserted::Pending) => Ok(false),
         Ok(Inserted::New) => {
             // Keep the manifest blob too, so this host can serve it to whoever asks.

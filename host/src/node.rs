@@ -228,9 +228,10 @@ impl Node {
                 })?;
         let sandbox =
             Sandbox::new(config.limits).map_err(|e| OpenError::Engine(format!("{e:#}")))?;
-        let trusted = std::iter::once(key.public())
+        let trusted: Vec<PublicKey> = std::iter::once(key.public())
             .chain(config.trusted_publishers)
             .collect();
+        registry.trust(trusted.iter().copied());
         Ok(Node(Arc::new(NodeInner {
             data_dir,
             trusted,

@@ -64,7 +64,8 @@ pub use receipt::{
 pub use signed::{Record, Signed};
 pub use store::{
     Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota,
-    MAX_PENDING_PER_KEY, Misbehaviour, ReceiptCursor, ReceiptPage, Registry,
+    MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY, Misbehaviour, ReceiptCursor, ReceiptPage,
+    Registry,
 };
 
 #[cfg(test)]

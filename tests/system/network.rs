@@ -963,3 +963,59 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
     router.shutdown().await.unwrap();
     b_net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
+    use agora_registry::{ComponentRef, Manifest, ManifestLimits, SecretKey, Signed};
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let (router, mut topic) = raw_gossip_peer(&b_net).await;
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 5_000;
+    for i in 0..FLOOD {
+        let key = SecretKey::generate();
+        let manifest = Manifest {
+            name: format!("flood-{i}"),
+            version: "1.0.0".into(),
+            publisher: key.public(),
+            component: ComponentRef {
+                hash: Hash::of(&i.to_le_bytes()),
+                size: 1,
+            },
+            world: agora_registry::AGENT_WORLD.into(),
+            actions: vec!["x".into()],
+            capabilities: vec![],
+            limits: ManifestLimits {
+                max_fuel: 1,
+                max_memory_bytes: 1,
+                max_wall_ms: 1,
+                max_output_bytes: 1,
+            },
+            price_per_mfuel: 0,
+            description: String::new(),
+            created_at: 0,
+        };
+        let signed = Signed::sign(manifest, &key).unwrap();
+        let mut message = vec![1u8];
+        message.extend_from_slice(signed.as_bytes());
+        topic.broadcast(bytes::Bytes::from(message)).await.unwrap();
+    }
+    eventually("the flood being counted", || {
+        b_net.gossip_stats().over_quota() > 0
+    })
+    .await;
+    // Whatever arrives after the burst is refused at the neighbour's steady rate.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = b.node.registry().manifests().unwrap().len();
+    let allowed = 256 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        stored <= allowed,
+        "{stored} manifests stored; at most {allowed} allowed"
+    );
+    assert!(stored > 0, "the burst is accepted");
+    // The host still works: it publishes and announces as ever.
+    b.publish(examples::RIDE_DRIVER).await;
+    router.shutdown().await.unwrap();
+    b_net.shutdown().await;
+}

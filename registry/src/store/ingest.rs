@@ -84,18 +84,32 @@ impl Registry {
                     answers.push(Err(refused));
                     continue;
                 }
+                let mut added = None;
                 if let Some(request) = request {
                     if let Err(refused) = request.body().check_form() {
                         answers.push(Err(refused));
                         continue;
                     }
-                    insert_request_row(conn, request).map_err(|e| db_error(path, e))?;
+                    if insert_request_row(conn, request).map_err(|e| db_error(path, e))? > 0 {
+                        added = Some(request.hash());
+                    }
                 }
-                answers.push(admit_receipt(conn, path, receipt, now, &mut arrived)?);
+                let answer = admit_receipt(conn, path, receipt, now, &mut arrived)?;
+                // A request is kept as the evidence behind a receipt; with the receipt refused,
+                // nothing needs it (a proof of misbehaviour holds its own copy).
+                if let (Err(_), Some(hash)) = (&answer, added) {
+                    conn.execute(
+                        "DELETE FROM requests WHERE hash = ?1",
+                        params![hash.to_hex()],
+                    )
+                    .map_err(|e| db_error(path, e))?;
+                }
+                answers.push(answer);
             }
             retry_pending(conn, path, now, arrived)?;
             Ok(answers)
         })
+        .map(|answers| self.count_quota(answers))
     }
 
     /// Stores a caller's feedback if it counts: the receipt is known, the rater is its caller
@@ -121,6 +135,7 @@ impl Registry {
             }
             Ok(answers)
         })
+        .map(|answers| self.count_quota(answers))
     }
 }
 

@@ -36,6 +36,7 @@ pub use chain::{Fork, HostRecord, Misbehaviour};
 pub use evidence::{Evidence, EvidenceCursor};
 pub use ingest::MAX_PENDING_PER_KEY;
 pub use kv::{KvNamespace, KvQuota};
+pub use records::MAX_MANIFESTS_PER_STRANGER;
 pub use records::{ReceiptCursor, ReceiptPage};
 
 /// Most writes committed in one transaction.
@@ -67,6 +68,11 @@ pub struct Registry {
     readers: Mutex<Vec<Connection>>,
     writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     writer_thread: Option<JoinHandle<()>>,
+    /// Keys whose records are not held to the quotas on strangers: this host's own and those
+    /// its operator trusts.
+    trusted: std::sync::RwLock<Vec<crate::PublicKey>>,
+    /// Records refused because their signer was over a quota.
+    over_quota: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -111,12 +117,50 @@ impl Registry {
             readers: Mutex::new(Vec::new()),
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            trusted: std::sync::RwLock::new(Vec::new()),
+            over_quota: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Exempts these keys (this host's own, its operator's trusted publishers and anchors) from
+    /// the quotas on strangers, as well as any exempted before.
+    pub fn trust(&self, keys: impl IntoIterator<Item = crate::PublicKey>) {
+        let mut trusted = self.trusted.write().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if !trusted.contains(&key) {
+                trusted.push(key);
+            }
+        }
+    }
+
+    fn is_trusted(&self, key: &crate::PublicKey) -> bool {
+        self.trusted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// How many records were refused since the registry opened because their signer was over
+    /// a quota ([`MAX_MANIFESTS_PER_STRANGER`], [`MAX_PENDING_PER_KEY`]).
+    pub fn refused_over_quota(&self) -> u64 {
+        self.over_quota.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(Error::Quota { .. }) = &result {
+            self.over_quota
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn count_quota<T>(&self, answers: Vec<Result<T, Error>>) -> Vec<Result<T, Error>> {
+        answers.into_iter().map(|a| self.counted(a)).collect()
     }
 
     fn db_error(&self, source: rusqlite::Error) -> Error {

@@ -58,6 +58,30 @@ impl std::str::FromStr for ReceiptCursor {
     }
 }
 
+/// Most manifests one key that this host does not trust may have stored here.
+pub const MAX_MANIFESTS_PER_STRANGER: i64 = 64;
+
+fn over_manifest_quota(
+    conn: &Connection,
+    path: &std::path::Path,
+    publisher: &PublicKey,
+) -> Result<bool, Error> {
+    let stored: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM manifests WHERE publisher = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![publisher.to_hex()], |row| row.get(0)))
+        .map_err(|e| db_error(path, e))?;
+    Ok(stored >= MAX_MANIFESTS_PER_STRANGER)
+}
+
+fn manifest_quota(publisher: &PublicKey) -> Error {
+    Error::Quota {
+        key: *publisher,
+        what: format!(
+            "{MAX_MANIFESTS_PER_STRANGER} manifests from a publisher this host does not trust"
+        ),
+    }
+}
+
 /// Stores a signed request unless one with its (caller, host, nonce) is stored; returns the
 /// number of rows written.
 pub(super) fn insert_request_row(
@@ -120,8 +144,14 @@ impl Registry {
     /// The manifest must pass [`Manifest::check`](crate::Manifest::check) first, whichever way
     /// it arrived. Receipts that were waiting for it are checked again.
     pub fn insert_manifest(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
+        let result = self.insert_manifest_checked(manifest);
+        self.counted(result)
+    }
+
+    fn insert_manifest_checked(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
         let now = crate::rules::now_ms();
         manifest.body().check(now)?;
+        let stranger = !self.is_trusted(&manifest.body().publisher);
         let manifest = manifest.clone();
         self.write(move |conn, path| {
             let db = |e| db_error(path, e);
@@ -138,6 +168,9 @@ impl Registry {
             if let Some((existing_hash, existing_bytes)) = existing {
                 if existing_hash == manifest.hash().to_hex() {
                     return Ok(Ok(Inserted::AlreadyPresent));
+                }
+                if stranger && over_manifest_quota(conn, path, &body.publisher)? {
+                    return Ok(Err(manifest_quota(&body.publisher)));
                 }
                 let existing: Hash = parse_stored(path, &existing_hash)?;
                 super::chain::record_misbehaviour(
@@ -160,6 +193,9 @@ impl Registry {
                     publisher: body.publisher,
                     existing: existing_hash,
                 }));
+            }
+            if stranger && over_manifest_quota(conn, path, &body.publisher)? {
+                return Ok(Err(manifest_quota(&body.publisher)));
             }
             conn.execute(
                 "INSERT OR IGNORE INTO publishers (key, first_seen) VALUES (?1, ?2)",
@@ -208,6 +244,18 @@ impl Registry {
             params![publisher.to_hex(), name, version],
         )
         .map(|mut found| found.pop())
+    }
+
+    /// The `limit` manifests stored last, newest first.
+    pub fn newest_manifests(&self, limit: usize) -> Result<Vec<SignedManifest>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|conn| {
+            self.stored_records(
+                conn,
+                "SELECT signed FROM manifests ORDER BY rowid DESC LIMIT ?1",
+                params![limit],
+            )
+        })
     }
 
     /// Every stored manifest, newest (last stored) first.

@@ -42,6 +42,7 @@ pub mod net;
 mod node;
 pub mod report;
 mod sandbox;
+pub mod sync;
 
 pub use blobs::{BlobError, BlobStore};
 pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};

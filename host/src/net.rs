@@ -150,6 +150,14 @@ pub enum NetError {
     /// Joining the marketplace gossip failed.
     #[error("joining the marketplace gossip: {0}")]
     Gossip(String),
+    /// Catching up on a peer's evidence failed.
+    #[error("catching up on the evidence of peer {peer}: {reason}")]
+    CatchUp {
+        /// The peer.
+        peer: String,
+        /// What failed.
+        reason: String,
+    },
     /// A peer address that does not parse.
     #[error("`{input}` is not a peer ticket")]
     BadTicket {
@@ -248,6 +256,45 @@ pub struct Network {
     stats: Arc<GossipStats>,
     listener: tokio::task::JoinHandle<()>,
     announcer: tokio::task::JoinHandle<()>,
+    catch_up: Arc<CatchUpState>,
+}
+
+/// Where this host is in each peer's evidence.
+struct CatchUpState {
+    node: Node,
+    endpoint: Endpoint,
+    cursors: tokio::sync::Mutex<
+        std::collections::HashMap<iroh::EndpointId, agora_registry::EvidenceCursor>,
+    >,
+}
+
+impl CatchUpState {
+    /// Catches up on `peer`'s evidence from where the last catch-up with it ended. One
+    /// catch-up per peer runs at a time.
+    async fn with(&self, peer: EndpointAddr) -> Result<crate::sync::CatchUp, String> {
+        let mut cursors = self.cursors.lock().await;
+        let cursor = cursors.get(&peer.id).copied().unwrap_or_default();
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.endpoint.connect(peer.clone(), crate::sync::ALPN),
+        )
+        .await
+        .map_err(|_| format!("did not answer within {} s", CONNECT_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("connection failed: {e}"))?;
+        let result = crate::sync::catch_up(&self.node, &connection, cursor).await;
+        connection.close(0u32.into(), b"done");
+        match result {
+            Ok((caught, next)) => {
+                cursors.insert(peer.id, next);
+                tracing::info!(peer = %peer.id.fmt_short(), ?caught, "caught up on a peer's evidence");
+                Ok(caught)
+            }
+            Err(error) => {
+                tracing::debug!(peer = %peer.id.fmt_short(), %error, "catching up failed");
+                Err(error)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Network {
@@ -294,7 +341,16 @@ impl Network {
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
             .accept(iroh_gossip::ALPN, gossip.clone())
+            .accept(
+                crate::sync::ALPN,
+                crate::sync::EvidenceProtocol { node: node.clone() },
+            )
             .spawn();
+        let catch_up = Arc::new(CatchUpState {
+            node: node.clone(),
+            endpoint: endpoint.clone(),
+            cursors: Default::default(),
+        });
         let bootstrap = config.peers.iter().map(|p| p.id).collect();
         let topic = gossip
             .subscribe(marketplace_topic(), bootstrap)
@@ -307,13 +363,20 @@ impl Network {
             receiver,
             announcements.clone(),
             stats.clone(),
+            catch_up.clone(),
         ));
+        // Catch up on the evidence the peers already hold; gossip brings what comes after.
+        for peer in &config.peers {
+            let (catch_up, peer) = (catch_up.clone(), peer.clone());
+            tokio::spawn(async move { catch_up.with(peer).await });
+        }
         let announcer = tokio::spawn(announce_new_releases(node.clone(), announcements.clone()));
         tracing::info!(id = %endpoint.id(), addr = ?endpoint.addr(), "serving blobs and gossip");
         Ok(Network {
             node,
             endpoint,
             router,
+            catch_up,
             announcements,
             stats,
             listener,
@@ -327,6 +390,18 @@ impl Network {
         if let Err(error) = self.announcements.broadcast(message).await {
             tracing::warn!(%error, manifest = %manifest.hash(), "announcing failed");
         }
+    }
+
+    /// Asks `peer` for the evidence it holds that this host has not asked it for before, and
+    /// stores it through the usual checks (see [`crate::sync`]).
+    pub async fn catch_up(&self, peer: &EndpointAddr) -> Result<crate::sync::CatchUp, NetError> {
+        self.catch_up
+            .with(peer.clone())
+            .await
+            .map_err(|reason| NetError::CatchUp {
+                peer: peer.id.fmt_short().to_string(),
+                reason,
+            })
     }
 
     /// What gossip has delivered so far.
@@ -673,6 +748,7 @@ async fn listen(
     mut receiver: iroh_gossip::api::GossipReceiver,
     sender: GossipSender,
     stats: Arc<GossipStats>,
+    catch_up: Arc<CatchUpState>,
 ) {
     let mut budgets = PeerBudgets::default();
     while let Some(first) = receiver.next().await {
@@ -702,6 +778,8 @@ async fn listen(
                 },
                 Ok(Event::NeighborUp(peer)) => {
                     tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; sending our catalog");
+                    let catch_up = catch_up.clone();
+                    tokio::spawn(async move { catch_up.with(EndpointAddr::new(peer)).await });
                     let manifests = node
                         .registry()
                         .newest_manifests(MAX_CATALOG_ANNOUNCEMENTS)

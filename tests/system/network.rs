@@ -1019,3 +1019,90 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
     router.shutdown().await.unwrap();
     b_net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_host_that_joins_late_catches_up_on_existing_evidence_and_scores_the_same() {
+    use agora_host::PublishOptions;
+    use agora_registry::SecretKey;
+    use agora_registry::reputation::{ScoreParams, compute};
+    use agora_tests::{SigningHost, now_ms, sign_feedback, sign_request};
+
+    // A has served and been rated, and holds a third host's receipts too — all before B exists.
+    let a = TestHost::new().await;
+    let options = PublishOptions {
+        price_per_mfuel: 1_000,
+        ..PublishOptions::default()
+    };
+    let driver = a
+        .node
+        .publish(examples::RIDE_DRIVER, options)
+        .await
+        .unwrap()
+        .manifest;
+    let payload = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let callers: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
+    for caller in &callers {
+        let request = sign_request(caller, a.node.public_key(), driver.hash(), "quote", payload);
+        let receipt = a
+            .node
+            .run_request(&request, "quote", payload)
+            .await
+            .unwrap()
+            .receipt;
+        a.node
+            .registry()
+            .insert_feedback(&sign_feedback(caller, &receipt, 90))
+            .unwrap();
+    }
+    let mut third = SigningHost::new();
+    for caller in &callers {
+        let (receipt, request) = third.call(&driver, caller, Outcome::Ok, |_| {});
+        a.node
+            .registry()
+            .insert_receipt(&receipt, Some(&request))
+            .unwrap();
+        a.node
+            .registry()
+            .insert_feedback(&sign_feedback(caller, &receipt, 70))
+            .unwrap();
+    }
+    let a_net = online(&a).await;
+
+    let b = TestHost::new().await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    let held = |host: &TestHost| host.node.registry().receipts(usize::MAX).unwrap().len();
+    eventually("B catching up on A's and the third host's receipts", || {
+        held(&b) == held(&a)
+    })
+    .await;
+    eventually("B catching up on the feedback", || {
+        b.node
+            .registry()
+            .evidence_set()
+            .unwrap()
+            .calls()
+            .iter()
+            .filter(|c| c.rating.is_some())
+            .count()
+            == 6
+    })
+    .await;
+    // Asking again brings nothing new.
+    let again = b_net.catch_up(&a_net.addr()).await.unwrap();
+    assert_eq!(again.stored, 0, "{again:?}");
+
+    let mut anchors = vec![a.node.public_key()];
+    anchors.extend(callers.iter().map(SecretKey::public));
+    let now = now_ms();
+    let score = |host: &TestHost| {
+        compute(
+            &host.node.registry().evidence_set().unwrap(),
+            &ScoreParams::new(anchors.clone(), now),
+        )
+    };
+    let (at_a, at_b) = (score(&a), score(&b));
+    assert_eq!(at_a, at_b);
+    assert_eq!(at_b.of(driver.body()).evidence, 6);
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}

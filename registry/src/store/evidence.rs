@@ -97,12 +97,26 @@ impl Registry {
         host: &PublicKey,
         after: EvidenceCursor,
     ) -> Result<Evidence, Error> {
+        self.evidence_after(Some(host), after, EVIDENCE_BATCH)
+    }
+
+    /// Everything stored after `after` — manifests, every host's receipts with their requests,
+    /// feedback — at most `limit` (and at most 1,000) of each kind, with the position to
+    /// continue from: what a peer catching up asks for.
+    pub fn evidence_after(
+        &self,
+        host: Option<&PublicKey>,
+        after: EvidenceCursor,
+        limit: i64,
+    ) -> Result<Evidence, Error> {
+        let limit = limit.clamp(1, EVIDENCE_BATCH);
+        let host = host.map(PublicKey::to_hex);
         self.read(|conn| {
             let mut cursor = after;
             let manifests = self.signed_rows_after(
                 conn,
                 "SELECT rowid, signed FROM manifests WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-                params![after.manifests, EVIDENCE_BATCH],
+                params![after.manifests, limit],
                 &mut cursor.manifests,
             )?;
             let mut receipts = Vec::new();
@@ -110,11 +124,11 @@ impl Registry {
                 .prepare_cached(
                     "SELECT r.rowid, r.signed, q.signed FROM receipts r
                      LEFT JOIN requests q ON q.hash = r.request_hash
-                     WHERE r.rowid > ?1 AND r.host = ?3 ORDER BY r.rowid LIMIT ?2",
+                     WHERE r.rowid > ?1 AND (?3 IS NULL OR r.host = ?3) ORDER BY r.rowid LIMIT ?2",
                 )
                 .map_err(|e| self.db_error(e))?;
             let mut rows = stmt
-                .query(params![after.receipts, EVIDENCE_BATCH, host.to_hex()])
+                .query(params![after.receipts, limit, host])
                 .map_err(|e| self.db_error(e))?;
             while let Some(row) = rows.next().map_err(|e| self.db_error(e))? {
                 let receipt: Vec<u8> = row.get(1).map_err(|e| self.db_error(e))?;
@@ -128,7 +142,7 @@ impl Registry {
             let feedback = self.signed_rows_after(
                 conn,
                 "SELECT rowid, signed FROM feedback WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-                params![after.feedback, EVIDENCE_BATCH],
+                params![after.feedback, limit],
                 &mut cursor.feedback,
             )?;
             Ok(Evidence {

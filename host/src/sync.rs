@@ -1,0 +1,279 @@
+//! Evidence catch-up between hosts (anti-entropy by cursor), over its own ALPN.
+//!
+//! Gossip only carries what is new while a host listens, so a host that joins late, or was
+//! offline, would never hold the evidence that came before. A host therefore asks each peer it
+//! can reach for everything the peer has stored after a cursor — manifests, every host's
+//! receipts with their callers' signed requests, feedback — in bounded rounds, and stores it
+//! through the same checks as evidence from anywhere else. The cursor is the peer's own row
+//! position, so a round is one indexed read on the peer; the asking host keeps it for the next
+//! round.
+//!
+//! The exchange on one bidirectional stream: the asker sends the cursor (manifests, receipts,
+//! feedback: three big-endian `i64`) and a limit per kind (`i64`); the peer answers with its
+//! new cursor (three `i64`) followed by frames `kind: u8 ‖ length: u32 ‖ bytes` (1: a signed
+//! manifest, 2: a receipt message, 3: signed feedback).
+
+use std::time::Duration;
+
+use agora_registry::{
+    EvidenceCursor, ReceiptMessage, SignedFeedback, SignedManifest, SignedReceipt, SignedRequest,
+};
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+
+use crate::node::Node;
+
+/// The ALPN of the evidence catch-up protocol.
+pub const ALPN: &[u8] = b"agora/evidence/1";
+
+/// Most records of each kind in one round.
+const ROUND_LIMIT: i64 = 256;
+/// Most rounds in one catch-up with one peer: at most 256 × 256 records of each kind.
+const MAX_ROUNDS: usize = 256;
+/// Largest answer accepted: 256 manifests of 64 KiB each, and the receipts and feedback.
+const MAX_ANSWER_BYTES: usize = 24 << 20;
+/// How long one round may take.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(20);
+
+const FRAME_MANIFEST: u8 = 1;
+const FRAME_RECEIPT: u8 = 2;
+const FRAME_FEEDBACK: u8 = 3;
+
+/// Serves this host's evidence to peers catching up.
+#[derive(Debug, Clone)]
+pub(crate) struct EvidenceProtocol {
+    pub node: Node,
+}
+
+impl ProtocolHandler for EvidenceProtocol {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        // A peer may ask round after round on one connection.
+        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let ask = recv.read_to_end(32).await.map_err(AcceptError::from_err)?;
+            let Some((after, limit)) = parse_ask(&ask) else {
+                connection.close(1u32.into(), b"malformed request");
+                return Ok(());
+            };
+            let node = self.node.clone();
+            let answer = tokio::task::spawn_blocking(move || answer(&node, after, limit))
+                .await
+                .map_err(AcceptError::from_err)?;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::warn!(%error, "reading evidence for a peer");
+                    connection.close(2u32.into(), b"internal error");
+                    return Ok(());
+                }
+            };
+            send.write_all(&answer)
+                .await
+                .map_err(AcceptError::from_err)?;
+            send.finish().map_err(AcceptError::from_err)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_ask(ask: &[u8]) -> Option<(EvidenceCursor, i64)> {
+    let numbers: Vec<i64> = ask
+        .chunks_exact(8)
+        .map(|c| i64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    match numbers[..] {
+        [manifests, receipts, feedback, limit] if ask.len() == 32 => Some((
+            EvidenceCursor {
+                manifests,
+                receipts,
+                feedback,
+                ..EvidenceCursor::default()
+            },
+            limit,
+        )),
+        _ => None,
+    }
+}
+
+fn answer(
+    node: &Node,
+    after: EvidenceCursor,
+    limit: i64,
+) -> Result<Vec<u8>, agora_registry::Error> {
+    let evidence = node
+        .registry()
+        .evidence_after(None, after, limit.min(ROUND_LIMIT))?;
+    let mut out = Vec::new();
+    for n in [
+        evidence.cursor.manifests,
+        evidence.cursor.receipts,
+        evidence.cursor.feedback,
+    ] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    let mut frame = |kind: u8, bytes: &[u8]| {
+        out.push(kind);
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for manifest in &evidence.manifests {
+        frame(FRAME_MANIFEST, manifest.as_bytes());
+    }
+    for (receipt, request) in &evidence.receipts {
+        frame(
+            FRAME_RECEIPT,
+            &ReceiptMessage::encode(receipt, request.as_ref()),
+        );
+    }
+    for feedback in &evidence.feedback {
+        frame(FRAME_FEEDBACK, feedback.as_bytes());
+    }
+    Ok(out)
+}
+
+/// What one catch-up brought.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Rounds asked.
+    pub rounds: usize,
+    /// Records the peer sent.
+    pub received: usize,
+    /// Records stored as new (or kept waiting for what they refer to).
+    pub stored: usize,
+    /// Records refused (malformed, badly signed, breaking the rules).
+    pub refused: usize,
+}
+
+/// Asks the peer on `connection` for everything after `cursor`, round after round until it has
+/// nothing more (or [`MAX_ROUNDS`]), and stores it. Returns what it brought and the cursor to
+/// continue from next time.
+pub(crate) async fn catch_up(
+    node: &Node,
+    connection: &Connection,
+    mut cursor: EvidenceCursor,
+) -> Result<(CatchUp, EvidenceCursor), String> {
+    let mut total = CatchUp::default();
+    for _ in 0..MAX_ROUNDS {
+        let answer = tokio::time::timeout(ROUND_TIMEOUT, ask(connection, cursor))
+            .await
+            .map_err(|_| {
+                format!(
+                    "the peer did not answer within {} s",
+                    ROUND_TIMEOUT.as_secs()
+                )
+            })??;
+        let (next, frames) = parse_answer(&answer)?;
+        total.rounds += 1;
+        if frames.is_empty() {
+            break;
+        }
+        total.received += frames.len();
+        let node = node.clone();
+        let (stored, refused) = tokio::task::spawn_blocking(move || store(&node, frames))
+            .await
+            .map_err(|e| e.to_string())?;
+        total.stored += stored;
+        total.refused += refused;
+        if next == cursor {
+            break;
+        }
+        cursor = next;
+    }
+    Ok((total, cursor))
+}
+
+async fn ask(connection: &Connection, cursor: EvidenceCursor) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| format!("opening a stream: {e}"))?;
+    let mut ask = Vec::with_capacity(32);
+    for n in [
+        cursor.manifests,
+        cursor.receipts,
+        cursor.feedback,
+        ROUND_LIMIT,
+    ] {
+        ask.extend_from_slice(&n.to_be_bytes());
+    }
+    send.write_all(&ask)
+        .await
+        .map_err(|e| format!("asking: {e}"))?;
+    send.finish().map_err(|e| format!("asking: {e}"))?;
+    recv.read_to_end(MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))
+}
+
+type Frames = Vec<(u8, Vec<u8>)>;
+
+fn parse_answer(answer: &[u8]) -> Result<(EvidenceCursor, Frames), String> {
+    let malformed = || "malformed answer".to_owned();
+    let number = |at: usize| -> Result<i64, String> {
+        let bytes = answer.get(at..at + 8).ok_or_else(malformed)?;
+        Ok(i64::from_be_bytes(
+            bytes.try_into().map_err(|_| malformed())?,
+        ))
+    };
+    let cursor = EvidenceCursor {
+        manifests: number(0)?,
+        receipts: number(8)?,
+        feedback: number(16)?,
+        ..EvidenceCursor::default()
+    };
+    let mut frames = Vec::new();
+    let mut rest = answer.get(24..).ok_or_else(malformed)?;
+    while let Some((&kind, after)) = rest.split_first() {
+        let len = after.get(..4).ok_or_else(malformed)?;
+        let len = u32::from_be_bytes(len.try_into().map_err(|_| malformed())?) as usize;
+        let bytes = after.get(4..4 + len).ok_or_else(malformed)?;
+        frames.push((kind, bytes.to_vec()));
+        rest = &after[4 + len..];
+    }
+    Ok((cursor, frames))
+}
+
+/// Verifies and stores frames: manifests first, then receipts, then feedback, so that what
+/// refers to something sent in the same round finds it. Returns (stored, refused).
+fn store(node: &Node, frames: Frames) -> (usize, usize) {
+    let (mut stored, mut refused) = (0, 0);
+    let mut count = |result: Result<agora_registry::Inserted, agora_registry::Error>| match result {
+        Ok(agora_registry::Inserted::AlreadyPresent) => {}
+        Ok(_) => stored += 1,
+        Err(error) => {
+            tracing::debug!(%error, "refused evidence from a peer");
+            refused += 1;
+        }
+    };
+    let of = |kind: u8| frames.iter().filter(move |(k, _)| *k == kind);
+    for (_, bytes) in of(FRAME_MANIFEST) {
+        count(SignedManifest::from_bytes(bytes).and_then(|m| node.registry().insert_manifest(&m)));
+    }
+    let mut receipts: Vec<(SignedReceipt, Option<SignedRequest>)> = Vec::new();
+    for (_, bytes) in of(FRAME_RECEIPT) {
+        match ReceiptMessage::parse(bytes).and_then(|m| m.verify()) {
+            Ok(pair) => receipts.push(pair),
+            Err(error) => count(Err(error)),
+        }
+    }
+    match node.registry().insert_receipts(receipts) {
+        Ok(answers) => answers.into_iter().for_each(&mut count),
+        Err(error) => tracing::warn!(%error, "storing receipts from a peer"),
+    }
+    let mut feedback = Vec::new();
+    for (_, bytes) in of(FRAME_FEEDBACK) {
+        match SignedFeedback::from_bytes(bytes) {
+            Ok(record) => feedback.push(record),
+            Err(error) => count(Err(error)),
+        }
+    }
+    match node.registry().insert_feedback_batch(feedback) {
+        Ok(answers) => answers.into_iter().for_each(&mut count),
+        Err(error) => tracing::warn!(%error, "storing feedback from a peer"),
+    }
+    for (kind, _) in &frames {
+        if ![FRAME_MANIFEST, FRAME_RECEIPT, FRAME_FEEDBACK].contains(kind) {
+            refused += 1;
+        }
+    }
+    (stored, refused)
+}

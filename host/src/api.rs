@@ -147,6 +147,9 @@ struct ApiState {
     metrics: Metrics,
 }
 
+/// The resolution of the clock scores are computed at, in milliseconds.
+const SCORE_CLOCK_MS: u64 = 60_000;
+
 /// Scores as computed at one moment from the evidence up to one cursor.
 struct ScoreSnapshot {
     scores: Scores,
@@ -190,7 +193,11 @@ async fn score(
             .update_evidence(&mut read.evidence, read.cursor)
             .map_err(|e| e.to_string())?;
         let (evidence, cursor) = (&read.evidence, read.cursor);
-        let now = unix_ms();
+        // Scores are a function of the evidence, the anchors and the time. Reading the clock
+        // to the minute (rounded up, so that evidence from the last seconds is not "future")
+        // lets two hosts with the same evidence and anchors compute the very same scores within
+        // a minute; evidence ages by a half-life of days, so nothing is lost.
+        let now = (unix_ms() / SCORE_CLOCK_MS + 1) * SCORE_CLOCK_MS;
         let scores = compute(evidence, &ScoreParams::new(anchors, now));
         let took = started.elapsed();
         tracing::debug!(calls = evidence.calls().len(), ?took, "scores computed");

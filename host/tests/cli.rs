@@ -289,3 +289,167 @@ fn a_host_serves_peers_and_stops_cleanly_on_sigterm() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
+    use agora_registry::{
+        AgentRef, CallRequest, Feedback, Outcome, Receipt, Registry, SecretKey, Signed,
+        request_hash,
+    };
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for data in [&a, &b] {
+        assert!(agora(data, &["keygen"]).status.success());
+    }
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, agora_host::examples::RIDE_DRIVER).unwrap();
+    let out = agora(
+        &a,
+        &["publish", component.to_str().unwrap(), "--price", "1000"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = |data: &Path| SecretKey::load(&data.join("keys/host.key")).unwrap();
+    let (key_a, key_b) = (key(&a), key(&b));
+
+    // Evidence from a third host and its callers, given to both hosts in opposite orders.
+    let registry_a = Registry::open(&a.join("registry.db")).unwrap();
+    let driver = registry_a.manifests().unwrap().pop().unwrap();
+    let third = SecretKey::generate();
+    let callers: Vec<SecretKey> = (0..5).map(|_| SecretKey::generate()).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut prev = None;
+    let mut evidence = Vec::new();
+    for (seq, caller) in callers.iter().enumerate() {
+        let input_hash = request_hash("quote", caller.public().to_hex().as_bytes());
+        // Calls an hour apart, so that the evidence has aged differently.
+        let at = now - seq as u64 * 3_600_000;
+        let request = Signed::sign(
+            CallRequest {
+                caller: caller.public(),
+                host: third.public(),
+                agent: driver.hash(),
+                input_hash,
+                fuel_limit: 10_000_000,
+                nonce: CallRequest::new_nonce(),
+                expires_at_ms: at + 60_000,
+            },
+            caller,
+        )
+        .unwrap();
+        let fuel_used = 1_000_000 + seq as u64 * 77_777;
+        let receipt = Signed::sign(
+            Receipt {
+                agent: AgentRef {
+                    manifest: driver.hash(),
+                    component: driver.body().component.hash,
+                },
+                request: Some(request.hash()),
+                caller: Some(caller.public()),
+                input_hash,
+                output_hash: None,
+                outcome: Outcome::Ok,
+                fuel_limit: 10_000_000,
+                fuel_used,
+                charge: agora_registry::rules::charge_for(fuel_used, 1000),
+                wall_time_us: 1,
+                nested: vec![],
+                parent_call: None,
+                host: third.public(),
+                runtime: agora_host::RUNTIME_VERSION.into(),
+                seq: seq as u64,
+                prev,
+                timestamp_ms: at,
+            },
+            &third,
+        )
+        .unwrap();
+        prev = Some(receipt.hash());
+        let rating = Signed::sign(
+            Feedback {
+                receipt: receipt.hash(),
+                rater: caller.public(),
+                score: 60 + 7 * seq as u8,
+                tags: vec![],
+                created_at_ms: now,
+            },
+            caller,
+        )
+        .unwrap();
+        evidence.push((receipt, request, rating));
+    }
+    for (receipt, request, rating) in &evidence {
+        registry_a.insert_receipt(receipt, Some(request)).unwrap();
+        registry_a.insert_feedback(rating).unwrap();
+    }
+    drop(registry_a);
+    let registry_b = Registry::open(&b.join("registry.db")).unwrap();
+    for (receipt, request, rating) in evidence.iter().rev() {
+        registry_b.insert_feedback(rating).unwrap();
+        registry_b.insert_receipt(receipt, Some(request)).unwrap();
+    }
+    registry_b.insert_manifest(&driver).unwrap();
+    drop(registry_b);
+
+    // Each host anchors the other and the callers, so both use one set of anchors.
+    let start = |data: &Path, other: &SecretKey| {
+        let mut args = vec![
+            "host".to_owned(),
+            "--api".into(),
+            "127.0.0.1:0".into(),
+            "--anchor".into(),
+            other.public().to_hex(),
+        ];
+        for caller in &callers {
+            args.extend(["--anchor".into(), caller.public().to_hex()]);
+        }
+        let mut host = Running(
+            Command::new(env!("CARGO_BIN_EXE_agora"))
+                .arg("--data-dir")
+                .arg(data)
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let api = std::io::BufReader::new(host.0.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("api ").map(str::to_owned))
+            .expect("the host prints its API address");
+        (host, api)
+    };
+    let (_host_a, api_a) = start(&a, &key_b);
+    let (_host_b, api_b) = start(&b, &key_a);
+    let manifest = driver.hash().to_hex();
+    let ask = |api: &str| -> serde_json::Value {
+        let out = agora(&a, &["reputation", &manifest, "--api", api, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(stdout(&out).trim()).unwrap()
+    };
+    // Both compute at a clock read to the minute; ask again if a minute turned in between.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+    let (at_a, at_b) = loop {
+        let (at_a, at_b) = (ask(&api_a), ask(&api_b));
+        if at_a["computed_at_ms"] == at_b["computed_at_ms"] {
+            break (at_a, at_b);
+        }
+        assert!(std::time::Instant::now() < deadline, "{at_a} / {at_b}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(at_a["evidence"], 5, "{at_a}");
+    for field in ["quality", "uncertainty", "lower_bound", "evidence"] {
+        // serde_json writes the shortest text that reads back as the same f64: equal text is
+        // equal bits.
+        assert_eq!(
+            at_a[field].to_string(),
+            at_b[field].to_string(),
+            "{field}: {at_a} / {at_b}"
+        );
+    }
+}

@@ -397,6 +397,8 @@ struct AgentFilter {
     name: Option<String>,
     action: Option<String>,
     publisher: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
 async fn list_agents(
@@ -405,52 +407,74 @@ async fn list_agents(
 ) -> Result<Json<Value>, ApiError> {
     state.count();
     let publisher = filter.publisher.as_deref().map(parse_key).transpose()?;
+    let limit = filter.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let skip: usize = match filter.cursor.as_deref() {
+        None => 0,
+        Some(cursor) => cursor.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`{}` is not a cursor this host returned",
+                    cursor.chars().take(32).collect::<String>()
+                ),
+            )
+        })?,
+    };
     let snapshot = state.snapshot();
     let scores = &snapshot.scores;
-    let mut agents: Vec<(f64, Value)> = state
-        .node
-        .registry()
-        .manifests()
-        .map_err(ApiError::internal)?
+    // Rank what matches from the registry's columns, then read only the page's manifests.
+    let node = state.node.clone();
+    let index = tokio::task::spawn_blocking(move || {
+        node.registry().manifest_index(
+            filter.name.as_deref(),
+            filter.action.as_deref(),
+            publisher.as_ref(),
+        )
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let mut ranked: Vec<(f64, Hash)> = index
         .into_iter()
-        .filter(|m| {
-            let body = m.body();
-            filter
-                .name
-                .as_ref()
-                .is_none_or(|n| body.name.contains(n.as_str()))
-                && filter
-                    .action
-                    .as_ref()
-                    .is_none_or(|a| body.actions.contains(a))
-                && publisher.is_none_or(|p| body.publisher == p)
-        })
-        .map(|m| {
-            let body = m.body();
-            let reputation = scores.of(body);
-            let entry = json!({
-                "manifest": m.hash(),
-                "name": body.name,
-                "version": body.version,
-                "publisher": body.publisher,
-                "component": body.component.hash,
-                "actions": body.actions,
-                "capabilities": body.capabilities,
-                "price_per_mfuel": body.price_per_mfuel,
-                "description": body.description,
-                "reputation": reputation_json(&reputation),
-            });
-            (reputation.lower_bound(), entry)
+        .map(|(manifest, publisher, component)| {
+            (scores.agent(&publisher, &component).lower_bound(), manifest)
         })
         .collect();
     // Best lower bound first; ties by manifest hash, so every host lists in the same order.
-    agents.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then_with(|| a.1["manifest"].as_str().cmp(&b.1["manifest"].as_str()))
-    });
-    Ok(Json(
-        json!({ "agents": agents.into_iter().map(|(_, a)| a).collect::<Vec<_>>() }),
-    ))
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let total = ranked.len();
+    let page: Vec<Hash> = ranked
+        .into_iter()
+        .skip(skip)
+        .take(limit)
+        .map(|(_, hash)| hash)
+        .collect();
+    let next = (skip + page.len() < total).then(|| (skip + page.len()).to_string());
+    let mut agents = Vec::with_capacity(page.len());
+    for hash in page {
+        let Some(m) = state
+            .node
+            .registry()
+            .manifest(&hash)
+            .map_err(ApiError::internal)?
+        else {
+            continue;
+        };
+        let body = m.body();
+        agents.push(json!({
+            "manifest": m.hash(),
+            "name": body.name,
+            "version": body.version,
+            "publisher": body.publisher,
+            "component": body.component.hash,
+            "actions": body.actions,
+            "capabilities": body.capabilities,
+            "price_per_mfuel": body.price_per_mfuel,
+            "description": body.description,
+            "reputation": reputation_json(&scores.of(body)),
+        }));
+    }
+    Ok(Json(json!({ "agents": agents, "next": next })))
 }
 
 async fn agent_manifest(

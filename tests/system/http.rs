@@ -445,3 +445,48 @@ async fn every_endpoint_and_its_errors() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn agents_are_listed_in_pages_best_first_without_repeats() {
+    let host = TestHost::new().await;
+    for (component, name) in [
+        (examples::RIDE_DRIVER, "driver-one"),
+        (examples::RIDE_DRIVER, "driver-two"),
+        (examples::ENERGY_TRADER, "trader"),
+    ] {
+        host.publish_as(component, name).await;
+    }
+    let server = ApiServer::start(host.node.clone(), ApiConfig::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut path = "/v1/agents?limit=2".to_owned();
+    loop {
+        let (status, page) = json(&server, &path).await;
+        assert_eq!(status, 200, "{page}");
+        let agents = page["agents"].as_array().unwrap();
+        assert!(agents.len() <= 2);
+        seen.extend(
+            agents
+                .iter()
+                .map(|a| a["name"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/agents?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["driver-one", "driver-two", "trader"]);
+    let (status, page) = json(&server, "/v1/agents?name=driver&action=quote").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["agents"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        json(&server, "/v1/agents?action=offer").await.1["agents"][0]["name"],
+        "trader"
+    );
+    let (status, body) = http(&server, "GET", "/v1/agents?cursor=soon", b"").await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).contains("not a cursor"));
+    server.shutdown().await;
+}

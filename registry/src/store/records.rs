@@ -246,6 +246,44 @@ impl Registry {
         .map(|mut found| found.pop())
     }
 
+    /// The manifests whose name contains `name`, that list `action`, and that `publisher`
+    /// released (each filter optional), as (manifest hash, publisher, component hash): what a
+    /// listing ranks before it reads the few manifests it shows. Reads columns only (and a
+    /// manifest's actions when filtering by action).
+    pub fn manifest_index(
+        &self,
+        name: Option<&str>,
+        action: Option<&str>,
+        publisher: Option<&PublicKey>,
+    ) -> Result<Vec<(Hash, PublicKey, Hash)>, Error> {
+        self.read(|conn| {
+            let db = |e| self.db_error(e);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hash, publisher, component_hash FROM manifests
+                     WHERE (?1 IS NULL OR instr(name, ?1) > 0)
+                       AND (?2 IS NULL OR publisher = ?2)
+                       AND (?3 IS NULL OR EXISTS (
+                             SELECT 1 FROM json_each(CAST(signed AS TEXT), '$.body.actions')
+                             WHERE value = ?3))",
+                )
+                .map_err(db)?;
+            let mut rows = stmt
+                .query(params![name, publisher.map(PublicKey::to_hex), action])
+                .map_err(db)?;
+            let mut found = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let text = |i| super::text(row, i).map_err(db);
+                found.push((
+                    parse_stored(&self.path, text(0)?)?,
+                    parse_stored(&self.path, text(1)?)?,
+                    parse_stored(&self.path, text(2)?)?,
+                ));
+            }
+            Ok(found)
+        })
+    }
+
     /// The `limit` manifests stored last, newest first.
     pub fn newest_manifests(&self, limit: usize) -> Result<Vec<SignedManifest>, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -49,6 +49,8 @@ const MANIFESTS_PER_PEER_BURST: f64 = 256.0;
 const MANIFESTS_PER_PEER_PER_SECOND: f64 = 2.0;
 /// How often the host looks for releases published by other processes to announce.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
+/// Expired requests that were never answered are pruned every this many announce intervals.
+const PRUNE_EVERY_TICKS: u64 = 30;
 /// Gossip message kind: a signed manifest follows.
 const ANNOUNCE_MANIFEST: u8 = 1;
 /// Gossip message kind: a signed receipt follows.
@@ -708,8 +710,21 @@ async fn announce_new_releases(node: Node, sender: GossipSender) {
         ..Default::default()
     };
     let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
+    let mut ticks = 0u64;
     loop {
         ticker.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+            let node = node.clone();
+            let pruned = tokio::task::spawn_blocking(move || {
+                node.registry()
+                    .prune_requests(agora_registry::rules::now_ms())
+            })
+            .await;
+            if let Ok(Err(error)) = pruned {
+                tracing::warn!(%error, "pruning expired requests");
+            }
+        }
         let evidence = match node.registry().evidence_since(&node.public_key(), cursor) {
             Ok(evidence) => evidence,
             Err(error) => {

@@ -433,16 +433,17 @@ impl Node {
                 request: request.hash(),
             });
         }
-        self.0.registry.admit_request(
-            request,
-            &self.public_key(),
-            unix_now().as_millis() as u64,
-        )?;
+        // A request for an agent this host does not have is refused before anything is stored.
         let manifest = self.0.registry.manifest(&body.agent)?.ok_or_else(|| {
             RunError::Registry(agora_registry::Error::UnknownAgent {
                 reference: body.agent.to_hex(),
             })
         })?;
+        self.0.registry.admit_request(
+            request,
+            &self.public_key(),
+            unix_now().as_millis() as u64,
+        )?;
         let call = Request {
             action: action.to_owned(),
             payload: payload.to_vec(),

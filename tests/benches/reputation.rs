@@ -24,6 +24,15 @@ type Evidence = (SignedReceipt, Option<SignedRequest>);
 
 const HOSTS: usize = 100;
 const CALLERS: usize = 5_000;
+/// Callers the host's operator vouches for (anchors), so that ratings carry trust.
+const VOUCHED: usize = 100;
+
+/// The `i`th caller: derived from its index, so that a rerun over a registry built earlier
+/// knows the keys it vouches for.
+fn caller(i: usize) -> SecretKey {
+    let seed = blake3::hash(format!("agora bench caller {i}").as_bytes());
+    SecretKey::from_bytes(seed.as_bytes())
+}
 /// Receipts signed, verified and stored per batch.
 const BATCH: usize = 10_000;
 /// One call in this many gets the caller's feedback.
@@ -79,7 +88,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let params = || ScoreParams::new(vec![node.public_key()], now_ms());
+    let anchors: Vec<_> = std::iter::once(node.public_key())
+        .chain((0..VOUCHED).map(|i| caller(i).public()))
+        .collect();
+    let params = || ScoreParams::new(anchors.clone(), now_ms());
     let clock = Instant::now();
     let mut evidence = EvidenceSet::default();
     let cursor = node
@@ -122,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
     drop((evidence, scores));
 
     let started = Instant::now();
-    let server = ApiServer::start(node.clone(), ApiConfig::default()).await?;
+    let config = ApiConfig {
+        extra_anchors: anchors[1..].to_vec(),
+        ..ApiConfig::default()
+    };
+    let server = ApiServer::start(node.clone(), config).await?;
     println!(
         "api start, first score computation over all evidence included: {:.2} s",
         started.elapsed().as_secs_f64()
@@ -160,7 +176,7 @@ async fn ingest(
     let hosts: Vec<SecretKey> = std::iter::once(own)
         .chain((1..HOSTS).map(|_| SecretKey::generate()))
         .collect();
-    let callers: Vec<SecretKey> = (0..CALLERS).map(|_| SecretKey::generate()).collect();
+    let callers: Vec<SecretKey> = (0..CALLERS).map(caller).collect();
     let now = now_ms();
     let mut seqs = vec![0u64; HOSTS];
     let mut prevs: Vec<Option<Hash>> = vec![None; HOSTS];

@@ -411,6 +411,11 @@ impl Registry {
             receipt.prev = prev;
             let receipt = Signed::sign(receipt, &host_key)?;
             insert_receipt_row(conn, &receipt).map_err(|e| db_error(path, e))?;
+            if let Some(request) = receipt.body().request {
+                conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
+                    .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))
+                    .map_err(|e| db_error(path, e))?;
+            }
             Ok(receipt)
         })
     }
@@ -497,6 +502,14 @@ impl Registry {
         self.write(move |conn, path| {
             let body = request.body();
             let inserted = insert_request_row(conn, &request).map_err(|e| db_error(path, e))?;
+            if inserted > 0 {
+                // Answered once its receipt is appended; until then only a replay cache entry.
+                conn.execute(
+                    "UPDATE requests SET answered = 0 WHERE hash = ?1",
+                    params![request.hash().to_hex()],
+                )
+                .map_err(|e| db_error(path, e))?;
+            }
             if inserted == 0 {
                 return Err(Error::Replayed {
                     caller: body.caller,
@@ -504,6 +517,20 @@ impl Registry {
                 });
             }
             Ok(())
+        })
+    }
+
+    /// Forgets requests this host admitted, never answered with a receipt, and that expired
+    /// more than the clock skew before `now_ms`: they can no longer be replayed, and no receipt
+    /// needs them as evidence. Returns how many were removed.
+    pub fn prune_requests(&self, now_ms: u64) -> Result<usize, Error> {
+        let before = now_ms.saturating_sub(crate::rules::MAX_CLOCK_SKEW_MS) as i64;
+        self.write(move |conn, path| {
+            conn.execute(
+                "DELETE FROM requests WHERE answered = 0 AND expires_at_ms < ?1",
+                params![before],
+            )
+            .map_err(|e| db_error(path, e))
         })
     }
 

@@ -129,6 +129,10 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE INDEX pending_feedback_by_wait ON pending_feedback(waiting_for);
      CREATE INDEX pending_feedback_by_signer ON pending_feedback(signer);",
+    // 8: requests this host admitted but never answered with a receipt (the call failed before
+    // it ran) serve only as a replay cache, so they can go once they expire.
+    "ALTER TABLE requests ADD COLUMN answered INTEGER NOT NULL DEFAULT 1;
+     CREATE INDEX requests_unanswered ON requests(expires_at_ms) WHERE answered = 0;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

@@ -841,3 +841,53 @@ fn a_refused_receipt_leaves_no_request_behind() {
     );
     assert!(market.registry.request(&request.hash()).unwrap().is_none());
 }
+
+#[test]
+fn expired_requests_that_no_receipt_answers_are_pruned_and_answered_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let host = SecretKey::generate();
+    let publisher = SecretKey::generate();
+    let agent = agent_manifest(&publisher, "pruned", b"pruned");
+    registry.insert_manifest(&agent).unwrap();
+    let now = rules::now_ms();
+    let request = |caller: &SecretKey| {
+        Signed::sign(
+            CallRequest {
+                caller: caller.public(),
+                host: host.public(),
+                agent: agent.hash(),
+                input_hash: request_hash("offer", b"{}"),
+                fuel_limit: 1_000,
+                nonce: CallRequest::new_nonce(),
+                expires_at_ms: now + 60_000,
+            },
+            caller,
+        )
+        .unwrap()
+    };
+    let (unanswered, answered) = (
+        request(&SecretKey::generate()),
+        request(&SecretKey::generate()),
+    );
+    registry
+        .admit_request(&unanswered, &host.public(), now)
+        .unwrap();
+    registry
+        .admit_request(&answered, &host.public(), now)
+        .unwrap();
+    let mut body = super::receipt(&host, 0, None);
+    body.agent = AgentRef {
+        manifest: agent.hash(),
+        component: agent.body().component.hash,
+    };
+    body.request = Some(answered.hash());
+    body.caller = Some(answered.body().caller);
+    registry.append_receipt(&host, body).unwrap();
+    // Nothing goes before expiry.
+    assert_eq!(registry.prune_requests(now).unwrap(), 0);
+    let later = now + 60_000 + rules::MAX_CLOCK_SKEW_MS + 1;
+    assert_eq!(registry.prune_requests(later).unwrap(), 1);
+    assert!(registry.request(&unanswered.hash()).unwrap().is_none());
+    assert!(registry.request(&answered.hash()).unwrap().is_some());
+}

@@ -3,7 +3,7 @@
 //! Every receipt and feedback record from a peer or an HTTP client goes through here, whichever
 //! way it came, and is checked against the records it refers to before it counts:
 //!
-//! - a receipt's request (caller-signed) must name the same caller, host, agent and input, and
+//! - a receipt's request (caller-signed, kept in the receipt's row) must name the same caller, host, agent and input, and
 //!   allow at least the receipt's fuel limit; its manifest must name the component that ran,
 //!   allow the fuel limit, and give exactly the receipt's charge for its own fuel plus its
 //!   nested receipts' charges; its nested receipts must be the same host's; and its chain link
@@ -22,7 +22,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chain::record_misbehaviour;
-use super::records::{insert_receipt_row, insert_request_row};
+use super::records::insert_receipt_row;
 use super::{Inserted, Registry, db_error, parse_stored};
 use crate::evidence::{SignedFeedback, SignedRequest};
 use crate::identity::PublicKey;
@@ -84,26 +84,14 @@ impl Registry {
                     answers.push(Err(refused));
                     continue;
                 }
-                let mut added = None;
-                if let Some(request) = request {
-                    if let Err(refused) = request.body().check_form() {
-                        answers.push(Err(refused));
-                        continue;
-                    }
-                    if insert_request_row(conn, request).map_err(|e| db_error(path, e))? > 0 {
-                        added = Some(request.hash());
-                    }
+                if let Some(request) = request
+                    && let Err(refused) = request.body().check_form()
+                {
+                    answers.push(Err(refused));
+                    continue;
                 }
-                let answer = admit_receipt(conn, path, receipt, now, &mut arrived)?;
-                // A request is kept as the evidence behind a receipt; with the receipt refused,
-                // nothing needs it (a proof of misbehaviour holds its own copy).
-                if let (Err(_), Some(hash)) = (&answer, added) {
-                    conn.execute(
-                        "DELETE FROM requests WHERE hash = ?1",
-                        params![hash.to_hex()],
-                    )
-                    .map_err(|e| db_error(path, e))?;
-                }
+                let answer =
+                    admit_receipt(conn, path, receipt, request.as_ref(), now, &mut arrived)?;
                 answers.push(answer);
             }
             retry_pending(conn, path, now, arrived)?;
@@ -145,10 +133,11 @@ fn admit_receipt(
     conn: &Connection,
     path: &std::path::Path,
     receipt: &SignedReceipt,
+    request: Option<&SignedRequest>,
     now: u64,
     arrived: &mut Vec<Hash>,
 ) -> Result<Result<Inserted, Error>, Error> {
-    match check_and_store(conn, path, receipt, now)? {
+    match check_and_store(conn, path, receipt, request, now)? {
         Ok(Stored::Done(Inserted::New)) => {
             arrived.push(receipt.hash());
             Ok(Ok(Inserted::New))
@@ -161,6 +150,7 @@ fn admit_receipt(
             &receipt.body().host,
             on,
             receipt,
+            request.map(|r| r.as_bytes()),
         ),
         Err(refused) => Ok(Err(refused)),
     }
@@ -170,6 +160,7 @@ fn check_and_store(
     conn: &Connection,
     path: &std::path::Path,
     receipt: &SignedReceipt,
+    came_with: Option<&SignedRequest>,
     now: u64,
 ) -> Result<Result<Stored, Error>, Error> {
     let db = |e| db_error(path, e);
@@ -208,13 +199,17 @@ fn check_and_store(
     };
 
     if let Some(request_hash) = body.request {
-        let stored: Option<Vec<u8>> = conn
-            .prepare_cached("SELECT signed FROM requests WHERE hash = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![request_hash.to_hex()], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(db)?;
+        // The request it came with, or one this host admitted itself.
+        let stored: Option<Vec<u8>> = match came_with {
+            Some(request) => Some(request.as_bytes().to_vec()),
+            None => conn
+                .prepare_cached("SELECT signed FROM requests WHERE hash = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![request_hash.to_hex()], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(db)?,
+        };
         let Some(bytes) = stored else {
             return Ok(Err(Error::Invalid {
                 kind: "receipt",
@@ -363,7 +358,7 @@ fn check_and_store(
         )?;
         tracing::warn!(host = %body.host, seq = body.seq, "host broke its receipt chain");
     }
-    if insert_receipt_row(conn, receipt).map_err(db)? == 0 {
+    if insert_receipt_row(conn, receipt, came_with.map(|r| r.as_bytes())).map_err(db)? == 0 {
         return Ok(Ok(Stored::Done(Inserted::AlreadyPresent)));
     }
     let first: Option<String> = conn
@@ -446,6 +441,7 @@ fn wait<T: crate::Record>(
     signer: &PublicKey,
     on: Hash,
     record: &Signed<T>,
+    request: Option<&[u8]>,
 ) -> Result<Result<Inserted, Error>, Error> {
     let db = |e| db_error(path, e);
     let waiting: i64 = conn
@@ -461,18 +457,37 @@ fn wait<T: crate::Record>(
             ),
         }));
     }
-    conn.prepare_cached(&format!(
-        "INSERT OR IGNORE INTO {table} (hash, signer, waiting_for, signed) VALUES (?1, ?2, ?3, ?4)"
-    ))
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            record.hash().to_hex(),
-            signer.to_hex(),
-            on.to_hex(),
-            record.as_bytes()
-        ])
-    })
-    .map_err(db)?;
+    let stored = match request {
+        // Only a waiting receipt has a request with it.
+        Some(request) => conn
+            .prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {table} (hash, signer, waiting_for, signed, request)
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
+            ))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    record.hash().to_hex(),
+                    signer.to_hex(),
+                    on.to_hex(),
+                    record.as_bytes(),
+                    request
+                ])
+            }),
+        None => conn
+            .prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {table} (hash, signer, waiting_for, signed)
+                 VALUES (?1, ?2, ?3, ?4)"
+            ))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    record.hash().to_hex(),
+                    signer.to_hex(),
+                    on.to_hex(),
+                    record.as_bytes()
+                ])
+            }),
+    };
+    stored.map_err(db)?;
     Ok(Ok(Inserted::Pending))
 }
 
@@ -485,24 +500,29 @@ pub(super) fn retry_pending(
 ) -> Result<(), Error> {
     let db = |e| db_error(path, e);
     while let Some(hash) = arrived.pop() {
-        let take = |table: &str| -> Result<Vec<Vec<u8>>, Error> {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "DELETE FROM {table} WHERE waiting_for = ?1 RETURNING signed"
-                ))
-                .map_err(db)?;
+        let take = |sql: &str| -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, Error> {
+            let mut stmt = conn.prepare_cached(sql).map_err(db)?;
             let rows = stmt
-                .query_map(params![hash.to_hex()], |row| row.get(0))
+                .query_map(params![hash.to_hex()], |row| Ok((row.get(0)?, row.get(1)?)))
                 .map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
         };
-        for bytes in take("pending_receipts")? {
+        for (bytes, request) in
+            take("DELETE FROM pending_receipts WHERE waiting_for = ?1 RETURNING signed, request")?
+        {
             let receipt = SignedReceipt::from_stored(&bytes)?;
-            if let Err(refused) = admit_receipt(conn, path, &receipt, now, &mut arrived)? {
+            let request = request
+                .map(|r| SignedRequest::from_stored(&r))
+                .transpose()?;
+            if let Err(refused) =
+                admit_receipt(conn, path, &receipt, request.as_ref(), now, &mut arrived)?
+            {
                 tracing::debug!(receipt = %receipt.hash(), %refused, "a waiting receipt was refused");
             }
         }
-        for bytes in take("pending_feedback")? {
+        for (bytes, _) in
+            take("DELETE FROM pending_feedback WHERE waiting_for = ?1 RETURNING signed, NULL")?
+        {
             let feedback = SignedFeedback::from_stored(&bytes)?;
             if let Err(refused) = admit_feedback(conn, path, &feedback, now)? {
                 tracing::debug!(feedback = %feedback.hash(), %refused, "waiting feedback was refused");
@@ -550,6 +570,7 @@ fn admit_feedback(
             &body.rater,
             body.receipt,
             feedback,
+            None,
         );
     };
     let receipt = SignedReceipt::from_stored(&receipt)?;

@@ -103,16 +103,19 @@ pub(super) fn insert_request_row(
     ])
 }
 
+/// Stores a receipt row; `request` is the caller's signed request it came with, for a receipt
+/// from another host (this host's own requests are in the requests table).
 pub(super) fn insert_receipt_row(
     conn: &Connection,
     receipt: &SignedReceipt,
+    request: Option<&[u8]>,
 ) -> rusqlite::Result<usize> {
     let body = receipt.body();
     conn.prepare_cached(
         "INSERT OR IGNORE INTO receipts
              (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
-              timestamp_ms, signed, request_hash, caller, fuel_limit, charge)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+              timestamp_ms, signed, request_hash, caller, fuel_limit, charge, request_signed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         receipt.hash().to_hex(),
@@ -129,6 +132,7 @@ pub(super) fn insert_receipt_row(
         body.caller.map(|c| c.to_hex()),
         body.fuel_limit as i64,
         body.charge as i64,
+        request,
     ])
 }
 
@@ -410,7 +414,7 @@ impl Registry {
             receipt.seq = seq;
             receipt.prev = prev;
             let receipt = Signed::sign(receipt, &host_key)?;
-            insert_receipt_row(conn, &receipt).map_err(|e| db_error(path, e))?;
+            insert_receipt_row(conn, &receipt, None).map_err(|e| db_error(path, e))?;
             if let Some(request) = receipt.body().request {
                 conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
                     .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))

@@ -200,6 +200,29 @@ fn a_perfect_agent_with_200_good_ratings_shows_a_high_lower_bound() {
     let bound = scores.of(agent.body()).lower_bound();
     eprintln!("200 five-star ratings: lower bound {bound:.3}");
     assert!(bound > 0.95, "lower bound {bound}");
+
+    // One trap seen by this host (an anchor) weighs one call, not hundreds of ratings.
+    let (trap, request) = host.call(
+        &agent,
+        &raters[0],
+        Outcome::Trap {
+            message: "unreachable".into(),
+        },
+    );
+    registry.insert_receipt(&trap, Some(&request)).unwrap();
+    let mut anchors = vec![host.key.public()];
+    anchors.extend(raters.iter().map(SecretKey::public));
+    let after = compute(
+        &registry.evidence_set().unwrap(),
+        &ScoreParams::new(anchors, rules::now_ms() + 1),
+    )
+    .of(agent.body());
+    eprintln!(
+        "… and one trap at this host: lower bound {:.3}",
+        after.lower_bound()
+    );
+    assert!((after.negative - 1.0).abs() < 1e-6, "{after:?}");
+    assert!(after.lower_bound() > 0.95, "{after:?}");
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub const MAX_PENDING_PER_KEY: i64 = 1_000;
 /// stored before they were bounded).
 type ManifestRow = (String, Option<i64>, Option<i64>, Vec<u8>);
 
+/// A waiting record's signed bytes, and the request a waiting receipt came with.
+type WaitingRow = (Vec<u8>, Option<Vec<u8>>);
+
 /// A receipt's hash, `prev` and signed bytes.
 type ChainRow = (String, Option<String>, Vec<u8>);
 
@@ -500,7 +503,7 @@ pub(super) fn retry_pending(
 ) -> Result<(), Error> {
     let db = |e| db_error(path, e);
     while let Some(hash) = arrived.pop() {
-        let take = |sql: &str| -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, Error> {
+        let take = |sql: &str| -> Result<Vec<WaitingRow>, Error> {
             let mut stmt = conn.prepare_cached(sql).map_err(db)?;
             let rows = stmt
                 .query_map(params![hash.to_hex()], |row| Ok((row.get(0)?, row.get(1)?)))

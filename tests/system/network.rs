@@ -354,10 +354,10 @@ async fn three_hosts_discover_fetch_and_negotiate_through_each_other() {
     assert_eq!(on_b.outcome, Outcome::Ok, "{:?}", on_b.error());
     assert_eq!(on_b.receipt.body().host, b.node.public_key());
 
-    // C heard of both agents through B (gossip), and fetches them from B alone.
+    // C heard of both agents through B (by gossip, or by catching up on B's evidence), and
+    // fetches them from B alone.
     learns_of(&c, &driver).await;
     learns_of(&c, &rider).await;
-    assert!(c_net.gossip_stats().accepted() >= 2);
     assert_eq!(c_net.gossip_stats().dropped(), 0);
     let listing: Vec<String> = c
         .node

@@ -122,8 +122,9 @@ impl Registry {
             let mut receipts = Vec::new();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT r.rowid, r.signed, COALESCE(r.request_signed, q.signed) FROM receipts r
-                     LEFT JOIN requests q ON r.request_signed IS NULL AND q.hash = r.request_hash
+                    "SELECT r.rowid, r.signed, COALESCE(rr.signed, q.signed) FROM receipts r
+                     LEFT JOIN receipt_requests rr ON rr.receipt = r.rowid
+                     LEFT JOIN requests q ON rr.signed IS NULL AND q.hash = r.request_hash
                      WHERE r.rowid > ?1 AND (?3 IS NULL OR r.host = ?3) ORDER BY r.rowid LIMIT ?2",
                 )
                 .map_err(|e| self.db_error(e))?;

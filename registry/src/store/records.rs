@@ -103,19 +103,35 @@ pub(super) fn insert_request_row(
     ])
 }
 
-/// Stores a receipt row; `request` is the caller's signed request it came with, for a receipt
-/// from another host (this host's own requests are in the requests table).
+/// Stores a receipt row, and `request`, the caller's signed request it came with, for a receipt
+/// from another host (this host's own requests are in the requests table). Returns the number
+/// of receipt rows written.
 pub(super) fn insert_receipt_row(
     conn: &Connection,
     receipt: &SignedReceipt,
     request: Option<&[u8]>,
 ) -> rusqlite::Result<usize> {
     let body = receipt.body();
+    let written = insert_receipt_columns(conn, receipt, body)?;
+    if written > 0
+        && let Some(request) = request
+    {
+        conn.prepare_cached("INSERT INTO receipt_requests (receipt, signed) VALUES (?1, ?2)")?
+            .execute(params![conn.last_insert_rowid(), request])?;
+    }
+    Ok(written)
+}
+
+fn insert_receipt_columns(
+    conn: &Connection,
+    receipt: &SignedReceipt,
+    body: &Receipt,
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO receipts
              (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
-              timestamp_ms, signed, request_hash, caller, fuel_limit, charge, request_signed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+              timestamp_ms, signed, request_hash, caller, fuel_limit, charge)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         receipt.hash().to_hex(),
@@ -132,7 +148,6 @@ pub(super) fn insert_receipt_row(
         body.caller.map(|c| c.to_hex()),
         body.fuel_limit as i64,
         body.charge as i64,
-        request,
     ])
 }
 

@@ -133,9 +133,14 @@ const MIGRATIONS: &[&str] = &[
     // it ran) serve only as a replay cache, so they can go once they expire.
     "ALTER TABLE requests ADD COLUMN answered INTEGER NOT NULL DEFAULT 1;
      CREATE INDEX requests_unanswered ON requests(expires_at_ms) WHERE answered = 0;",
-    // 9: a receipt from another host keeps the caller's signed request it came with in its own
-    // row: one write instead of two more random-key index inserts per receipt.
-    "ALTER TABLE receipts ADD COLUMN request_signed BLOB;
+    // 9: the caller's signed request a receipt from another host came with, keyed by the
+    // receipt's row: an append, where the requests table would take two random-key index
+    // inserts per receipt, and a table of its own, so that reading the evidence for scores
+    // does not page through request bytes.
+    "CREATE TABLE receipt_requests (
+         receipt INTEGER PRIMARY KEY,
+         signed  BLOB NOT NULL
+     ) STRICT;
      ALTER TABLE pending_receipts ADD COLUMN request BLOB;",
 ];
 

@@ -383,13 +383,21 @@ impl ApiState {
     }
 }
 
-fn reputation_json(reputation: &Reputation) -> Value {
+fn reputation_json(reputation: &Reputation, lower_bound: f64) -> Value {
     json!({
         "quality": reputation.quality(),
         "uncertainty": reputation.uncertainty(),
-        "lower_bound": reputation.lower_bound(),
+        "lower_bound": lower_bound,
         "evidence": reputation.evidence,
     })
+}
+
+/// An agent's reputation as JSON, with the lower bound computed with the scores.
+fn agent_json(scores: &Scores, manifest: &agora_registry::Manifest) -> Value {
+    reputation_json(
+        &scores.of(manifest),
+        scores.lower_bound(&manifest.publisher, &manifest.component.hash),
+    )
 }
 
 #[derive(Deserialize)]
@@ -437,7 +445,7 @@ async fn list_agents(
     let mut ranked: Vec<(f64, Hash)> = index
         .into_iter()
         .map(|(manifest, publisher, component)| {
-            (scores.agent(&publisher, &component).lower_bound(), manifest)
+            (scores.lower_bound(&publisher, &component), manifest)
         })
         .collect();
     // Best lower bound first; ties by manifest hash, so every host lists in the same order.
@@ -471,7 +479,7 @@ async fn list_agents(
             "capabilities": body.capabilities,
             "price_per_mfuel": body.price_per_mfuel,
             "description": body.description,
-            "reputation": reputation_json(&scores.of(body)),
+            "reputation": agent_json(scores, body),
         }));
     }
     Ok(Json(json!({ "agents": agents, "next": next })))
@@ -499,7 +507,7 @@ async fn agent_reputation(
     let manifest = state.manifest(&hash)?;
     let snapshot = state.snapshot();
     let component = manifest.body().component.hash;
-    let mut body = reputation_json(&snapshot.scores.of(manifest.body()));
+    let mut body = agent_json(&snapshot.scores, manifest.body());
     body["manifest"] = json!(manifest.hash());
     body["component"] = json!(component);
     body["anchors"] = json!(state.anchors);
@@ -624,7 +632,7 @@ async fn publisher_record(
                 "name": body.name,
                 "version": body.version,
                 "component": body.component.hash,
-                "reputation": reputation_json(&scores.of(body)),
+                "reputation": agent_json(scores, body),
             })
         })
         .collect();
@@ -640,7 +648,7 @@ async fn publisher_record(
     Ok(Json(json!({
         "publisher": publisher,
         "trust": scores.trust_in(&publisher),
-        "reputation": reputation_json(&reputation),
+        "reputation": reputation_json(&reputation, reputation.lower_bound()),
         "agents": agents,
         "anchors": state.anchors,
         "computed_at_ms": snapshot.computed_at_ms,

@@ -379,9 +379,22 @@ pub struct Scores {
     pub agents: BTreeMap<(PublicKey, Hash), Reputation>,
     /// Reputation per publisher.
     pub publishers: BTreeMap<PublicKey, Reputation>,
+    /// Each agent's lower bound ([`Reputation::lower_bound`]), computed once with the scores:
+    /// it takes a few hundred evaluations of the incomplete beta function.
+    pub bounds: BTreeMap<(PublicKey, Hash), f64>,
 }
 
 impl Scores {
+    /// The lower bound of the agent `publisher` published as `component` (the prior's, 0.05,
+    /// if there is no evidence).
+    pub fn lower_bound(&self, publisher: &PublicKey, component: &Hash) -> f64 {
+        static PRIOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        self.bounds
+            .get(&(*publisher, *component))
+            .copied()
+            .unwrap_or_else(|| *PRIOR.get_or_init(|| Reputation::NONE.lower_bound()))
+    }
+
     /// Trust in `key` (0 if none).
     pub fn trust_in(&self, key: &PublicKey) -> f64 {
         self.trust.get(key).copied().unwrap_or(0.0)
@@ -561,10 +574,15 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
             .or_insert(Reputation::NONE)
             .add(reputation);
     }
+    let bounds = agents
+        .iter()
+        .map(|(agent, reputation)| (*agent, reputation.lower_bound()))
+        .collect();
     Scores {
         trust,
         agents,
         publishers,
+        bounds,
     }
 }
 

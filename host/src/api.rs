@@ -62,6 +62,9 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Keys trusted a priori besides this host's own.
     pub extra_anchors: Vec<PublicKey>,
+    /// The host's gossip counters, reported in `/metrics` when the host is on the network
+    /// ([`crate::net::Network::gossip_stats_handle`]). Default: none.
+    pub gossip: Option<Arc<crate::net::GossipStats>>,
 }
 
 impl Default for ApiConfig {
@@ -69,6 +72,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             extra_anchors: Vec::new(),
+            gossip: None,
         }
     }
 }
@@ -100,6 +104,7 @@ impl ApiServer {
             scores: RwLock::new(Arc::new(first)),
             evidence_arrived: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
+            gossip: config.gossip.clone(),
         });
         let refresher = tokio::spawn(refresh_scores(Arc::downgrade(&state), read));
         let app = router(state);
@@ -145,6 +150,7 @@ struct ApiState {
     /// Wakes the score refresher early.
     evidence_arrived: tokio::sync::Notify,
     metrics: Metrics,
+    gossip: Option<Arc<crate::net::GossipStats>>,
 }
 
 /// The resolution of the clock scores are computed at, in milliseconds.
@@ -826,6 +832,17 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         snapshot.skipped_rows,
         state.node.registry().refused_over_quota(),
     );
+    let mut text = text;
+    if let Some(gossip) = &state.gossip {
+        text.push_str(&format!(
+            "# TYPE agora_gossip_accepted_total counter\nagora_gossip_accepted_total {}\n\
+             # TYPE agora_gossip_dropped_total counter\nagora_gossip_dropped_total {}\n\
+             # TYPE agora_gossip_over_quota_total counter\nagora_gossip_over_quota_total {}\n",
+            gossip.accepted(),
+            gossip.dropped(),
+            gossip.over_quota(),
+        ));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -252,6 +252,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let config = agora_host::api::ApiConfig {
                         listen,
                         extra_anchors: anchors,
+                        gossip: Some(network.gossip_stats_handle()),
                     };
                     let server = agora_host::api::ApiServer::start(node.clone(), config).await?;
                     println!("api http://{}", server.addr());

@@ -406,6 +406,11 @@ impl Network {
             })
     }
 
+    /// The gossip counters, shared (for `/metrics`, see [`crate::api::ApiConfig::gossip`]).
+    pub fn gossip_stats_handle(&self) -> Arc<GossipStats> {
+        self.stats.clone()
+    }
+
     /// What gossip has delivered so far.
     pub fn gossip_stats(&self) -> &GossipStats {
         &self.stats

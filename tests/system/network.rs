@@ -1014,6 +1014,36 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
         "{stored} manifests stored; at most {allowed} allowed"
     );
     assert!(stored > 0, "the burst is accepted");
+    // The count is in the host's metrics.
+    let api = agora_host::api::ApiServer::start(
+        b.node.clone(),
+        agora_host::api::ApiConfig {
+            gossip: Some(b_net.gossip_stats_handle()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let over: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agora_gossip_over_quota_total "))
+        .expect("the counter is reported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(over > 0, "{metrics}");
+    api.shutdown().await;
     // The host still works: it publishes and announces as ever.
     b.publish(examples::RIDE_DRIVER).await;
     router.shutdown().await.unwrap();

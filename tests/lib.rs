@@ -164,6 +164,7 @@ impl SigningHost {
             seq: self.head.map_or(0, |(seq, _)| seq + 1),
             prev: self.head.map(|(_, hash)| hash),
             timestamp_ms: now_ms(),
+            limits: None,
         };
         edit(&mut body);
         let receipt = agora_registry::Signed::sign(body, &self.key).expect("sign receipt");

@@ -560,6 +560,11 @@ impl Node {
             seq: 0,
             prev: None,
             timestamp_ms: unix_now().as_millis() as u64,
+            limits: Some(agora_registry::CallLimits {
+                memory_bytes: limits.max_memory_bytes,
+                wall_ms: u64::try_from(limits.max_wall.as_millis()).unwrap_or(u64::MAX),
+                output_bytes: limits.max_output_bytes,
+            }),
         };
         // Appending waits for a durable commit (an fsync shared with other writes); keep that
         // wait off the async executor.

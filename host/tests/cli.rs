@@ -364,6 +364,7 @@ fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
                 seq: seq as u64,
                 prev,
                 timestamp_ms: at,
+                limits: None,
             },
             &third,
         )

@@ -50,6 +50,23 @@ pub struct Receipt {
     pub prev: Option<Hash>,
     /// When the call finished, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The limits the call ran under besides its fuel (the lower of the host's and the
+    /// manifest's), so that anyone can tell whether a limit the agent hit was its publisher's
+    /// own. Absent in receipts from hosts that do not record them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CallLimits>,
+}
+
+/// The limits one call ran under, as a receipt records them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallLimits {
+    /// Linear memory, all memories of the instance together, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock milliseconds.
+    pub wall_ms: u64,
+    /// Output bytes.
+    pub output_bytes: u64,
 }
 
 /// The agent a receipt is about.

@@ -32,9 +32,9 @@
 //! - a rater's calls give a weight `m = Σ w` and a mean score `q`; `q` is pulled to within
 //!   `clip` of the trust-weighted median of all raters' means (as Yuma consensus clips
 //!   outliers); it adds `f·min(m, per_pair)·q` to R and `f·min(m, per_pair)·(1−q)` to S;
-//! - a host's failures on the agent's own account — traps, and fuel exhausted when the budget
-//!   was the publisher's whole `max_fuel` — add `f·min(Σ w, per_pair)` to S; timeouts and
-//!   memory limits depend on the host and are never blamed on the agent;
+//! - a host's failures on the agent's own account — traps, and fuel or memory exhausted when
+//!   the limit the receipt records was the publisher's whole `max_fuel` or `max_memory_bytes` —
+//!   add `f·min(Σ w, per_pair)` to S; timeouts depend on the host and are never blamed;
 //! - where `f` is the key's influence, and each key's reports over all agents are scaled down
 //!   to at most `per_key` calls in all: no key's influence grows with its volume.
 //!
@@ -75,6 +75,9 @@ pub struct AgentFacts {
     pub max_fuel: u64,
     /// The price per million fuel.
     pub price_per_mfuel: u64,
+    /// The memory the publisher said a call may need, in bytes (`None` for a manifest stored
+    /// before it was a column).
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// What scoring needs from a receipt and the feedback on it.
@@ -100,6 +103,8 @@ pub struct Call {
     pub timestamp_ms: u64,
     /// Its place in the host's receipt chain.
     pub seq: u64,
+    /// The memory limit it ran under, if the receipt records it.
+    pub memory_limit: Option<u64>,
     /// The caller's feedback, if any counted.
     pub rating: Option<Rating>,
 }
@@ -123,8 +128,10 @@ pub enum CallOutcome {
     Trap,
     /// It ran out of fuel: a failure only if the caller allowed the manifest's whole budget.
     OutOfFuel,
-    /// It hit a bound that depends on the host running it (a wall-clock timeout, a memory cap
-    /// that may be the host's rather than the manifest's): never blamed on the agent.
+    /// It hit its memory limit: a failure only if that limit was the manifest's own.
+    Memory,
+    /// It hit a bound that depends on the host running it (a wall-clock timeout): never blamed
+    /// on the agent.
     HostBound,
 }
 
@@ -133,7 +140,8 @@ impl CallOutcome {
     pub fn of(outcome: &Outcome) -> Self {
         match outcome {
             Outcome::Trap { .. } => CallOutcome::Trap,
-            Outcome::Timeout | Outcome::MemoryLimit => CallOutcome::HostBound,
+            Outcome::MemoryLimit => CallOutcome::Memory,
+            Outcome::Timeout => CallOutcome::HostBound,
             Outcome::FuelExhausted => CallOutcome::OutOfFuel,
             Outcome::Ok | Outcome::AgentError { .. } | Outcome::OutputLimit | Outcome::LogLimit => {
                 CallOutcome::Returned
@@ -145,7 +153,8 @@ impl CallOutcome {
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "trap" => CallOutcome::Trap,
-            "timeout" | "memory-limit" => CallOutcome::HostBound,
+            "memory-limit" => CallOutcome::Memory,
+            "timeout" => CallOutcome::HostBound,
             "fuel-exhausted" => CallOutcome::OutOfFuel,
             "ok" | "agent-error" | "output-limit" | "log-limit" => CallOutcome::Returned,
             _ => return None,
@@ -187,6 +196,7 @@ impl EvidenceSet {
                     component: body.component.hash,
                     max_fuel: body.limits.max_fuel,
                     price_per_mfuel: body.price_per_mfuel,
+                    max_memory_bytes: Some(body.limits.max_memory_bytes),
                 };
                 (m.hash(), facts)
             })
@@ -206,6 +216,7 @@ impl EvidenceSet {
                     charge: body.charge,
                     timestamp_ms: body.timestamp_ms,
                     seq: body.seq,
+                    memory_limit: body.limits.map(|l| l.memory_bytes),
                     rating: None,
                 }
             })
@@ -478,11 +489,15 @@ pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
         }
         let key = (agent.publisher, agent.component);
         // A host's own reports of failure: only what is the agent's own doing, judged
-        // against the publisher's own limits. Timeouts and memory limits depend on the
-        // host (its load, its caps, which receipts do not record), so they are never blamed.
+        // against the publisher's own limits as recorded in the receipt. A timeout depends on
+        // the host's load, so it is never blamed; nor is a limit tighter than the manifest's.
         let failed = match call.outcome {
             CallOutcome::Trap => true,
             CallOutcome::OutOfFuel => call.fuel_limit >= agent.max_fuel,
+            CallOutcome::Memory => call
+                .memory_limit
+                .zip(agent.max_memory_bytes)
+                .is_some_and(|(ran_under, manifest)| ran_under >= manifest),
             CallOutcome::Returned | CallOutcome::HostBound => false,
         };
         if failed && caller != call.host {

@@ -304,6 +304,21 @@ impl Receipt {
             return Err(invalid(KIND, "a nested call answers no caller's request"));
         }
         not_in_future(KIND, "timestamp_ms", self.timestamp_ms, now_ms)?;
+        if let Some(limits) = &self.limits {
+            at_most(
+                KIND,
+                "limits.memory_bytes",
+                limits.memory_bytes,
+                MAX_MEMORY_BYTES,
+            )?;
+            at_most(KIND, "limits.wall_ms", limits.wall_ms, MAX_WALL_MS)?;
+            at_most(
+                KIND,
+                "limits.output_bytes",
+                limits.output_bytes,
+                MAX_OUTPUT_BYTES,
+            )?;
+        }
         Ok(())
     }
 }

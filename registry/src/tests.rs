@@ -112,6 +112,7 @@ impl Chain {
             seq,
             prev,
             timestamp_ms: now,
+            limits: None,
         };
         edit(&mut body);
         (Signed::sign(body, &self.key).unwrap(), request)
@@ -155,6 +156,7 @@ fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt {
         seq,
         prev,
         timestamp_ms: 1,
+        limits: None,
     }
 }
 

@@ -371,6 +371,7 @@ fn sign_all(
                                 // Linked below, once the chain order is known.
                                 prev: None,
                                 timestamp_ms,
+                                limits: None,
                             };
                             (host, body, request)
                         })

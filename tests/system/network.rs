@@ -921,6 +921,7 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
                 seq: 0,
                 prev: None,
                 timestamp_ms: 1,
+                limits: None,
             },
             &cheat,
         )

@@ -219,7 +219,8 @@ impl Registry {
             let mut agents = std::collections::BTreeMap::new();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT hash, publisher, component_hash, max_fuel, price_per_mfuel
+                    "SELECT hash, publisher, component_hash, max_fuel, price_per_mfuel,
+                            max_memory_bytes
                      FROM manifests",
                 )
                 .map_err(db)?;
@@ -237,6 +238,10 @@ impl Registry {
                                 .map_err(|_| self.corrupt("max_fuel"))?,
                             price_per_mfuel: u64::try_from(price)
                                 .map_err(|_| self.corrupt("price"))?,
+                            max_memory_bytes: row
+                                .get::<_, Option<i64>>(5)
+                                .map_err(db)?
+                                .and_then(|m| u64::try_from(m).ok()),
                         },
                     ))
                 })();
@@ -288,7 +293,7 @@ impl Registry {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT hash, host, caller, manifest_hash, component_hash, outcome,
-                            fuel_limit, charge, timestamp_ms, seq
+                            fuel_limit, charge, timestamp_ms, seq, memory_limit
                      FROM receipts WHERE rowid > ?1 AND rowid <= ?2",
                 )
                 .map_err(db)?;
@@ -318,6 +323,10 @@ impl Registry {
                         charge: number(7)?,
                         timestamp_ms: number(8)?,
                         seq: number(9)?,
+                        memory_limit: row
+                            .get::<_, Option<i64>>(10)
+                            .map_err(db)?
+                            .and_then(|m| u64::try_from(m).ok()),
                         rating: None,
                     })
                 })();

@@ -35,9 +35,9 @@ use crate::{Error, Hash};
 /// a stranger cannot fill the table with records about things that never arrive.
 pub const MAX_PENDING_PER_KEY: i64 = 1_000;
 
-/// A manifest's component hash, max fuel, price and signed bytes (the numbers are NULL in rows
-/// stored before they were bounded).
-type ManifestRow = (String, Option<i64>, Option<i64>, Vec<u8>);
+/// A manifest's component hash, max fuel, price, signed bytes and max memory (the numbers are
+/// NULL in rows stored before they were bounded).
+type ManifestRow = (String, Option<i64>, Option<i64>, Vec<u8>, Option<i64>);
 
 /// A waiting record's signed bytes, and the request a waiting receipt came with.
 type WaitingRow = (Vec<u8>, Option<Vec<u8>>);
@@ -254,16 +254,23 @@ fn check_and_store(
 
     let manifest: Option<ManifestRow> = conn
         .prepare_cached(
-            "SELECT component_hash, max_fuel, price_per_mfuel, signed FROM manifests WHERE hash = ?1",
+            "SELECT component_hash, max_fuel, price_per_mfuel, signed, max_memory_bytes
+             FROM manifests WHERE hash = ?1",
         )
         .and_then(|mut stmt| {
             stmt.query_row(params![body.agent.manifest.to_hex()], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
             })
             .optional()
         })
         .map_err(db)?;
-    let Some((component, max_fuel, price, manifest_bytes)) = manifest else {
+    let Some((component, max_fuel, price, manifest_bytes, max_memory)) = manifest else {
         return Ok(Ok(Stored::Waiting(body.agent.manifest)));
     };
     let (Some(max_fuel), Some(price)) = (max_fuel, price) else {
@@ -281,6 +288,18 @@ fn check_and_store(
             format!(
                 "it names component {}, but its manifest names {component}",
                 body.agent.component
+            ),
+            vec![receipt.as_bytes(), &manifest_bytes],
+        );
+    }
+    if let (Some(limits), Some(max_memory)) = (body.limits, max_memory)
+        && limits.memory_bytes > max_memory as u64
+    {
+        return lied(
+            "over-limit",
+            format!(
+                "its memory limit {} is above its manifest's max_memory_bytes {max_memory}",
+                limits.memory_bytes
             ),
             vec![receipt.as_bytes(), &manifest_bytes],
         );

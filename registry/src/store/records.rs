@@ -130,8 +130,8 @@ fn insert_receipt_columns(
     conn.prepare_cached(
         "INSERT OR IGNORE INTO receipts
              (hash, host, seq, prev, manifest_hash, component_hash, outcome, fuel_used,
-              timestamp_ms, signed, request_hash, caller, fuel_limit, charge)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+              timestamp_ms, signed, request_hash, caller, fuel_limit, charge, memory_limit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         receipt.hash().to_hex(),
@@ -148,6 +148,7 @@ fn insert_receipt_columns(
         body.caller.map(|c| c.to_hex()),
         body.fuel_limit as i64,
         body.charge as i64,
+        body.limits.map(|l| l.memory_bytes as i64),
     ])
 }
 
@@ -224,8 +225,8 @@ impl Registry {
             conn.execute(
                 "INSERT INTO manifests
                      (hash, name, version, publisher, component_hash, component_size, created_at,
-                      signed, max_fuel, price_per_mfuel)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                      signed, max_fuel, price_per_mfuel, max_memory_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     manifest.hash().to_hex(),
                     body.name,
@@ -237,6 +238,7 @@ impl Registry {
                     manifest.as_bytes(),
                     body.limits.max_fuel as i64,
                     body.price_per_mfuel as i64,
+                    body.limits.max_memory_bytes as i64,
                 ],
             )
             .map_err(db)?;

@@ -142,6 +142,13 @@ const MIGRATIONS: &[&str] = &[
          signed  BLOB NOT NULL
      ) STRICT;
      ALTER TABLE pending_receipts ADD COLUMN request BLOB;",
+    // 10: the memory limits failure attribution compares: the manifest's, and the one a call
+    // ran under (NULL where a receipt does not record it).
+    "ALTER TABLE manifests ADD COLUMN max_memory_bytes INTEGER;
+     UPDATE manifests SET max_memory_bytes =
+         CASE json_type(CAST(signed AS TEXT), '$.body.limits.max_memory_bytes')
+             WHEN 'integer' THEN json_extract(CAST(signed AS TEXT), '$.body.limits.max_memory_bytes') END;
+     ALTER TABLE receipts ADD COLUMN memory_limit INTEGER;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

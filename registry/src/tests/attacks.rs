@@ -914,3 +914,57 @@ fn expired_requests_that_no_receipt_answers_are_pruned_and_answered_ones_kept() 
     assert!(registry.request(&unanswered.hash()).unwrap().is_none());
     assert!(registry.request(&answered.hash()).unwrap().is_some());
 }
+
+#[test]
+fn a_memory_limit_counts_against_an_agent_only_when_it_was_the_publishers_own() {
+    let market = Market::new(3, 10);
+    let agent = &market.agents[0].0;
+    let manifest_memory = agent.body().limits.max_memory_bytes;
+    let mut host = Chain {
+        key: market.hosts[0].key.clone(),
+        head: market
+            .registry
+            .host_record(&market.hosts[0].key.public())
+            .unwrap()
+            .head,
+    };
+    let mut hit = |memory_bytes: u64, outcome: Outcome| {
+        let seq = host.head.map_or(0, |(s, _)| s + 1);
+        let (receipt, request) = host.sign(
+            agent,
+            &market.callers[0],
+            outcome,
+            seq,
+            host.head.map(|(_, h)| h),
+            |r| {
+                r.limits = Some(CallLimits {
+                    memory_bytes,
+                    wall_ms: 1_000,
+                    output_bytes: 1 << 16,
+                })
+            },
+        );
+        let answer = market.registry.insert_receipt(&receipt, Some(&request));
+        if answer.is_ok() {
+            host.head = Some((seq, receipt.hash()));
+        }
+        answer
+    };
+    let before = market.scores().of(agent.body());
+    // A host whose own cap is below the manifest's: not the agent's fault.
+    hit(manifest_memory / 2, Outcome::MemoryLimit).unwrap();
+    // A timeout: the host's load, never the agent's fault.
+    hit(manifest_memory, Outcome::Timeout).unwrap();
+    assert_eq!(market.scores().of(agent.body()).negative, before.negative);
+    // The publisher's own limit: the agent's fault.
+    hit(manifest_memory, Outcome::MemoryLimit).unwrap();
+    assert!(market.scores().of(agent.body()).negative > before.negative);
+    // Claiming a limit above the manifest's is refused and held against the host.
+    let refused = hit(manifest_memory * 2, Outcome::MemoryLimit).unwrap_err();
+    assert!(
+        refused.to_string().contains("max_memory_bytes"),
+        "{refused}"
+    );
+    let record = market.registry.host_record(&host.key.public()).unwrap();
+    assert_eq!(record.misbehaviour[0].kind, "over-limit");
+}

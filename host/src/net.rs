@@ -40,8 +40,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gossip message: a kind byte and a manifest.
 const MAX_GOSSIP_MESSAGE: usize = MAX_MANIFEST_BYTES as usize + 1;
-/// Most manifests sent to a new neighbour so it can catch up.
-const MAX_CATALOG_ANNOUNCEMENTS: usize = 64;
 /// Manifests one gossip neighbour may deliver in a burst, and per second after it. Beyond
 /// that they are dropped and counted ([`GossipStats::over_quota`]): a peer relaying a flood
 /// of manifests from fresh keys cannot fill this host's registry.
@@ -363,7 +361,6 @@ impl Network {
         let listener = tokio::spawn(listen(
             node.clone(),
             receiver,
-            announcements.clone(),
             stats.clone(),
             catch_up.clone(),
         ));
@@ -762,11 +759,10 @@ async fn announce_new_releases(node: Node, sender: GossipSender) {
     }
 }
 
-/// Records verified announcements and helps new neighbours catch up.
+/// Records verified announcements, and catches up on each new neighbour's evidence.
 async fn listen(
     node: Node,
     mut receiver: iroh_gossip::api::GossipReceiver,
-    sender: GossipSender,
     stats: Arc<GossipStats>,
     catch_up: Arc<CatchUpState>,
 ) {
@@ -797,22 +793,12 @@ async fn listen(
                     }
                 },
                 Ok(Event::NeighborUp(peer)) => {
-                    tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; sending our catalog");
+                    // Catching up is pulled by each side from the other, so what a neighbour
+                    // learns of this host's catalogue goes to that neighbour only, in bounded
+                    // rounds, instead of a broadcast to every neighbour.
+                    tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; catching up on its evidence");
                     let catch_up = catch_up.clone();
                     tokio::spawn(async move { catch_up.with(EndpointAddr::new(peer)).await });
-                    let manifests = node
-                        .registry()
-                        .newest_manifests(MAX_CATALOG_ANNOUNCEMENTS)
-                        .unwrap_or_default();
-                    for manifest in &manifests {
-                        if sender
-                            .broadcast_neighbors(announcement(manifest))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
                 }
                 Ok(_) => {}
                 Err(error) => {

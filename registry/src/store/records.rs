@@ -305,18 +305,6 @@ impl Registry {
         })
     }
 
-    /// The `limit` manifests stored last, newest first.
-    pub fn newest_manifests(&self, limit: usize) -> Result<Vec<SignedManifest>, Error> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|conn| {
-            self.stored_records(
-                conn,
-                "SELECT signed FROM manifests ORDER BY rowid DESC LIMIT ?1",
-                params![limit],
-            )
-        })
-    }
-
     /// Every stored manifest, newest (last stored) first.
     pub fn manifests(&self) -> Result<Vec<SignedManifest>, Error> {
         self.query_manifests("", params![])

@@ -548,14 +548,29 @@ async fn agent_receipts(
         .map_err(ApiError::internal)?;
     // The signed envelopes are canonical JSON already: splice their exact bytes into the
     // answer, so that clients can verify them and the server need not re-encode them.
-    let mut body =
-        Vec::with_capacity(page.receipts.iter().map(|r| r.len() + 1).sum::<usize>() + 64);
+    let mut body = Vec::with_capacity(
+        page.receipts.iter().map(|r| r.len() + 1).sum::<usize>()
+            + page
+                .requests
+                .iter()
+                .flatten()
+                .map(|r| r.len() + 1)
+                .sum::<usize>()
+            + 64,
+    );
     body.extend_from_slice(b"{\"receipts\":[");
     for (index, receipt) in page.receipts.iter().enumerate() {
         if index > 0 {
             body.push(b',');
         }
         body.extend_from_slice(receipt);
+    }
+    body.extend_from_slice(b"],\"requests\":[");
+    for (index, request) in page.requests.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(request.as_deref().unwrap_or(b"null"));
     }
     body.extend_from_slice(b"],\"next\":");
     let next = page.next.map(|cursor| cursor.to_string());

@@ -162,6 +162,27 @@ async fn every_endpoint_and_its_errors() {
         page["receipts"][0]["body"]["request"],
         request.hash().to_hex()
     );
+    // The caller's signed request comes with its receipt, in its exact signed bytes, so the
+    // client can check who asked.
+    let (_, raw) = http(
+        &server,
+        "GET",
+        &format!("/v1/agents/{manifest}/receipts?limit=1"),
+        b"",
+    )
+    .await;
+    #[derive(serde::Deserialize)]
+    struct Page<'a> {
+        #[serde(borrow)]
+        requests: Vec<&'a serde_json::value::RawValue>,
+    }
+    let served: Page = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        agora_registry::SignedRequest::from_bytes(served.requests[0].get().as_bytes())
+            .unwrap()
+            .hash(),
+        request.hash()
+    );
     let next = page["next"].as_str().expect("a cursor after a full page");
     let (status, page) = json(
         &server,

@@ -16,6 +16,9 @@ pub struct ReceiptPage {
     /// The signed receipts as stored (canonical JSON envelopes), newest arrival first. Serving
     /// them needs no parsing; [`ReceiptPage::parse`] gives the records.
     pub receipts: Vec<Vec<u8>>,
+    /// The caller's signed request each receipt answers, in the same order (`None` for a
+    /// receipt that answers none), so a client can check who asked.
+    pub requests: Vec<Option<Vec<u8>>>,
     /// Where the next (older) page starts, if there may be one.
     pub next: Option<ReceiptCursor>,
 }
@@ -448,20 +451,29 @@ impl Registry {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT rowid, signed FROM receipts INDEXED BY receipts_by_manifest_arrival
-                     WHERE manifest_hash = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
+                    "SELECT r.rowid, r.signed, COALESCE(rr.signed, q.signed)
+                     FROM receipts AS r INDEXED BY receipts_by_manifest_arrival
+                     LEFT JOIN receipt_requests rr ON rr.receipt = r.rowid
+                     LEFT JOIN requests q ON rr.signed IS NULL AND q.hash = r.request_hash
+                     WHERE r.manifest_hash = ?1 AND r.rowid < ?2 ORDER BY r.rowid DESC LIMIT ?3",
                 )
                 .map_err(|e| self.db_error(e))?;
             let rows = stmt
                 .query_map(params![manifest.to_hex(), before, limit], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, Option<Vec<u8>>>(2)?,
+                    ))
                 })
                 .map_err(|e| self.db_error(e))?;
             let mut receipts = Vec::new();
+            let mut requests = Vec::new();
             let mut last = None;
             for row in rows {
-                let (rowid, bytes) = row.map_err(|e| self.db_error(e))?;
+                let (rowid, bytes, request) = row.map_err(|e| self.db_error(e))?;
                 receipts.push(bytes);
+                requests.push(request);
                 last = Some(ReceiptCursor(rowid));
             }
             let next = if receipts.len() as i64 == limit {
@@ -469,7 +481,11 @@ impl Registry {
             } else {
                 None
             };
-            Ok(ReceiptPage { receipts, next })
+            Ok(ReceiptPage {
+                receipts,
+                requests,
+                next,
+            })
         })
     }
 

@@ -94,7 +94,13 @@ async fn unbounded_allocation_hits_the_memory_limit() {
 
 #[tokio::test]
 async fn returning_100_mib_hits_the_output_limit() {
-    let (host, agent) = hostile_host(Limits::default()).await;
+    // Writing 100 MiB takes a debug build seconds on a loaded machine; the wall clock is not
+    // what this test is about, so it gets room.
+    let (host, agent) = hostile_host(Limits {
+        max_wall: std::time::Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
     let execution = run(&host, &agent, "big-output", b"", None).await;
     assert_eq!(execution.outcome, Outcome::OutputLimit);
     assert!(execution.output.is_none());

@@ -102,6 +102,27 @@ fn not_in_future(kind: &'static str, field: &str, at_ms: u64, now_ms: u64) -> Re
     Ok(())
 }
 
+/// Checks a list of at most `most` names, each 1 to `longest` printable characters.
+fn check_names(
+    kind: &'static str,
+    what: &str,
+    names: &[String],
+    most: usize,
+    longest: usize,
+) -> Result<(), Error> {
+    if names.len() > most
+        || names
+            .iter()
+            .any(|n| n.is_empty() || n.len() > longest || !printable(n))
+    {
+        return Err(invalid(
+            kind,
+            format!("at most {most} {what} of 1 to {longest} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
 fn printable(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -173,32 +194,20 @@ impl Manifest {
                 ),
             ));
         }
-        if self.actions.len() > MAX_ACTIONS
-            || self
-                .actions
-                .iter()
-                .any(|a| a.is_empty() || a.len() > MAX_ACTION_BYTES || !printable(a))
-        {
-            return Err(invalid(
-                KIND,
-                format!(
-                    "at most {MAX_ACTIONS} actions of 1 to {MAX_ACTION_BYTES} printable characters"
-                ),
-            ));
-        }
-        if self.capabilities.len() > MAX_CAPABILITIES
-            || self
-                .capabilities
-                .iter()
-                .any(|c| c.is_empty() || c.len() > MAX_CAPABILITY_BYTES || !printable(c))
-        {
-            return Err(invalid(
-                KIND,
-                format!(
-                    "at most {MAX_CAPABILITIES} capabilities of 1 to {MAX_CAPABILITY_BYTES} printable characters"
-                ),
-            ));
-        }
+        check_names(
+            KIND,
+            "actions",
+            &self.actions,
+            MAX_ACTIONS,
+            MAX_ACTION_BYTES,
+        )?;
+        check_names(
+            KIND,
+            "capabilities",
+            &self.capabilities,
+            MAX_CAPABILITIES,
+            MAX_CAPABILITY_BYTES,
+        )?;
         let limits = &self.limits;
         if limits.max_fuel == 0 || limits.max_wall_ms == 0 {
             return Err(invalid(

@@ -132,6 +132,13 @@ impl Market {
         (better + 1, bound)
     }
 
+    /// Host `index` of the market, ready to sign its next receipt.
+    fn resume(&self, index: usize) -> Chain {
+        let key = self.hosts[index].key.clone();
+        let head = self.registry.host_record(&key.public()).unwrap().head;
+        Chain { key, head }
+    }
+
     fn store(
         &self,
         receipts: Vec<(SignedReceipt, Option<SignedRequest>)>,
@@ -239,14 +246,7 @@ fn a_copycat_manifest_cannot_move_the_original_agent() {
     copy.price_per_mfuel = rules::MAX_PRICE_PER_MFUEL;
     let copy = Signed::sign(copy, &attacker).unwrap();
     market.registry.insert_manifest(&copy).unwrap();
-    let mut host = Chain {
-        key: market.hosts[0].key.clone(),
-        head: market
-            .registry
-            .host_record(&market.hosts[0].key.public())
-            .unwrap()
-            .head,
-    };
+    let mut host = market.resume(0);
     let mut calls = Vec::new();
     for _ in 0..10 {
         let (receipt, request) = host.call(&copy, &attacker, Outcome::FuelExhausted);
@@ -415,14 +415,7 @@ fn one_free_call_and_a_ring_of_20000_fabricated_receipts_gain_nothing() {
     let agent = agent_manifest(&attacker, "attacker", b"attacker code");
     market.registry.insert_manifest(&agent).unwrap();
     let sybils: Vec<SecretKey> = (0..20).map(|_| SecretKey::generate()).collect();
-    let mut anchor_host = Chain {
-        key: market.hosts[0].key.clone(),
-        head: market
-            .registry
-            .host_record(&market.hosts[0].key.public())
-            .unwrap()
-            .head,
-    };
+    let mut anchor_host = market.resume(0);
     let (receipt, request) = anchor_host.call(&agent, &sybils[0], Outcome::Ok);
     market
         .registry
@@ -461,14 +454,7 @@ fn four_bombing_keys_with_100_calls_each_do_not_move_the_best_agent() {
     let victim = market.best();
     let before = market.scores();
     let bombers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
-    let mut host = Chain {
-        key: market.hosts[0].key.clone(),
-        head: market
-            .registry
-            .host_record(&market.hosts[0].key.public())
-            .unwrap()
-            .head,
-    };
+    let mut host = market.resume(0);
     let mut receipts = Vec::new();
     let mut ratings = Vec::new();
     for bomber in &bombers {
@@ -495,14 +481,7 @@ fn a_whale_rater_counts_as_a_bounded_number_of_calls() {
     // One of the operator's own trusted callers calls the best agent 1,000 times and rates
     // every call 0.
     let whale = &market.callers[0];
-    let mut host = Chain {
-        key: market.hosts[0].key.clone(),
-        head: market
-            .registry
-            .host_record(&market.hosts[0].key.public())
-            .unwrap()
-            .head,
-    };
+    let mut host = market.resume(0);
     let mut receipts = Vec::new();
     let mut ratings = Vec::new();
     for _ in 0..1_000 {
@@ -713,14 +692,7 @@ fn a_second_manifest_for_one_release_is_recorded_against_its_publisher() {
 fn a_host_that_withholds_a_receipt_loses_every_receipt_after_it() {
     let market = Market::new(5, 200);
     let victim = &market.agents[0].0;
-    let mut host = Chain {
-        key: market.hosts[1].key.clone(),
-        head: market
-            .registry
-            .host_record(&market.hosts[1].key.public())
-            .unwrap()
-            .head,
-    };
+    let mut host = market.resume(1);
     // The host signs a trap, then ten rated calls, and withholds the trap.
     let (trap, trap_request) = host.call(
         victim,
@@ -920,14 +892,7 @@ fn a_memory_limit_counts_against_an_agent_only_when_it_was_the_publishers_own() 
     let market = Market::new(3, 10);
     let agent = &market.agents[0].0;
     let manifest_memory = agent.body().limits.max_memory_bytes;
-    let mut host = Chain {
-        key: market.hosts[0].key.clone(),
-        head: market
-            .registry
-            .host_record(&market.hosts[0].key.public())
-            .unwrap()
-            .head,
-    };
+    let mut host = market.resume(0);
     let mut hit = |memory_bytes: u64, outcome: Outcome| {
         let seq = host.head.map_or(0, |(s, _)| s + 1);
         let (receipt, request) = host.sign(

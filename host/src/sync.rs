@@ -47,8 +47,14 @@ pub(crate) struct EvidenceProtocol {
 
 impl ProtocolHandler for EvidenceProtocol {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        // A peer may ask round after round on one connection.
+        // A peer may ask round after round on one connection, up to a whole catch-up's worth.
+        let mut rounds = 0;
         while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                connection.close(3u32.into(), b"too many rounds");
+                return Ok(());
+            }
             let ask = recv.read_to_end(32).await.map_err(AcceptError::from_err)?;
             let Some((after, limit)) = parse_ask(&ask) else {
                 connection.close(1u32.into(), b"malformed request");

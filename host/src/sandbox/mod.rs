@@ -14,14 +14,20 @@ use std::time::{Duration, Instant};
 
 use agora_registry::{Hash, Outcome};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, Trap};
+use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+mod host_fns;
+mod limiter;
+
 use crate::error::CheckError;
 use crate::limits::{CallLimits, Limits};
 use crate::node::CallServices;
+pub(crate) use host_fns::CallState;
+use host_fns::add_host_interface;
+use limiter::InstanceLimiter;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -289,14 +295,11 @@ impl Sandbox {
             http: WasiHttpCtx::new(),
             http_hooks: DenyOutgoingHttp,
             table: ResourceTable::new(),
-            limiter: InstanceLimiter {
-                max_memory_bytes: limits.max_memory_bytes,
-                memory_bytes: 0,
-                max_table_elements: self.limits.max_table_elements,
-                table_elements: 0,
-                max_instances: self.limits.max_instances,
-                exceeded: false,
-            },
+            limiter: InstanceLimiter::new(
+                limits.max_memory_bytes,
+                self.limits.max_table_elements,
+                self.limits.max_instances,
+            ),
             stdout,
             stderr,
             call,
@@ -523,256 +526,4 @@ impl WasiHttpHooks for DenyOutgoingHttp {
     > {
         Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
-}
-
-/// Bounds memory, tables and instances of one component instance, counting all of its
-/// memories and tables together (wasmtime's own `StoreLimits` checks each memory alone).
-struct InstanceLimiter {
-    max_memory_bytes: u64,
-    memory_bytes: u64,
-    max_table_elements: usize,
-    table_elements: usize,
-    max_instances: usize,
-    exceeded: bool,
-}
-
-/// The error that stops a guest asking for more memory or table space than it may have.
-#[derive(Debug, thiserror::Error)]
-#[error("resource limit exceeded: {0}")]
-struct ResourceLimitExceeded(&'static str);
-
-impl ResourceLimiter for InstanceLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total =
-            (self.memory_bytes.saturating_sub(current as u64)).saturating_add(desired as u64);
-        if total > self.max_memory_bytes {
-            self.exceeded = true;
-            return Err(ResourceLimitExceeded("memory").into());
-        }
-        self.memory_bytes = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self
-            .table_elements
-            .saturating_sub(current)
-            .saturating_add(desired);
-        if total > self.max_table_elements {
-            self.exceeded = true;
-            return Err(ResourceLimitExceeded("table elements").into());
-        }
-        self.table_elements = total;
-        Ok(true)
-    }
-
-    fn instances(&self) -> usize {
-        self.max_instances
-    }
-
-    fn tables(&self) -> usize {
-        self.max_instances
-    }
-
-    fn memories(&self) -> usize {
-        self.max_instances
-    }
-}
-
-/// Per-call context the host functions need.
-pub(crate) struct CallState {
-    /// `name@version`, for messages.
-    pub agent: String,
-    /// Host services; `None` while publishing (`info()` must not depend on host state).
-    pub services: Option<CallServices>,
-    /// 0 for a top-level call.
-    pub depth: u32,
-    pub max_depth: u32,
-    /// When this call must be done; nested calls inherit what is left of it.
-    pub deadline: Instant,
-    pub wall: Duration,
-    pub log: LogState,
-    pub nested: Vec<NestedCall>,
-}
-
-impl CallState {
-    fn new(
-        agent: String,
-        services: Option<CallServices>,
-        depth: u32,
-        limits: &Limits,
-        wall: Duration,
-    ) -> Self {
-        CallState {
-            agent,
-            services,
-            depth,
-            max_depth: limits.max_call_depth,
-            deadline: Instant::now() + wall,
-            wall,
-            log: LogState {
-                lines: Vec::new(),
-                used: 0,
-                max_total: limits.max_log_bytes,
-                max_message: limits.max_log_message_bytes,
-                exceeded: false,
-            },
-            nested: Vec::new(),
-        }
-    }
-}
-
-pub(crate) struct LogState {
-    lines: Vec<LogLine>,
-    used: usize,
-    max_total: usize,
-    max_message: usize,
-    exceeded: bool,
-}
-
-fn add_host_interface(linker: &mut Linker<AgentState>, limits: &Limits) -> wasmtime::Result<()> {
-    // `types` holds only types; it still has to exist for components that import it.
-    linker.instance("agora:agent/types@0.1.0")?;
-    let mut host = linker.instance("agora:agent/host@0.1.0")?;
-
-    host.func_wrap(
-        "log",
-        |mut store: StoreContextMut<'_, AgentState>, (level, message): (LogLevel, String)| {
-            let state = store.data_mut();
-            let log = &mut state.call.log;
-            let message = truncate(&message, log.max_message);
-            log.used += message.len();
-            if log.used > log.max_total {
-                log.exceeded = true;
-                return Err(wasmtime::format_err!(
-                    "agent {} logged more than {} bytes",
-                    state.call.agent,
-                    log.max_total
-                ));
-            }
-            tracing::debug!(agent = %state.call.agent, ?level, message = %message, "agent log");
-            log.lines.push(LogLine { level, message });
-            Ok(())
-        },
-    )?;
-
-    host.func_wrap(
-        "kv-get",
-        |store: StoreContextMut<'_, AgentState>, (key,): (String,)| {
-            let Some(services) = &store.data().call.services else {
-                return Ok((None,));
-            };
-            match services.node.registry().kv_get(&services.kv, &key) {
-                Ok(value) => Ok((value,)),
-                // A storage failure is the host's problem; the agent sees an absent key and the
-                // operator sees the error.
-                Err(error) => {
-                    tracing::error!(%error, "agent kv read failed");
-                    Ok((None,))
-                }
-            }
-        },
-    )?;
-
-    let kv_quota = limits.kv;
-    host.func_wrap_async(
-        "kv-set",
-        move |store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
-            let services = store.data().call.services.clone();
-            Box::new(async move {
-                let Some(services) = services else {
-                    return Ok((Err(
-                        "agent memory is not available while publishing".to_string()
-                    ),));
-                };
-                // A write waits for a durable commit; keep that wait off the async executor.
-                let written = tokio::task::spawn_blocking(move || {
-                    services
-                        .node
-                        .registry()
-                        .kv_set(&services.kv, &key, &value, &kv_quota)
-                })
-                .await;
-                let result = match written {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(join) => std::panic::resume_unwind(join.into_panic()),
-                };
-                Ok((result,))
-            })
-        },
-    )?;
-
-    host.func_wrap_async(
-        "call-agent",
-        |mut store: StoreContextMut<'_, AgentState>, (agent, request): (String, Request)| {
-            Box::new(async move {
-                let remaining = store.get_fuel()?;
-                let state = store.data();
-                let Some(services) = state.call.services.clone() else {
-                    return Ok((Err(AgentError::Refused(
-                        "call-agent is not available while publishing".into(),
-                    )),));
-                };
-                if state.call.depth >= state.call.max_depth {
-                    return Ok((Err(AgentError::Refused(format!(
-                        "call depth limit of {} reached",
-                        state.call.max_depth
-                    ))),));
-                }
-                let depth = state.call.depth + 1;
-                let deadline = state.call.deadline;
-                let nested = services
-                    .node
-                    .run_nested(
-                        agent,
-                        request,
-                        remaining,
-                        deadline,
-                        services.manifest,
-                        depth,
-                    )
-                    .await;
-                let execution = match nested {
-                    Ok(execution) => execution,
-                    Err(error) => {
-                        return Ok((Err(AgentError::BadRequest(truncate(
-                            &error.to_string(),
-                            MAX_MESSAGE_BYTES,
-                        ))),));
-                    }
-                };
-                // The callee's fuel comes out of the caller's budget.
-                store.set_fuel(remaining.saturating_sub(execution.fuel_used))?;
-                store.data_mut().call.nested.push(NestedCall {
-                    receipt: execution.receipt.hash(),
-                    fuel_used: execution.fuel_used,
-                    charge: execution.charge,
-                });
-                let result = match (execution.outcome, execution.output) {
-                    (Outcome::Ok, Some(output)) => Ok(output),
-                    (Outcome::AgentError { error, message }, _) => Err(match error.as_str() {
-                        "bad-request" => AgentError::BadRequest(message),
-                        "refused" => AgentError::Refused(message),
-                        _ => AgentError::Internal(message),
-                    }),
-                    (outcome, _) => Err(AgentError::Internal(format!(
-                        "agent {} failed: {outcome}",
-                        execution.agent
-                    ))),
-                };
-                Ok((result,))
-            })
-        },
-    )?;
-    Ok(())
 }

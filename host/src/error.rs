@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use agora_registry::{Hash, Outcome};
 
 /// A component refused at publish (or fetch) time.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckError {
     /// Larger than the host accepts.
@@ -42,6 +42,12 @@ pub enum CheckError {
     /// Calling `info()` failed.
     #[error("component's info() failed: {0}")]
     Info(String),
+    /// Compiling took longer than the host allows; the component is refused from now on.
+    #[error("component took longer than {limit:?} to compile; this host refuses it")]
+    CompileTimeout {
+        /// The host's limit ([`Limits::max_compile_time`](crate::Limits::max_compile_time)).
+        limit: std::time::Duration,
+    },
 }
 
 /// A call that ran and did not produce output. Each names the agent and, for limits, the limit.

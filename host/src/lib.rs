@@ -48,7 +48,10 @@ pub use blobs::{BlobError, BlobStore};
 pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};
 pub use limits::Limits;
 pub use node::{DataDir, Execution, Node, NodeConfig, PublishOptions, Published};
-pub use sandbox::{AgentError, AgentInfo, CheckedComponent, LogLevel, LogLine, Request, Sandbox};
+pub use sandbox::{
+    AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, LogLevel, LogLine, Request,
+    Sandbox, SandboxStats,
+};
 
 /// The runtime named in receipts: fuel counts compare only under the same wasmtime.
 pub const RUNTIME_VERSION: &str = "wasmtime 48.0.8";

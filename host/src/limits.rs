@@ -7,8 +7,28 @@ use agora_registry::{KvQuota, ManifestLimits};
 /// Everything a host bounds. A call runs under the lower of these and its manifest's limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest component accepted at publish or fetch, in bytes. Default 16 MiB.
+    /// Largest component accepted at publish or fetch, in bytes. Default 64 MiB: components
+    /// that embed a language runtime are large (componentize-py about 18 MiB, componentize-js
+    /// about 12 MiB). Larger ones are refused before they are read or compiled.
     pub max_component_bytes: u64,
+    /// Longest one component may take to compile. Default 120 s (a 12 MiB componentize-js
+    /// component takes about 9 s on one core). A component that takes longer is refused with
+    /// [`CheckError::CompileTimeout`](crate::CheckError::CompileTimeout) and remembered as bad, so
+    /// it is never compiled again by this process; the compiler thread finishes in the background.
+    pub max_compile_time: Duration,
+    /// Compiled agents kept loaded in memory, least recently used evicted first. Default 1,000.
+    /// A warm call of a loaded agent does no disk I/O and no compilation; an evicted one is
+    /// loaded again from the compiled-code cache on disk (milliseconds).
+    pub max_loaded_agents: usize,
+    /// Compiled code kept on disk in the data dir's `compiled/`, in bytes. Default 4 GiB; the
+    /// least recently used entries are deleted past it. 0 turns the disk cache off.
+    pub max_compiled_cache_bytes: u64,
+    /// Component instances the pooling instance allocator keeps slots for, which bounds how many
+    /// calls (nested calls included) run at once: top-level calls beyond
+    /// `pooled_instances / (max_call_depth + 1)` wait for a slot. Default 1,000, reserving about
+    /// 8 TiB of address space (not memory); if the machine cannot reserve it the host logs a
+    /// warning and allocates on demand instead. 0 turns pooling off.
+    pub pooled_instances: u32,
     /// Fuel for a call whose caller names no budget. Default 1e9 (about 50 ms of tight loop).
     pub default_fuel: u64,
     /// Most fuel any call may have. Default 1e11.
@@ -38,7 +58,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_component_bytes: 16 << 20,
+            max_component_bytes: 64 << 20,
+            max_compile_time: Duration::from_secs(120),
+            max_loaded_agents: 1_000,
+            max_compiled_cache_bytes: 4 << 30,
+            pooled_instances: 1_000,
             default_fuel: 1_000_000_000,
             max_fuel: 100_000_000_000,
             max_memory_bytes: 128 << 20,

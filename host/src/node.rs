@@ -56,6 +56,11 @@ impl DataDir {
         self.root.join("registry.db")
     }
 
+    /// The compiled-code cache (see [`Limits::max_compiled_cache_bytes`]).
+    pub fn compiled_path(&self) -> PathBuf {
+        self.root.join("compiled")
+    }
+
     /// Creates a new key; fails if one exists.
     pub fn keygen(&self) -> Result<PublicKey, agora_registry::Error> {
         let key = SecretKey::generate();
@@ -226,8 +231,9 @@ impl Node {
                     path: data_dir.blobs_path(),
                     message: e.to_string(),
                 })?;
-        let sandbox =
-            Sandbox::new(config.limits).map_err(|e| OpenError::Engine(format!("{e:#}")))?;
+        let sandbox = Sandbox::with_compiled_cache(config.limits, &data_dir.compiled_path(), &key)
+            .map_err(|e| OpenError::Engine(format!("{e:#}")))?;
+        tracing::debug!(allocation = ?sandbox.stats().allocation, "sandbox ready");
         let trusted: Vec<PublicKey> = std::iter::once(key.public())
             .chain(config.trusted_publishers)
             .collect();
@@ -307,7 +313,7 @@ impl Node {
         options: PublishOptions,
     ) -> Result<Published, PublishError> {
         let hash = Hash::of(component);
-        let checked = self.0.sandbox.check(component)?;
+        let checked = self.check_component(component.to_vec()).await?;
         let info = self.0.sandbox.info(&checked).await?;
         let limits = options
             .limits
@@ -608,12 +614,30 @@ impl Node {
         })
     }
 
+    /// Checks and compiles a component (see [`Sandbox::check`]) on the blocking pool, so a
+    /// large or slow component never stalls the async executor.
+    pub async fn check_component(
+        &self,
+        bytes: impl Into<bytes::Bytes>,
+    ) -> Result<Arc<crate::sandbox::CheckedComponent>, crate::error::CheckError> {
+        let node = self.clone();
+        let bytes = bytes.into();
+        blocking(move || node.0.sandbox.check(&bytes)).await
+    }
+
     async fn load_component(
         &self,
         agent: &str,
         component: &ComponentRef,
     ) -> Result<Arc<crate::sandbox::CheckedComponent>, RunError> {
         if let Some(checked) = self.0.sandbox.cached(&component.hash) {
+            return Ok(checked);
+        }
+        // The hash comes from this host's own registry, which stored the manifest only with a
+        // component it checked: its compiled code, if cached, is all a call needs.
+        let node = self.clone();
+        let hash = component.hash;
+        if let Some(checked) = blocking(move || node.0.sandbox.load_compiled(&hash)).await {
             return Ok(checked);
         }
         let bytes = self
@@ -634,13 +658,20 @@ impl Node {
                 actual,
             });
         }
-        self.0
-            .sandbox
-            .check(&bytes)
+        self.check_component(bytes)
+            .await
             .map_err(|source| RunError::Check {
                 agent: agent.to_owned(),
                 source,
             })
+    }
+}
+
+/// Runs `work` on tokio's blocking pool and waits for it, passing on a panic.
+async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }
 

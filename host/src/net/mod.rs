@@ -599,9 +599,10 @@ impl Network {
                 ),
             ));
         }
+        // Compiled now, on the blocking pool, so the first call of a fetched agent never compiles.
         self.node
-            .sandbox()
-            .check(&component)
+            .check_component(component.clone())
+            .await
             .map_err(|e| failed(component_hash, format!("rejected component: {e}")))?;
         connection.close(0u32.into(), b"done");
 

@@ -9,16 +9,20 @@
 //! wasm stack, and bounds on output and logs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use agora_registry::{Hash, Outcome};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+mod cache;
+mod engine;
 mod host_fns;
 mod limiter;
 
@@ -27,6 +31,9 @@ use crate::limits::{CallLimits, Limits};
 use crate::node::CallServices;
 pub(crate) use host_fns::CallState;
 use host_fns::add_host_interface;
+pub use cache::CacheStats;
+use cache::CompiledCache;
+pub use engine::Allocation;
 use limiter::InstanceLimiter;
 
 mod bindings {
@@ -92,49 +99,157 @@ impl std::fmt::Debug for CheckedComponent {
     }
 }
 
-/// The engine, linker and compiled-component cache shared by every call on a host.
+/// The engine, linker and loaded agents shared by every call on a host.
+///
+/// Loading a component goes, fastest first: the in-memory table of loaded agents (bounded, least
+/// recently used evicted); the compiled-code cache on disk (authenticated, see [`cache`]); and
+/// compiling, once per component however many callers ask at once, under
+/// [`Limits::max_compile_time`]. Components that fail are remembered and refused without
+/// compiling again.
 pub struct Sandbox {
     engine: Engine,
+    allocation: Allocation,
     linker: Linker<AgentState>,
     limits: Limits,
-    compiled: Mutex<HashMap<Hash, Arc<CheckedComponent>>>,
+    loaded: Mutex<Loaded>,
+    /// Compilations in flight: later callers for the same component wait for the first.
+    compiling: Mutex<HashMap<Hash, Arc<OnceLock<Result<Arc<CheckedComponent>, CheckError>>>>>,
+    /// Components refused, so they are not compiled again.
+    refused: Mutex<HashMap<Hash, CheckError>>,
+    disk: Option<CompiledCache>,
+    compiles: AtomicU64,
+    /// Bounds top-level calls so that a call and its nested calls always find pool slots.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The epoch ticker holds a weak reference to this and stops once the sandbox is dropped.
     _ticker: Arc<()>,
+}
+
+/// Most refused components remembered; past it the memory starts again.
+const MAX_REFUSED: usize = 10_000;
+
+/// Loaded agents, least recently used first out.
+struct Loaded {
+    agents: HashMap<Hash, (Arc<CheckedComponent>, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl Loaded {
+    fn get(&mut self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.agents.get_mut(hash).map(|(agent, used)| {
+            *used = clock;
+            agent.clone()
+        })
+    }
+
+    fn insert(&mut self, hash: Hash, agent: Arc<CheckedComponent>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.agents.len() >= self.capacity && !self.agents.contains_key(&hash) {
+            // Linear in the table, and only when a new agent is loaded into a full one.
+            if let Some(oldest) = self
+                .agents
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(hash, _)| *hash)
+            {
+                self.agents.remove(&oldest);
+            }
+        }
+        self.clock += 1;
+        self.agents.insert(hash, (agent, self.clock));
+    }
+}
+
+/// What the sandbox did since it started, for tests and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SandboxStats {
+    /// How instances are allocated.
+    pub allocation: Option<Allocation>,
+    /// Components compiled by this process.
+    pub compiles: u64,
+    /// Agents loaded in memory now.
+    pub loaded: usize,
+    /// The compiled-code cache on disk, if there is one.
+    pub disk: Option<CacheStats>,
 }
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
             .field("limits", &self.limits)
+            .field("allocation", &self.allocation)
             .finish_non_exhaustive()
     }
 }
 
 impl Sandbox {
-    /// Builds the engine and linker for `limits`, and starts the epoch ticker that enforces
-    /// wall-clock deadlines (it stops when the sandbox is dropped).
+    /// Builds the engine and linker for `limits`, with no compiled-code cache on disk, and starts
+    /// the epoch ticker that enforces wall-clock deadlines (it stops when the sandbox is dropped).
     pub fn new(limits: Limits) -> wasmtime::Result<Self> {
-        let mut config = Config::new();
-        config.consume_fuel(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(limits.max_wasm_stack);
-        // Features outside what agents need, and outside wasmtime's best-tested tier.
-        config.wasm_threads(false);
-        config.wasm_component_model_async(false);
-        let engine = Engine::new(&config)?;
+        Self::build(limits, None)
+    }
+
+    /// Like [`Sandbox::new`], keeping compiled code in `cache_dir`, authenticated with a key
+    /// derived from `host_key` (so only what this host compiled is ever loaded).
+    pub fn with_compiled_cache(
+        limits: Limits,
+        cache_dir: &Path,
+        host_key: &agora_registry::SecretKey,
+    ) -> wasmtime::Result<Self> {
+        Self::build(limits, Some((cache_dir, host_key.to_bytes())))
+    }
+
+    fn build(limits: Limits, cache: Option<(&Path, [u8; 32])>) -> wasmtime::Result<Self> {
+        let (engine, allocation) = engine::build(&limits)?;
+        let disk = match cache {
+            Some((dir, secret)) if limits.max_compiled_cache_bytes > 0 => Some(
+                CompiledCache::open(
+                    dir,
+                    &secret,
+                    engine::engine_key(&engine),
+                    limits.max_compiled_cache_bytes,
+                )
+                .map_err(|e| {
+                    wasmtime::format_err!("compiled-code cache {}: {e}", dir.display())
+                })?,
+            ),
+            _ => None,
+        };
 
         let mut linker = Linker::<AgentState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         add_host_interface(&mut linker, &limits)?;
 
+        let slots = match allocation {
+            Allocation::Pooling { instances } => {
+                let per_call = limits.max_call_depth.saturating_add(1).max(1);
+                let calls = usize::try_from(instances / per_call).unwrap_or(1).max(1);
+                Some(Arc::new(tokio::sync::Semaphore::new(calls)))
+            }
+            Allocation::OnDemand => None,
+        };
         let ticker = Arc::new(());
         spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker));
         Ok(Sandbox {
             engine,
+            allocation,
             linker,
+            loaded: Mutex::new(Loaded {
+                agents: HashMap::new(),
+                clock: 0,
+                capacity: limits.max_loaded_agents,
+            }),
             limits,
-            compiled: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            disk,
+            compiles: AtomicU64::new(0),
+            slots,
             _ticker: ticker,
         })
     }
@@ -144,9 +259,21 @@ impl Sandbox {
         &self.limits
     }
 
+    /// What the sandbox did since it started.
+    pub fn stats(&self) -> SandboxStats {
+        SandboxStats {
+            allocation: Some(self.allocation),
+            compiles: self.compiles.load(Ordering::Relaxed),
+            loaded: lock(&self.loaded).agents.len(),
+            disk: self.disk.as_ref().map(CompiledCache::stats),
+        }
+    }
+
     /// Checks untrusted component bytes: size cap, a valid component, imports only from
     /// `agora:agent` and WASI 0.2, an `agora:agent/handler` export, and linking against this
-    /// host. Compiles once per content hash.
+    /// host. Compiles once per content hash (or loads this host's own compiled code from disk).
+    ///
+    /// This may take seconds for a large component: call it off the async executor.
     pub fn check(&self, bytes: &[u8]) -> Result<Arc<CheckedComponent>, CheckError> {
         let size = bytes.len() as u64;
         if size > self.limits.max_component_bytes {
@@ -155,11 +282,79 @@ impl Sandbox {
                 limit: self.limits.max_component_bytes,
             });
         }
-        // The cache is keyed by the hash of the bytes themselves, never by a hash someone claims.
+        // Everything is keyed by the hash of the bytes themselves, never by a hash someone claims.
         let hash = Hash::of(bytes);
         if let Some(checked) = self.cached(&hash) {
             return Ok(checked);
         }
+        if let Some(refused) = lock(&self.refused).get(&hash) {
+            return Err(refused.clone());
+        }
+        let cell = lock(&self.compiling).entry(hash).or_default().clone();
+        let result = cell
+            .get_or_init(|| {
+                let result = self.load_or_compile(&hash, bytes);
+                match &result {
+                    Ok(checked) => lock(&self.loaded).insert(hash, checked.clone()),
+                    Err(error) => {
+                        let mut refused = lock(&self.refused);
+                        if refused.len() >= MAX_REFUSED {
+                            refused.clear();
+                        }
+                        refused.insert(hash, error.clone());
+                    }
+                }
+                result
+            })
+            .clone();
+        lock(&self.compiling).remove(&hash);
+        result
+    }
+
+    /// A component already loaded, in memory or from this host's compiled-code cache on disk,
+    /// without its bytes: `hash` must be the hash of bytes this host checked before (a manifest's
+    /// component hash from its own registry). `None` if it has to be checked from its bytes.
+    ///
+    /// Reading the disk cache takes milliseconds for a large component: call it off the async
+    /// executor unless [`Sandbox::cached`] already answered.
+    pub fn load_compiled(&self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
+        if let Some(checked) = self.cached(hash) {
+            return Some(checked);
+        }
+        let checked = Arc::new(self.from_disk(hash)?);
+        lock(&self.loaded).insert(*hash, checked.clone());
+        Some(checked)
+    }
+
+    /// A component loaded in memory, if any.
+    pub fn cached(&self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
+        lock(&self.loaded).get(hash)
+    }
+
+    /// The component's compiled code from disk, checked again (imports, exports, linking: cheap
+    /// next to compiling, and a changed host must not run what it no longer links).
+    fn from_disk(&self, hash: &Hash) -> Option<CheckedComponent> {
+        let disk = self.disk.as_ref()?;
+        let artifact = disk.load(hash)?;
+        // SAFETY: the entry's tag verified, so these are bytes this host's engine configuration
+        // produced from the component with this hash (see `cache`); nobody else can make a tag.
+        let component = match unsafe { Component::deserialize(&self.engine, &artifact) } {
+            Ok(component) => component,
+            Err(error) => {
+                disk.reject_component(hash, &format!("{error:#}"));
+                return None;
+            }
+        };
+        match self.link(&component) {
+            Ok(checked) => Some(checked),
+            Err(error) => {
+                disk.reject_component(hash, &error.to_string());
+                None
+            }
+        }
+    }
+
+    fn load_or_compile(&self, hash: &Hash, bytes: &[u8]) -> Result<Arc<CheckedComponent>, CheckError> {
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -173,8 +368,45 @@ impl Sandbox {
                 ));
             }
         }
-        let component = Component::new(&self.engine, bytes)
+        if let Some(checked) = self.from_disk(hash) {
+            return Ok(Arc::new(checked));
+        }
+        let artifact = self.compile(bytes)?;
+        // SAFETY: `artifact` was just produced by this engine from `bytes`.
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
             .map_err(|e| CheckError::Invalid(truncate(&format!("{e:#}"), 2048)))?;
+        let checked = self.link(&component)?;
+        // Only components that pass every check take space on disk.
+        if let Some(disk) = &self.disk {
+            disk.store(hash, &artifact);
+        }
+        Ok(Arc::new(checked))
+    }
+
+    /// Compiles `bytes` on a thread of its own, waiting at most `max_compile_time`. A compile
+    /// past the deadline keeps its thread until Cranelift is done, but nothing waits for it.
+    fn compile(&self, bytes: &[u8]) -> Result<Vec<u8>, CheckError> {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let engine = self.engine.clone();
+        let bytes = bytes.to_vec();
+        std::thread::Builder::new()
+            .name("agora-compile".into())
+            .spawn(move || {
+                let _ = done.send(engine.precompile_component(&bytes));
+            })
+            .map_err(|e| CheckError::Invalid(format!("cannot start a compiler thread: {e}")))?;
+        match result.recv_timeout(self.limits.max_compile_time) {
+            Ok(Ok(artifact)) => Ok(artifact),
+            Ok(Err(error)) => Err(CheckError::Invalid(truncate(&format!("{error:#}"), 2048))),
+            Err(_) => Err(CheckError::CompileTimeout {
+                limit: self.limits.max_compile_time,
+            }),
+        }
+    }
+
+    /// Checks a compiled component's imports and exports and links it against this host.
+    fn link(&self, component: &Component) -> Result<CheckedComponent, CheckError> {
         let ty = component.component_type();
 
         let imports: Vec<String> = ty
@@ -201,7 +433,7 @@ impl Sandbox {
         }
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .and_then(AgentPre::new)
             .map_err(|e| CheckError::Link(truncate(&format!("{e:#}"), 2048)))?;
 
@@ -218,25 +450,20 @@ impl Sandbox {
         capabilities.sort();
         capabilities.dedup();
 
-        let checked = Arc::new(CheckedComponent {
+        Ok(CheckedComponent {
             pre,
             imports,
             capabilities,
-        });
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, checked.clone());
-        Ok(checked)
+        })
     }
 
-    /// A component already checked and compiled on this host, if any.
-    pub fn cached(&self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)
-            .cloned()
+    /// Waits for a pool slot for a top-level call (see [`Limits::pooled_instances`]).
+    async fn slot(&self, depth: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if depth > 0 {
+            return None;
+        }
+        let slots = self.slots.clone()?;
+        slots.acquire_owned().await.ok()
     }
 
     /// Calls the agent's `info()` under the host's default limits, with no host services.
@@ -247,6 +474,7 @@ impl Sandbox {
             max_wall: self.limits.max_wall,
             max_output_bytes: self.limits.max_output_bytes,
         };
+        let _slot = self.slot(0).await;
         let mut store = self
             .new_store(
                 CallState::new(
@@ -328,6 +556,7 @@ impl Sandbox {
         fuel: u64,
         request: &Request,
     ) -> wasmtime::Result<Invocation> {
+        let _slot = self.slot(call.depth).await;
         let started = Instant::now();
         let wall = call.wall;
         let mut store = self.new_store(call, limits, fuel)?;
@@ -526,4 +755,8 @@ impl WasiHttpHooks for DenyOutgoingHttp {
     > {
         Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

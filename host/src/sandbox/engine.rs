@@ -1,0 +1,114 @@
+//! The one wasmtime configuration every agent runs under, and the key that names it.
+//!
+//! Everything that changes compiled code or how instances are allocated is set here, so the
+//! compiled-code cache can be keyed by [`engine_key`] and a change of configuration is a change
+//! of key (old entries become misses, never mismatches).
+
+use std::hash::{Hash as _, Hasher};
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::limits::Limits;
+
+/// How instances are allocated, as decided at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Slots reserved up front and reused from call to call: the fast path.
+    Pooling {
+        /// Component instances the pool holds.
+        instances: u32,
+    },
+    /// Memory mapped for each instance and unmapped after it.
+    OnDemand,
+}
+
+/// Builds the engine for `limits`: pooling if `limits.pooled_instances > 0` and the address space
+/// for the pool can be reserved, on-demand otherwise (with a warning saying so).
+pub(crate) fn build(limits: &Limits) -> wasmtime::Result<(Engine, Allocation)> {
+    if limits.pooled_instances > 0 {
+        let mut config = base_config(limits);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(limits)));
+        // Creating the engine reserves the pool, so this is the probe: on a machine with a small
+        // address space (some aarch64 and riscv64 kernels, a ulimit -v) it fails here.
+        match Engine::new(&config) {
+            Ok(engine) => {
+                return Ok((
+                    engine,
+                    Allocation::Pooling {
+                        instances: limits.pooled_instances,
+                    },
+                ));
+            }
+            Err(error) => tracing::warn!(
+                error = %format!("{error:#}"),
+                instances = limits.pooled_instances,
+                "cannot reserve the address space for the instance pool; allocating on demand \
+                 (calls start slower; lower pooled_instances to keep pooling)"
+            ),
+        }
+    }
+    Ok((Engine::new(&base_config(limits))?, Allocation::OnDemand))
+}
+
+fn base_config(limits: &Limits) -> Config {
+    let mut config = Config::new();
+    // Fuel is the deterministic meter every receipt reports; epochs stop a guest on the wall
+    // clock when it still has fuel to spare.
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(limits.max_wasm_stack);
+    // Features outside what agents need, and outside wasmtime's best-tested tier.
+    config.wasm_threads(false);
+    config.wasm_component_model_async(false);
+    // wasmtime's own compile cache stays off (its default): it trusts whatever it finds in its
+    // directory. agora's (see `cache`) authenticates every entry.
+    config
+}
+
+fn pool(limits: &Limits) -> PoolingAllocationConfig {
+    let instances = limits.pooled_instances;
+    let per_component = u32::try_from(limits.max_instances).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        // Language runtimes split into several core instances, each with a memory and a table
+        // or two; a slot of each is only address space until it is used.
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(8))
+        // One fiber stack per running store.
+        .total_stacks(instances)
+        .max_core_instances_per_component(per_component)
+        .max_memories_per_component(per_component)
+        .max_tables_per_component(per_component)
+        .max_memories_per_module(2)
+        .max_tables_per_module(4)
+        .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
+        .table_elements(limits.max_table_elements)
+        // Resetting a small resident prefix with memset is cheaper than decommitting it and
+        // faulting it back in on the next call.
+        .linear_memory_keep_resident(256 << 10)
+        .table_keep_resident(64 << 10);
+    pool
+}
+
+/// A hash naming the compiled-code format of `engine`: wasmtime's version and every setting that
+/// changes compiled code (wasmtime's precompile compatibility hash, which covers fuel, epochs and
+/// the memory layout).
+pub(crate) fn engine_key(engine: &Engine) -> [u8; 32] {
+    struct Blake3Hasher(blake3::Hasher);
+    impl Hasher for Blake3Hasher {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            let hash = self.0.finalize();
+            u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        }
+    }
+    let mut hasher = Blake3Hasher(blake3::Hasher::new_derive_key(
+        "agora 2026-12 compiled-code engine key",
+    ));
+    hasher.0.update(crate::RUNTIME_VERSION.as_bytes());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    *hasher.0.finalize().as_bytes()
+}

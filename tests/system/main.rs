@@ -3,6 +3,7 @@
 
 mod evidence;
 mod http;
+mod loading;
 mod marketplace;
 mod network;
 mod publishing;

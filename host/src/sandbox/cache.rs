@@ -101,7 +101,8 @@ impl CompiledCache {
     }
 
     fn entry_path(&self, component: &Hash) -> PathBuf {
-        self.engine_dir.join(format!("{}.cwasm", component.to_hex()))
+        self.engine_dir
+            .join(format!("{}.cwasm", component.to_hex()))
     }
 
     fn tag(&self, component: &Hash, artifact: &[u8]) -> blake3::Hash {

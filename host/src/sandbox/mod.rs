@@ -29,11 +29,11 @@ mod limiter;
 use crate::error::CheckError;
 use crate::limits::{CallLimits, Limits};
 use crate::node::CallServices;
-pub(crate) use host_fns::CallState;
-use host_fns::add_host_interface;
 pub use cache::CacheStats;
 use cache::CompiledCache;
 pub use engine::Allocation;
+pub(crate) use host_fns::CallState;
+use host_fns::add_host_interface;
 use limiter::InstanceLimiter;
 
 mod bindings {
@@ -213,9 +213,7 @@ impl Sandbox {
                     engine::engine_key(&engine),
                     limits.max_compiled_cache_bytes,
                 )
-                .map_err(|e| {
-                    wasmtime::format_err!("compiled-code cache {}: {e}", dir.display())
-                })?,
+                .map_err(|e| wasmtime::format_err!("compiled-code cache {}: {e}", dir.display()))?,
             ),
             _ => None,
         };
@@ -354,7 +352,11 @@ impl Sandbox {
         }
     }
 
-    fn load_or_compile(&self, hash: &Hash, bytes: &[u8]) -> Result<Arc<CheckedComponent>, CheckError> {
+    fn load_or_compile(
+        &self,
+        hash: &Hash,
+        bytes: &[u8],
+    ) -> Result<Arc<CheckedComponent>, CheckError> {
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {

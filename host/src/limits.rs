@@ -26,7 +26,7 @@ pub struct Limits {
     /// Component instances the pooling instance allocator keeps slots for, which bounds how many
     /// calls (nested calls included) run at once: top-level calls beyond
     /// `pooled_instances / (max_call_depth + 1)` wait for a slot. Default 1,000, reserving about
-    /// 8 TiB of address space (not memory); if the machine cannot reserve it the host logs a
+    /// 16 TiB of address space (not memory); if the machine cannot reserve it the host logs a
     /// warning and allocates on demand instead. 0 turns pooling off.
     pub pooled_instances: u32,
     /// Fuel for a call whose caller names no budget. Default 1e9 (about 50 ms of tight loop).

@@ -67,21 +67,21 @@ fn base_config(limits: &Limits) -> Config {
 
 fn pool(limits: &Limits) -> PoolingAllocationConfig {
     let instances = limits.pooled_instances;
-    let per_component = u32::try_from(limits.max_instances).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();
+    // Every call can take its component's full share of every kind of slot, so a call never
+    // fails for want of a slot while it holds a permit (see `Sandbox::slot`): a slot is only
+    // address space until it is used.
     pool.total_component_instances(instances)
-        // Language runtimes split into several core instances, each with a memory and a table
-        // or two; a slot of each is only address space until it is used.
-        .total_core_instances(instances.saturating_mul(8))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(8))
+        .total_core_instances(instances.saturating_mul(POOL_CORE_INSTANCES))
+        .total_memories(instances.saturating_mul(POOL_MEMORIES))
+        .total_tables(instances.saturating_mul(POOL_TABLES))
         // One fiber stack per running store.
         .total_stacks(instances)
-        .max_core_instances_per_component(per_component)
-        .max_memories_per_component(per_component)
-        .max_tables_per_component(per_component)
-        .max_memories_per_module(2)
-        .max_tables_per_module(4)
+        .max_core_instances_per_component(POOL_CORE_INSTANCES)
+        .max_memories_per_component(POOL_MEMORIES)
+        .max_tables_per_component(POOL_TABLES)
+        .max_memories_per_module(POOL_MEMORIES)
+        .max_tables_per_module(POOL_TABLES)
         .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
         .table_elements(limits.max_table_elements)
         // Resetting a small resident prefix with memset is cheaper than decommitting it and
@@ -90,6 +90,15 @@ fn pool(limits: &Limits) -> PoolingAllocationConfig {
         .table_keep_resident(64 << 10);
     pool
 }
+
+/// Core instances one component may have with pooling: language runtimes split into several
+/// (componentize-py about a dozen); beyond this instantiation fails as the component's fault.
+const POOL_CORE_INSTANCES: u32 = 32;
+/// Linear memories one component may have with pooling; each slot reserves 4 GiB of address
+/// space.
+const POOL_MEMORIES: u32 = 4;
+/// Tables one component may have with pooling.
+const POOL_TABLES: u32 = 32;
 
 /// A hash naming the compiled-code format of `engine`: wasmtime's version and every setting that
 /// changes compiled code (wasmtime's precompile compatibility hash, which covers fuel, epochs and

@@ -59,8 +59,8 @@ pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
 pub use receipt::{
-    AgentRef, CallLimits, Outcome, ParentCall, Receipt, ReceiptMessage, SignedReceipt, check_pair,
-    request_hash,
+    AgentRef, CallLimits, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt, ReceiptMessage,
+    SignedReceipt, check_pair, request_hash,
 };
 pub use signed::{Record, Signed};
 pub use store::{

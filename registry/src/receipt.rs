@@ -8,10 +8,20 @@ use crate::Hash;
 use crate::identity::PublicKey;
 use crate::signed::{Record, Signed};
 
+/// Sequence numbers are reserved a block of this many at a time. A host that restarts after a
+/// crash cannot know whether it signed receipts it no longer holds (a power cut can lose the
+/// last writes), so it continues at the next multiple of this, its first receipt there naming
+/// its last stored one as `prev`: a *declared skip*. Verifiers accept a skip only onto a
+/// multiple of this number and only from a receipt they hold, so a host can hide at most the
+/// tail of one block per restart, and any receipt from a skipped range that turns up still
+/// counts.
+pub const RECEIPT_SEQ_BLOCK: u64 = 1024;
+
 /// What happened in one execution. Signed by the host that ran it.
 ///
 /// Receipts from one host form a hash chain (`seq`, `prev`), so a host that deletes or rewrites
-/// its history, or shows different histories to different peers, can be caught.
+/// its history, or shows different histories to different peers, can be caught. After a crash
+/// a host continues at the next multiple of [`RECEIPT_SEQ_BLOCK`] (a declared skip).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {

@@ -64,6 +64,8 @@ pub struct Call {
     pub timestamp_ms: u64,
     /// Its place in the host's receipt chain.
     pub seq: u64,
+    /// The host's receipt before it in the chain.
+    pub prev: Option<Hash>,
     /// The memory limit it ran under, if the receipt records it.
     pub memory_limit: Option<u64>,
     /// The caller's feedback, if any counted.
@@ -177,6 +179,7 @@ impl EvidenceSet {
                     charge: body.charge,
                     timestamp_ms: body.timestamp_ms,
                     seq: body.seq,
+                    prev: body.prev,
                     memory_limit: body.limits.map(|l| l.memory_bytes),
                     rating: None,
                 }

@@ -186,24 +186,37 @@ struct Reports {
     failures: usize,
 }
 
-/// How far each host's chain is held without a gap: receipts `0..n` are all here. A host's
-/// receipts beyond its first gap do not count until the gap is filled, so a host that deletes a
-/// receipt (a failure, say) loses every receipt it signed after it.
-fn contiguous(evidence: &EvidenceSet) -> BTreeMap<PublicKey, u64> {
-    let mut seqs: BTreeMap<PublicKey, Vec<u64>> = BTreeMap::new();
+/// How far each host's chain is held without a gap: every receipt the host signed below `n` is
+/// here, or was declared lost by a skip (see [`RECEIPT_SEQ_BLOCK`](crate::RECEIPT_SEQ_BLOCK)).
+/// A host's receipts beyond its first gap do not count until the gap is filled, so a host that
+/// deletes a receipt (a failure, say) loses every receipt it signed after it.
+pub(crate) fn contiguous(evidence: &EvidenceSet) -> BTreeMap<PublicKey, u64> {
+    let mut chains: BTreeMap<PublicKey, Vec<(u64, Hash, Option<Hash>)>> = BTreeMap::new();
     for call in evidence.calls() {
-        seqs.entry(call.host).or_default().push(call.seq);
+        chains
+            .entry(call.host)
+            .or_default()
+            .push((call.seq, call.receipt, call.prev));
     }
-    seqs.into_iter()
-        .map(|(host, mut seqs)| {
-            seqs.sort_unstable();
-            seqs.dedup();
-            let held = seqs
-                .iter()
-                .enumerate()
-                .take_while(|(i, seq)| *i as u64 == **seq)
-                .count();
-            (host, held as u64)
+    chains
+        .into_iter()
+        .map(|(host, mut chain)| {
+            chain.sort_unstable();
+            let mut held = std::collections::HashSet::new();
+            let mut next = 0;
+            for (seq, receipt, prev) in chain {
+                let follows = seq <= next;
+                // A skip: onto a block boundary, from a receipt already held.
+                let skips = seq > next
+                    && seq % crate::RECEIPT_SEQ_BLOCK == 0
+                    && prev.is_some_and(|prev| held.contains(&prev));
+                if !(follows || skips) {
+                    break;
+                }
+                held.insert(receipt);
+                next = next.max(seq + 1);
+            }
+            (host, next)
         })
         .collect()
 }

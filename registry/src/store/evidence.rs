@@ -293,7 +293,7 @@ impl Registry {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT hash, host, caller, manifest_hash, component_hash, outcome,
-                            fuel_limit, charge, timestamp_ms, seq, memory_limit
+                            fuel_limit, charge, timestamp_ms, seq, memory_limit, prev
                      FROM receipts WHERE rowid > ?1 AND rowid <= ?2",
                 )
                 .map_err(db)?;
@@ -323,6 +323,12 @@ impl Registry {
                         charge: number(7)?,
                         timestamp_ms: number(8)?,
                         seq: number(9)?,
+                        prev: row
+                            .get_ref(11)
+                            .and_then(|v| v.as_str_or_null().map_err(Into::into))
+                            .map_err(db)?
+                            .map(|p| parse_stored(&self.path, p))
+                            .transpose()?,
                         memory_limit: row
                             .get::<_, Option<i64>>(10)
                             .map_err(db)?

@@ -5,9 +5,19 @@
 //! database is the host's own, as trusted as the key file beside it.
 //!
 //! **Concurrency.** SQLite runs in WAL mode, where readers never wait for a writer. All writes go
-//! to one writer thread, which commits whatever has queued up in one transaction (group commit:
-//! one fsync for many receipts), each write inside its own savepoint so that one failing write
-//! does not undo the others. Reads take a connection from a pool of read-only connections.
+//! to one writer thread, which commits whatever has queued up in one transaction (group commit),
+//! each write inside its own savepoint so that one failing write does not undo the others. Reads
+//! take a connection from a pool of read-only connections.
+//!
+//! **Durability.** A write is acknowledged once its transaction is committed to the WAL
+//! (`synchronous = NORMAL`): it survives the host process being killed at any point. The WAL is
+//! flushed to the disk at most [`WAL_SYNC_INTERVAL`] after a write, so an operating-system crash
+//! or power cut loses at most that much of the latest receipts, feedback and agent memory, and
+//! never corrupts the database. Receipt sequence numbers are the exception that cannot be lost:
+//! they are reserved in blocks of [`RECEIPT_SEQ_BLOCK`](crate::RECEIPT_SEQ_BLOCK), each
+//! reservation flushed before the receipt that takes it is handed out, and a registry opened
+//! after an unclean shutdown continues its host's chain past the reservation (a declared skip),
+//! so a host never signs two receipts with one sequence number, whatever it lost.
 
 //!
 //! The parts: [`schema`] (migrations), [`records`] (storing and reading signed records),
@@ -45,6 +55,19 @@ const MAX_WRITE_BATCH: usize = 1024;
 const MAX_IDLE_READERS: usize = 16;
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a committed write waits to be flushed to the disk: what a power cut can lose.
+pub const WAL_SYNC_INTERVAL: Duration = Duration::from_millis(200);
+
+thread_local! {
+    /// Set by a write on the writer thread that must be on the disk, not just committed,
+    /// before it is answered (a receipt sequence reservation).
+    static SYNC_BEFORE_ANSWERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Asks the writer thread to flush the WAL to the disk before answering the current batch.
+fn sync_before_answering() {
+    SYNC_BEFORE_ANSWERING.set(true);
+}
 
 /// Whether an insert stored something new.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +83,10 @@ pub enum Inserted {
 
 /// A host's registry of manifests, receipts and agent memory.
 ///
-/// Writes are serialised on a writer thread and committed in batches; SQLite runs in WAL mode
-/// with `synchronous = FULL`, so an acknowledged write survives a power cut. Reads come from a
-/// pool of read-only connections and never wait for writes.
+/// Writes are serialised on a writer thread and committed in batches; an acknowledged write
+/// survives the process being killed, and a power cut loses at most [`WAL_SYNC_INTERVAL`] of
+/// writes (see the module docs for the contract). Reads come from a pool of read-only
+/// connections and never wait for writes.
 pub struct Registry {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
@@ -97,12 +121,16 @@ impl Registry {
         // of the disk as the registry grows.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
+             PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -262144;",
         )
         .map_err(db_error)?;
         schema::migrate(&mut conn, path)?;
+        // If the last process did not close cleanly it may have signed receipts it lost: its
+        // chain continues past everything it reserved.
+        conn.execute_batch("UPDATE receipt_seq SET next = MAX(next, reserved_until)")
+            .map_err(db_error)?;
         let (writer, jobs) = mpsc::channel();
         let thread_path = path.to_owned();
         let writer_thread = std::thread::Builder::new()
@@ -315,9 +343,22 @@ where
 }
 
 /// The writer thread: takes every write queued so far, commits them in one transaction, answers
-/// each caller, and repeats until the registry is dropped.
+/// each caller, and repeats until the registry is dropped; then releases its receipt sequence
+/// reservations (a clean shutdown, so the next open continues without a skip).
 fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
-    while let Ok(first) = jobs.recv() {
+    let wal = wal_path(path);
+    let mut unsynced = false;
+    loop {
+        let first = match jobs.recv_timeout(WAL_SYNC_INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if unsynced {
+                    unsynced = sync_wal(&wal).is_err();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_WRITE_BATCH {
             match jobs.try_recv() {
@@ -325,14 +366,51 @@ fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box<dyn WriteJ
                 Err(_) => break,
             }
         }
-        let committed = commit_batch(&conn, path, &mut batch);
+        SYNC_BEFORE_ANSWERING.set(false);
+        let mut committed = commit_batch(&conn, path, &mut batch);
         if let Err(error) = &committed {
             tracing::error!(%error, writes = batch.len(), "registry transaction failed");
             let _ = conn.execute_batch("ROLLBACK");
+        } else if SYNC_BEFORE_ANSWERING.replace(false) {
+            committed = sync_wal(&wal).map_err(|e| {
+                tracing::error!(error = %e, "cannot flush the registry's WAL");
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                    Some(format!("flushing {}: {e}", wal.display())),
+                )
+            });
+            unsynced = committed.is_err();
+        } else {
+            unsynced = true;
         }
         for job in batch {
             job.finish(path, committed.as_ref().map(|_| ()));
         }
+    }
+    let released = conn
+        .execute_batch("UPDATE receipt_seq SET reserved_until = next")
+        .map_err(|e| e.to_string())
+        .and_then(|()| sync_wal(&wal).map_err(|e| e.to_string()));
+    if let Err(error) = released {
+        // The next open skips ahead; nothing is lost.
+        tracing::warn!(%error, "cannot release receipt sequence reservations");
+    }
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Flushes the WAL file to the disk: every transaction committed so far becomes durable.
+fn sync_wal(wal: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(wal) {
+        Ok(file) => file.sync_data(),
+        // Checkpointed away and deleted: everything is already in the database file, which
+        // SQLite syncs when it checkpoints.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

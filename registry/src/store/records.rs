@@ -6,7 +6,7 @@ use super::{Inserted, Registry, db_error, parse_stored};
 use crate::evidence::{SignedFeedback, SignedRequest};
 use crate::identity::{PublicKey, SecretKey};
 use crate::manifest::SignedManifest;
-use crate::receipt::{Receipt, SignedReceipt};
+use crate::receipt::{RECEIPT_SEQ_BLOCK, Receipt, SignedReceipt};
 use crate::signed::Signed;
 use crate::{Error, Hash};
 
@@ -407,17 +407,47 @@ impl Registry {
     ) -> Result<SignedReceipt, Error> {
         let host_key = host_key.clone();
         self.write(move |conn, path| {
+            let db = |e| db_error(path, e);
+            let host = host_key.public().to_hex();
             let last: Option<(i64, String)> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
-                    params![host_key.public().to_hex()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
-                .optional()
-                .map_err(|e| db_error(path, e))?;
-            let (seq, prev) = match last {
-                Some((seq, hash)) => (seq as u64 + 1, Some(parse_stored(path, &hash)?)),
-                None => (0, None),
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(db)?;
+            let after_last = last.as_ref().map_or(0, |(seq, _)| *seq + 1);
+            let reserved: Option<(i64, i64)> = conn
+                .prepare_cached("SELECT next, reserved_until FROM receipt_seq WHERE host = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(db)?;
+            let (next, mut reserved_until) = reserved.unwrap_or((after_last, after_last));
+            let seq = next.max(after_last);
+            if seq >= reserved_until {
+                // The next block of sequence numbers, made durable before this receipt is
+                // handed out: a restart after a crash starts past it (see `Registry::open`).
+                reserved_until = (seq / RECEIPT_SEQ_BLOCK as i64 + 1) * RECEIPT_SEQ_BLOCK as i64;
+                super::sync_before_answering();
+            }
+            conn.prepare_cached(
+                "INSERT INTO receipt_seq (host, next, reserved_until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (host) DO UPDATE SET next = excluded.next,
+                                                  reserved_until = excluded.reserved_until",
+            )
+            .and_then(|mut stmt| stmt.execute(params![host, seq + 1, reserved_until]))
+            .map_err(db)?;
+            let seq = u64::try_from(seq).map_err(|_| Error::Corrupt {
+                path: path.to_owned(),
+                what: "a negative receipt sequence number".into(),
+            })?;
+            let prev = match last {
+                Some((_, hash)) => Some(parse_stored(path, &hash)?),
+                None => None,
             };
             receipt.seq = seq;
             receipt.prev = prev;

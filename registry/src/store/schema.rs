@@ -149,6 +149,13 @@ const MIGRATIONS: &[&str] = &[
          CASE json_type(CAST(signed AS TEXT), '$.body.limits.max_memory_bytes')
              WHEN 'integer' THEN json_extract(CAST(signed AS TEXT), '$.body.limits.max_memory_bytes') END;
      ALTER TABLE receipts ADD COLUMN memory_limit INTEGER;",
+    // 11: the sequence numbers a host may have signed, reserved durably a block at a time, so
+    // receipts commit without an fsync each and a restart never reuses one (see `Registry`).
+    "CREATE TABLE receipt_seq (
+         host           TEXT PRIMARY KEY,
+         next           INTEGER NOT NULL,
+         reserved_until INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

@@ -1,0 +1,136 @@
+//! What a caller can rely on when the host process is killed: every receipt it was handed is
+//! there when the registry reopens, the database is intact, and the chain continues without
+//! reusing a sequence number (a declared skip that scoring follows).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::*;
+use crate::reputation::{EvidenceSet, contiguous};
+
+/// Set in the child process: the directory of the registry it writes to until it is killed.
+const CHILD_DIR: &str = "AGORA_TEST_CRASH_CHILD_DIR";
+const CHILD_TEST: &str = "tests::crash::child_appends_receipts_and_memory_until_killed";
+
+#[test]
+#[ignore = "a child process of a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_number"]
+fn child_appends_receipts_and_memory_until_killed() {
+    let Some(dir) = std::env::var_os(CHILD_DIR).map(std::path::PathBuf::from) else {
+        panic!("run only as the child of the crash test ({CHILD_DIR} unset)");
+    };
+    let key = SecretKey::load(&dir.join("host.key")).unwrap();
+    let registry = Registry::open(&dir.join("registry.db")).unwrap();
+    let ns = KvNamespace {
+        publisher: key.public(),
+        agent: "counter".into(),
+    };
+    let mut out = std::io::stdout().lock();
+    for n in 0u64.. {
+        let signed = registry
+            .append_receipt(&key, receipt(&key, 0, None))
+            .unwrap();
+        registry
+            .kv_set(&ns, "count", &n.to_le_bytes(), &KvQuota::default())
+            .unwrap();
+        // Printed only once both writes were acknowledged: what a caller was handed.
+        writeln!(out, "acked {} {} {n}", signed.body().seq, signed.hash()).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate();
+    key.write_new(&dir.path().join("host.key")).unwrap();
+    let mut handed_out: Vec<(u64, Hash)> = Vec::new();
+    let mut last_count = None;
+    let mut restarts = Vec::new();
+    for run in 0..20u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Kill at a different point each run: after some acknowledged writes, and at varying
+        // moments in the writes that follow.
+        let wait_for = 1 + (run * 37) % 60;
+        let mut first_seq = None;
+        let mut seen = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            // The test harness may print on the same line before the child's first write.
+            let Some((_, acked)) = line.split_once("acked ") else {
+                continue;
+            };
+            let Some((seq, rest)) = acked.split_once(' ') else {
+                continue;
+            };
+            let Some((hash, count)) = rest.split_once(' ') else {
+                continue;
+            };
+            let seq: u64 = seq.parse().unwrap();
+            first_seq.get_or_insert(seq);
+            handed_out.push((seq, hash.parse().unwrap()));
+            last_count = Some(count.parse::<u64>().unwrap());
+            seen += 1;
+            if seen >= wait_for {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(run * 250));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        restarts.push(first_seq.expect("the child wrote"));
+    }
+
+    let path = dir.path().join("registry.db");
+    let integrity: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+
+    let registry = Registry::open(&path).unwrap();
+    for (seq, hash) in &handed_out {
+        let stored = registry.receipt(hash).unwrap();
+        assert_eq!(
+            stored.map(|r| r.body().seq),
+            Some(*seq),
+            "receipt {seq} was handed out but is gone"
+        );
+    }
+    let ns = KvNamespace {
+        publisher: key.public(),
+        agent: "counter".into(),
+    };
+    let count = registry.kv_get(&ns, "count").unwrap().unwrap();
+    assert!(
+        u64::from_le_bytes(count.try_into().unwrap()) >= last_count.unwrap(),
+        "an acknowledged kv-set is gone"
+    );
+
+    let chain = registry.receipt_chain(&key.public()).unwrap();
+    let mut seqs: Vec<u64> = chain.iter().map(|r| r.body().seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), chain.len(), "a sequence number was signed twice");
+    // Each run after the first continued past everything the one before reserved.
+    for pair in restarts.windows(2) {
+        assert!(pair[1] > pair[0]);
+        assert_eq!(pair[1] % RECEIPT_SEQ_BLOCK, 0, "run started at {}", pair[1]);
+    }
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].body().prev, Some(pair[0].hash()), "the chain links");
+    }
+    // Scoring follows the declared skips: the whole chain counts.
+    let evidence = EvidenceSet::from_records(&[], &chain, &[], Default::default());
+    let held = contiguous(&evidence);
+    assert_eq!(
+        held.get(&key.public()).copied(),
+        Some(chain.last().unwrap().body().seq + 1)
+    );
+}

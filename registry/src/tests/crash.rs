@@ -49,7 +49,13 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
     let mut restarts = Vec::new();
     for run in 0..20u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                CHILD_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -117,7 +123,11 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
     let chain = registry.receipt_chain(&key.public()).unwrap();
     let mut seqs: Vec<u64> = chain.iter().map(|r| r.body().seq).collect();
     seqs.dedup();
-    assert_eq!(seqs.len(), chain.len(), "a sequence number was signed twice");
+    assert_eq!(
+        seqs.len(),
+        chain.len(),
+        "a sequence number was signed twice"
+    );
     // Each run after the first continued past everything the one before reserved.
     for pair in restarts.windows(2) {
         assert!(pair[1] > pair[0]);
@@ -132,5 +142,70 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
     assert_eq!(
         held.get(&key.public()).copied(),
         Some(chain.last().unwrap().body().seq + 1)
+    );
+}
+
+#[test]
+fn scoring_follows_a_skip_only_onto_a_block_boundary_from_a_receipt_it_holds() {
+    let host = SecretKey::generate();
+    let sign = |seq, prev| Signed::sign(receipt(&host, seq, prev), &host).unwrap();
+    let first = sign(0, None);
+    let second = sign(1, Some(first.hash()));
+    let held_after = |tail: &[SignedReceipt]| {
+        let mut chain = vec![first.clone(), second.clone()];
+        chain.extend_from_slice(tail);
+        let evidence = EvidenceSet::from_records(&[], &chain, &[], Default::default());
+        contiguous(&evidence)[&host.public()]
+    };
+    let block = RECEIPT_SEQ_BLOCK;
+    let skip = sign(block, Some(second.hash()));
+    assert_eq!(held_after(&[skip.clone()]), block + 1, "a declared skip");
+    assert_eq!(
+        held_after(&[skip.clone(), sign(block + 1, Some(skip.hash()))]),
+        block + 2
+    );
+    assert_eq!(
+        held_after(&[sign(block - 1, Some(second.hash()))]),
+        2,
+        "not onto a block boundary"
+    );
+    assert_eq!(
+        held_after(&[sign(block, Some(Hash::of(b"a receipt nobody holds")))]),
+        2,
+        "from a receipt not held"
+    );
+    // A receipt from the skipped range that turns up later still counts.
+    let lost = sign(2, Some(second.hash()));
+    assert_eq!(held_after(&[lost, skip]), block + 1);
+}
+
+#[test]
+fn a_peer_accepts_a_declared_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let mut chain = super::Chain::new();
+    let publisher = SecretKey::generate();
+    let agent = Signed::sign(manifest(&publisher, "1.0.0", b"code"), &publisher).unwrap();
+    registry.insert_manifest(&agent).unwrap();
+    let caller = SecretKey::generate();
+    let (receipt, request) = chain.call(&agent, &caller, Outcome::Ok);
+    registry.insert_receipt(&receipt, Some(&request)).unwrap();
+    let (skip, request) = chain.sign(
+        &agent,
+        &caller,
+        Outcome::Ok,
+        RECEIPT_SEQ_BLOCK,
+        Some(receipt.hash()),
+        |_| {},
+    );
+    assert_eq!(
+        registry.insert_receipt(&skip, Some(&request)).unwrap(),
+        Inserted::New
+    );
+    assert!(
+        registry
+            .misbehaviour(&chain.key.public())
+            .unwrap()
+            .is_empty()
     );
 }

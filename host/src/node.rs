@@ -199,6 +199,9 @@ struct NodeInner {
     registry: Registry,
     blobs: BlobStore,
     sandbox: Sandbox,
+    /// Manifests looked up by hash, so a warm call reads nothing from the registry. Manifests
+    /// are immutable; bounded like the loaded agents.
+    manifests: std::sync::Mutex<std::collections::HashMap<Hash, SignedManifest>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -245,6 +248,7 @@ impl Node {
             registry,
             blobs,
             sandbox,
+            manifests: Default::default(),
         })))
     }
 
@@ -401,7 +405,42 @@ impl Node {
     /// The manifest an agent reference names: a manifest hash, `<publisher>/<name>[@<version>]`,
     /// or a bare name or component hash of this host's own or a trusted publisher's release.
     pub fn resolve(&self, reference: &str) -> Result<SignedManifest, agora_registry::Error> {
-        self.0.registry.resolve(reference, &self.0.trusted)
+        let by_hash = reference.parse::<Hash>().ok();
+        if let Some(hash) = &by_hash
+            && let Some(manifest) = self.cached_manifest(hash)
+        {
+            return Ok(manifest);
+        }
+        let manifest = self.0.registry.resolve(reference, &self.0.trusted)?;
+        if by_hash == Some(manifest.hash()) {
+            self.cache_manifest(&manifest);
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest with this hash, from memory or the registry.
+    fn manifest(&self, hash: &Hash) -> Result<Option<SignedManifest>, agora_registry::Error> {
+        if let Some(manifest) = self.cached_manifest(hash) {
+            return Ok(Some(manifest));
+        }
+        let manifest = self.0.registry.manifest(hash)?;
+        if let Some(manifest) = &manifest {
+            self.cache_manifest(manifest);
+        }
+        Ok(manifest)
+    }
+
+    fn cached_manifest(&self, hash: &Hash) -> Option<SignedManifest> {
+        let cache = self.0.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(hash).cloned()
+    }
+
+    fn cache_manifest(&self, manifest: &SignedManifest) {
+        let mut cache = self.0.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.0.sandbox.limits().max_loaded_agents.max(1) {
+            cache.clear();
+        }
+        cache.insert(manifest.hash(), manifest.clone());
     }
 
     /// Runs `action` on the agent named by `agent` (see [`Node::resolve`]) with a fuel budget (default: the host's default, capped by the
@@ -440,16 +479,15 @@ impl Node {
             });
         }
         // A request for an agent this host does not have is refused before anything is stored.
-        let manifest = self.0.registry.manifest(&body.agent)?.ok_or_else(|| {
+        let manifest = self.manifest(&body.agent)?.ok_or_else(|| {
             RunError::Registry(agora_registry::Error::UnknownAgent {
                 reference: body.agent.to_hex(),
             })
         })?;
-        self.0.registry.admit_request(
-            request,
-            &self.public_key(),
-            unix_now().as_millis() as u64,
-        )?;
+        self.0
+            .registry
+            .admit_request_async(request, &self.public_key(), unix_now().as_millis() as u64)
+            .await?;
         let call = Request {
             action: action.to_owned(),
             payload: payload.to_vec(),
@@ -572,17 +610,12 @@ impl Node {
                 output_bytes: limits.max_output_bytes,
             }),
         };
-        // Appending waits for a durable commit (an fsync shared with other writes); keep that
-        // wait off the async executor.
-        let node = self.clone();
-        let receipt = match tokio::task::spawn_blocking(move || {
-            node.0.registry.append_receipt(&node.0.key, receipt)
-        })
-        .await
-        {
-            Ok(appended) => appended?,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        };
+        // Signed and committed on the registry's writer thread, which wakes this task.
+        let receipt = self
+            .0
+            .registry
+            .append_receipt_async(&self.0.key, receipt)
+            .await?;
         tracing::debug!(
             agent = %agent,
             outcome = %invocation.outcome,

@@ -66,7 +66,7 @@ pub use signed::{Record, Signed};
 pub use store::{
     Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota,
     MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY, Misbehaviour, ReceiptCursor, ReceiptPage,
-    Registry,
+    Registry, WAL_SYNC_INTERVAL,
 };
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ mod ingest;
 mod kv;
 mod records;
 mod schema;
+mod writer;
 
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -55,19 +55,8 @@ const MAX_WRITE_BATCH: usize = 1024;
 const MAX_IDLE_READERS: usize = 16;
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a committed write waits to be flushed to the disk: what a power cut can lose.
-pub const WAL_SYNC_INTERVAL: Duration = Duration::from_millis(200);
-
-thread_local! {
-    /// Set by a write on the writer thread that must be on the disk, not just committed,
-    /// before it is answered (a receipt sequence reservation).
-    static SYNC_BEFORE_ANSWERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Asks the writer thread to flush the WAL to the disk before answering the current batch.
-fn sync_before_answering() {
-    SYNC_BEFORE_ANSWERING.set(true);
-}
+pub use writer::WAL_SYNC_INTERVAL;
+use writer::sync_before_answering;
 
 /// Whether an insert stored something new.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +79,7 @@ pub enum Inserted {
 pub struct Registry {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
-    writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    writer: Option<mpsc::Sender<Box<dyn writer::WriteJob>>>,
     writer_thread: Option<JoinHandle<()>>,
     /// Keys whose records are not held to the quotas on strangers: this host's own and those
     /// its operator trusts.
@@ -129,13 +118,13 @@ impl Registry {
         schema::migrate(&mut conn, path)?;
         // If the last process did not close cleanly it may have signed receipts it lost: its
         // chain continues past everything it reserved.
-        conn.execute_batch("UPDATE receipt_seq SET next = MAX(next, reserved_until)")
+        conn.execute_batch("UPDATE receipt_seq SET resume_at = reserved_until")
             .map_err(db_error)?;
         let (writer, jobs) = mpsc::channel();
         let thread_path = path.to_owned();
         let writer_thread = std::thread::Builder::new()
             .name("agora-registry-writer".into())
-            .spawn(move || write_loop(conn, &thread_path, jobs))
+            .spawn(move || writer::write_loop(conn, &thread_path, jobs))
             .map_err(|e| Error::WriteFailed {
                 path: path.to_owned(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -230,28 +219,50 @@ impl Registry {
     }
 
     /// Runs `write` on the writer thread inside a transaction shared with whatever other writes
-    /// are queued, and returns once that transaction is durable. If `write` fails, its changes
-    /// are rolled back and the others still commit.
+    /// are queued, and returns once that transaction is committed. If `write` fails, its
+    /// changes are rolled back and the others still commit.
     fn write<R: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
-        let stopped = || Error::WriteFailed {
-            path: self.path.clone(),
-            reason: "the writer thread has stopped".into(),
-        };
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = Box::new(Job {
-            work: Some(write),
-            outcome: None,
-            reply,
-        });
+        self.queue(write, writer::Reply::Blocking(reply))?;
+        answer.recv().map_err(|_| self.writer_stopped())?
+    }
+
+    /// Like [`Registry::write`], for async callers: the writer thread wakes the caller's task
+    /// itself, so no thread waits in between.
+    fn write_async<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
+    ) -> impl Future<Output = Result<R, Error>> + Send + 'static {
+        let (reply, answer) = writer::oneshot();
+        let queued = self.queue(write, writer::Reply::Async(reply));
+        let stopped = self.writer_stopped();
+        async move {
+            queued?;
+            answer.await.unwrap_or(Err(stopped))
+        }
+    }
+
+    fn queue<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
+        reply: writer::Reply<R>,
+    ) -> Result<(), Error> {
+        let job = Box::new(writer::Job::new(write, reply));
         self.writer
             .as_ref()
-            .ok_or_else(stopped)?
+            .ok_or_else(|| self.writer_stopped())?
             .send(job)
-            .map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+            .map_err(|_| self.writer_stopped())
+    }
+
+    fn writer_stopped(&self) -> Error {
+        Error::WriteFailed {
+            path: self.path.clone(),
+            reason: "the writer thread has stopped".into(),
+        }
     }
 }
 
@@ -287,145 +298,4 @@ where
         path: path.to_owned(),
         what: e.to_string(),
     })
-}
-
-/// A write queued for the writer thread.
-trait WriteJob: Send {
-    /// Runs the write; returns whether it succeeded (and its changes are to be kept).
-    fn run(&mut self, conn: &Connection, path: &Path) -> bool;
-    /// Answers the caller once the transaction has committed or failed.
-    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>);
-}
-
-struct Job<F, R> {
-    work: Option<F>,
-    outcome: Option<Result<R, Error>>,
-    reply: mpsc::SyncSender<Result<R, Error>>,
-}
-
-impl<F, R> WriteJob for Job<F, R>
-where
-    F: FnOnce(&Connection, &Path) -> Result<R, Error> + Send,
-    R: Send,
-{
-    fn run(&mut self, conn: &Connection, path: &Path) -> bool {
-        let Some(work) = self.work.take() else {
-            return false;
-        };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn, path)))
-            .unwrap_or_else(|_| {
-                Err(Error::WriteFailed {
-                    path: path.to_owned(),
-                    reason: "the write panicked and was rolled back".into(),
-                })
-            });
-        let succeeded = outcome.is_ok();
-        self.outcome = Some(outcome);
-        succeeded
-    }
-
-    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>) {
-        let answer = match (self.outcome, committed) {
-            (Some(Err(error)), _) => Err(error),
-            (Some(Ok(value)), Ok(())) => Ok(value),
-            (_, Err(error)) => Err(Error::WriteFailed {
-                path: path.to_owned(),
-                reason: format!("the transaction did not commit: {error}"),
-            }),
-            (None, Ok(())) => Err(Error::WriteFailed {
-                path: path.to_owned(),
-                reason: "the write was never run".into(),
-            }),
-        };
-        // The caller may have given up waiting; then nobody needs the answer.
-        let _ = self.reply.send(answer);
-    }
-}
-
-/// The writer thread: takes every write queued so far, commits them in one transaction, answers
-/// each caller, and repeats until the registry is dropped; then releases its receipt sequence
-/// reservations (a clean shutdown, so the next open continues without a skip).
-fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
-    let wal = wal_path(path);
-    let mut unsynced = false;
-    loop {
-        let first = match jobs.recv_timeout(WAL_SYNC_INTERVAL) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if unsynced {
-                    unsynced = sync_wal(&wal).is_err();
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITE_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        SYNC_BEFORE_ANSWERING.set(false);
-        let mut committed = commit_batch(&conn, path, &mut batch);
-        if let Err(error) = &committed {
-            tracing::error!(%error, writes = batch.len(), "registry transaction failed");
-            let _ = conn.execute_batch("ROLLBACK");
-        } else if SYNC_BEFORE_ANSWERING.replace(false) {
-            committed = sync_wal(&wal).map_err(|e| {
-                tracing::error!(error = %e, "cannot flush the registry's WAL");
-                rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
-                    Some(format!("flushing {}: {e}", wal.display())),
-                )
-            });
-            unsynced = committed.is_err();
-        } else {
-            unsynced = true;
-        }
-        for job in batch {
-            job.finish(path, committed.as_ref().map(|_| ()));
-        }
-    }
-    let released = conn
-        .execute_batch("UPDATE receipt_seq SET reserved_until = next")
-        .map_err(|e| e.to_string())
-        .and_then(|()| sync_wal(&wal).map_err(|e| e.to_string()));
-    if let Err(error) = released {
-        // The next open skips ahead; nothing is lost.
-        tracing::warn!(%error, "cannot release receipt sequence reservations");
-    }
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
-
-/// Flushes the WAL file to the disk: every transaction committed so far becomes durable.
-fn sync_wal(wal: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
-        Ok(file) => file.sync_data(),
-        // Checkpointed away and deleted: everything is already in the database file, which
-        // SQLite syncs when it checkpoints.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn commit_batch(
-    conn: &Connection,
-    path: &Path,
-    batch: &mut [Box<dyn WriteJob>],
-) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    for job in batch.iter_mut() {
-        conn.execute_batch("SAVEPOINT job")?;
-        if !job.run(conn, path) {
-            conn.execute_batch("ROLLBACK TO job")?;
-        }
-        conn.execute_batch("RELEASE job")?;
-    }
-    conn.execute_batch("COMMIT")
 }

@@ -399,67 +399,23 @@ impl Registry {
 
     /// Signs and stores this host's next receipt: `receipt` with its `seq` and `prev` set to
     /// follow the host's last receipt. Appends are serialised, so the chain never forks on one
-    /// host.
+    /// host. Returns once the receipt is committed (see the durability contract on
+    /// [`Registry`]).
     pub fn append_receipt(
         &self,
         host_key: &SecretKey,
-        mut receipt: Receipt,
+        receipt: Receipt,
     ) -> Result<SignedReceipt, Error> {
-        let host_key = host_key.clone();
-        self.write(move |conn, path| {
-            let db = |e| db_error(path, e);
-            let host = host_key.public().to_hex();
-            let last: Option<(i64, String)> = conn
-                .prepare_cached(
-                    "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()
-                })
-                .map_err(db)?;
-            let after_last = last.as_ref().map_or(0, |(seq, _)| *seq + 1);
-            let reserved: Option<(i64, i64)> = conn
-                .prepare_cached("SELECT next, reserved_until FROM receipt_seq WHERE host = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()
-                })
-                .map_err(db)?;
-            let (next, mut reserved_until) = reserved.unwrap_or((after_last, after_last));
-            let seq = next.max(after_last);
-            if seq >= reserved_until {
-                // The next block of sequence numbers, made durable before this receipt is
-                // handed out: a restart after a crash starts past it (see `Registry::open`).
-                reserved_until = (seq / RECEIPT_SEQ_BLOCK as i64 + 1) * RECEIPT_SEQ_BLOCK as i64;
-                super::sync_before_answering();
-            }
-            conn.prepare_cached(
-                "INSERT INTO receipt_seq (host, next, reserved_until) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (host) DO UPDATE SET next = excluded.next,
-                                                  reserved_until = excluded.reserved_until",
-            )
-            .and_then(|mut stmt| stmt.execute(params![host, seq + 1, reserved_until]))
-            .map_err(db)?;
-            let seq = u64::try_from(seq).map_err(|_| Error::Corrupt {
-                path: path.to_owned(),
-                what: "a negative receipt sequence number".into(),
-            })?;
-            let prev = match last {
-                Some((_, hash)) => Some(parse_stored(path, &hash)?),
-                None => None,
-            };
-            receipt.seq = seq;
-            receipt.prev = prev;
-            let receipt = Signed::sign(receipt, &host_key)?;
-            insert_receipt_row(conn, &receipt, None).map_err(|e| db_error(path, e))?;
-            if let Some(request) = receipt.body().request {
-                conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
-                    .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))
-                    .map_err(|e| db_error(path, e))?;
-            }
-            Ok(receipt)
-        })
+        self.write(append(host_key.clone(), receipt))
+    }
+
+    /// [`Registry::append_receipt`] for async callers, without a thread blocked on the commit.
+    pub fn append_receipt_async(
+        &self,
+        host_key: &SecretKey,
+        receipt: Receipt,
+    ) -> impl Future<Output = Result<SignedReceipt, Error>> + Send + 'static {
+        self.write_async(append(host_key.clone(), receipt))
     }
 
     /// The receipt with this hash, if stored.
@@ -553,26 +509,19 @@ impl Registry {
         now_ms: u64,
     ) -> Result<(), Error> {
         request.body().check_admissible(host, now_ms)?;
-        let request = request.clone();
-        self.write(move |conn, path| {
-            let body = request.body();
-            let inserted = insert_request_row(conn, &request).map_err(|e| db_error(path, e))?;
-            if inserted > 0 {
-                // Answered once its receipt is appended; until then only a replay cache entry.
-                conn.execute(
-                    "UPDATE requests SET answered = 0 WHERE hash = ?1",
-                    params![request.hash().to_hex()],
-                )
-                .map_err(|e| db_error(path, e))?;
-            }
-            if inserted == 0 {
-                return Err(Error::Replayed {
-                    caller: body.caller,
-                    nonce: body.nonce.clone(),
-                });
-            }
-            Ok(())
-        })
+        self.write(admit(request.clone()))
+    }
+
+    /// [`Registry::admit_request`] for async callers, without a thread blocked on the commit.
+    pub fn admit_request_async(
+        &self,
+        request: &SignedRequest,
+        host: &PublicKey,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let checked = request.body().check_admissible(host, now_ms);
+        let admitted = checked.map(|()| self.write_async(admit(request.clone())));
+        async move { admitted?.await }
     }
 
     /// Forgets requests this host admitted, never answered with a receipt, and that expired
@@ -638,4 +587,86 @@ fn pick(
         .into_iter()
         .find(|m| trusted.contains(&m.body().publisher))
         .map(Ok)
+}
+
+/// The write that signs `receipt` as `host_key`'s next receipt and stores it.
+///
+/// The sequence number follows the host's last stored receipt, or jumps to where the registry
+/// resumed after an unclean shutdown (`receipt_seq.resume_at`, see `Registry::open`). Numbers
+/// are reserved a block at a time (`reserved_until`), and a reservation is flushed to the disk
+/// before the receipt that takes it is answered, so a number is never used twice.
+fn append(
+    host_key: SecretKey,
+    mut receipt: Receipt,
+) -> impl FnOnce(&Connection, &std::path::Path) -> Result<SignedReceipt, Error> + Send + 'static {
+    move |conn, path| {
+        let db = |e| db_error(path, e);
+        let host = host_key.public().to_hex();
+        let last: Option<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        let after_last = last.as_ref().map_or(0, |(seq, _)| *seq + 1);
+        let reservation: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT resume_at, reserved_until FROM receipt_seq WHERE host = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        let (resume_at, reserved_until) = reservation.unwrap_or((0, 0));
+        let seq = after_last.max(resume_at);
+        if seq >= reserved_until {
+            let block = RECEIPT_SEQ_BLOCK as i64;
+            conn.prepare_cached(
+                "INSERT INTO receipt_seq (host, resume_at, reserved_until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (host) DO UPDATE SET reserved_until = excluded.reserved_until",
+            )
+            .and_then(|mut stmt| stmt.execute(params![host, resume_at, (seq / block + 1) * block]))
+            .map_err(db)?;
+            super::sync_before_answering();
+        }
+        receipt.seq = u64::try_from(seq).map_err(|_| Error::Corrupt {
+            path: path.to_owned(),
+            what: "a negative receipt sequence number".into(),
+        })?;
+        receipt.prev = match last {
+            Some((_, hash)) => Some(parse_stored(path, &hash)?),
+            None => None,
+        };
+        let receipt = Signed::sign(receipt, &host_key)?;
+        insert_receipt_row(conn, &receipt, None).map_err(db)?;
+        if let Some(request) = receipt.body().request {
+            conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
+                .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))
+                .map_err(db)?;
+        }
+        Ok(receipt)
+    }
+}
+
+/// The write that records `request` in the replay cache, refusing one seen before.
+fn admit(
+    request: SignedRequest,
+) -> impl FnOnce(&Connection, &std::path::Path) -> Result<(), Error> + Send + 'static {
+    move |conn, path| {
+        let body = request.body();
+        let inserted = insert_request_row(conn, &request).map_err(|e| db_error(path, e))?;
+        if inserted == 0 {
+            return Err(Error::Replayed {
+                caller: body.caller,
+                nonce: body.nonce.clone(),
+            });
+        }
+        // Answered once its receipt is appended; until then only a replay cache entry.
+        conn.prepare_cached("UPDATE requests SET answered = 0 WHERE hash = ?1")
+            .and_then(|mut stmt| stmt.execute(params![request.hash().to_hex()]))
+            .map_err(|e| db_error(path, e))?;
+        Ok(())
+    }
 }

@@ -153,7 +153,7 @@ const MIGRATIONS: &[&str] = &[
     // receipts commit without an fsync each and a restart never reuses one (see `Registry`).
     "CREATE TABLE receipt_seq (
          host           TEXT PRIMARY KEY,
-         next           INTEGER NOT NULL,
+         resume_at      INTEGER NOT NULL,
          reserved_until INTEGER NOT NULL
      ) STRICT;",
 ];

@@ -1,0 +1,353 @@
+//! The fast path, each figure beside its anchor measured in the same run:
+//!
+//! 1. a warm in-process call (`cpu-kernel echo`, the trivial agent, and `ride-driver quote`):
+//!    agora's `Node::run` (resolve, pooled instantiate, call, sign and commit a receipt) beside
+//!    raw wasmtime on the same component in the same process (fresh store, pooled instantiate,
+//!    call, drop) — p50/p99 one call at a time, and calls/s with many callers on all cores;
+//! 2. metering: a CPU-bound guest (`cpu-kernel hash`) on raw wasmtime with fuel and epochs on,
+//!    each alone, and neither, as ratios to neither.
+//!
+//! `cargo bench -p agora-tests --bench fast_path` (`-- --quick` for a short run).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agora_host::{DataDir, Limits, Node, NodeConfig, examples};
+use agora_tests::CPU_KERNEL;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod raw {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "agent",
+        exports: { default: async },
+    });
+}
+use raw::agora::agent::host::LogLevel;
+use raw::agora::agent::types::{AgentError, Request};
+
+const QUOTE: &[u8] = br#"{"trip":{"distance_m":12500,"duration_s":1500,"demand_pct":120}}"#;
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(quick))
+}
+
+async fn bench(quick: bool) -> anyhow::Result<()> {
+    let (calls, window) = if quick {
+        (500, Duration::from_secs(1))
+    } else {
+        (5_000, Duration::from_secs(5))
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "agora fast path: {calls} sequential calls per figure, {window:?} per throughput figure, {cores} cores"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let data_dir = DataDir::new(dir.path());
+    data_dir.keygen()?;
+    let node = Node::open(NodeConfig::new(data_dir).limits(Limits::default())).await?;
+    println!("agora allocation: {:?}", node.sandbox().stats().allocation);
+    let cases: [(&str, &[u8], &str, &[u8]); 2] = [
+        ("cpu-kernel echo", CPU_KERNEL, "echo", b"hi"),
+        ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
+    ];
+    let anchor = RawWasmtime::new(true, true)?;
+
+    println!();
+    println!("## 1. warm in-process call");
+    println!(
+        "| call | agora p50 | raw p50 | ratio | agora p99 | raw p99 | ratio | agora calls/s ({CALLERS} callers) | raw calls/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, component, action, payload) in cases {
+        let agent = node
+            .publish(component, Default::default())
+            .await?
+            .manifest
+            .hash()
+            .to_hex();
+        let compiled = anchor.load(component)?;
+
+        let agora_call = {
+            let (node, agent) = (node.clone(), agent.clone());
+            move || {
+                let (node, agent) = (node.clone(), agent.clone());
+                async move {
+                    node.run(&agent, action, payload, None)
+                        .await?
+                        .into_output()?;
+                    anyhow::Ok(())
+                }
+            }
+        };
+        let raw_call = {
+            let anchor = anchor.clone();
+            move || {
+                let (anchor, compiled) = (anchor.clone(), compiled.clone());
+                async move {
+                    anchor.call(&compiled, action, payload).await?;
+                    anyhow::Ok(())
+                }
+            }
+        };
+        let agora = latencies(calls, agora_call.clone()).await?;
+        let raw = latencies(calls, raw_call.clone()).await?;
+        let agora_rate = throughput(window, agora_call).await?;
+        let raw_rate = throughput(window, raw_call).await?;
+        println!(
+            "| {name} | {} | {} | {:.2}× | {} | {} | {:.2}× | {agora_rate:.0} | {raw_rate:.0} | {:.2}× |",
+            us(agora.p50),
+            us(raw.p50),
+            ratio(agora.p50, raw.p50),
+            us(agora.p99),
+            us(raw.p99),
+            ratio(agora.p99, raw.p99),
+            agora_rate / raw_rate,
+        );
+    }
+
+    println!();
+    println!("## 2. metering cost: cpu-kernel hash, raw wasmtime, pooled");
+    let rounds: &[u8] = if quick { b"500" } else { b"2000" };
+    let repeats = if quick { 20 } else { 50 };
+    let mut neither = None;
+    println!("| fuel | epochs | p50 | ratio to neither |");
+    println!("|---|---|---|---|");
+    for (fuel, epochs) in [(false, false), (true, false), (false, true), (true, true)] {
+        let engine = RawWasmtime::new(fuel, epochs)?;
+        let compiled = engine.load(CPU_KERNEL)?;
+        let sample = latencies(repeats, || {
+            let (engine, compiled) = (engine.clone(), compiled.clone());
+            async move {
+                engine.call(&compiled, "hash", rounds).await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+        let base = *neither.get_or_insert(sample.p50);
+        println!(
+            "| {} | {} | {:.2} ms | {:.2}× |",
+            on(fuel),
+            on(epochs),
+            sample.p50.as_secs_f64() * 1e3,
+            ratio(sample.p50, base)
+        );
+    }
+    let agent = node
+        .publish(CPU_KERNEL, Default::default())
+        .await?
+        .manifest
+        .hash()
+        .to_hex();
+    let sample = latencies(repeats, || {
+        let (node, agent) = (node.clone(), agent.clone());
+        async move {
+            node.run(&agent, "hash", rounds, Some(100_000_000_000))
+                .await?
+                .into_output()?;
+            anyhow::Ok(())
+        }
+    })
+    .await?;
+    println!(
+        "| agora (fuel, epochs, receipt) | | {:.2} ms | {:.2}× |",
+        sample.p50.as_secs_f64() * 1e3,
+        ratio(sample.p50, neither.unwrap_or(sample.p50))
+    );
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// Concurrent callers in the throughput figures.
+const CALLERS: usize = 64;
+
+struct Latencies {
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn latencies<F, Fut>(n: usize, call: F) -> anyhow::Result<Latencies>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    for _ in 0..n / 10 + 5 {
+        call().await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        call().await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    Ok(Latencies {
+        p50: at(0.5),
+        p99: at(0.99),
+    })
+}
+
+/// Calls per second with [`CALLERS`] tasks calling back to back on the multi-threaded runtime.
+async fn throughput<F, Fut>(window: Duration, call: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..CALLERS {
+        let (stop, done, call) = (stop.clone(), done.clone(), call.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                call().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                // A call that never waits would otherwise keep its worker (and the timer) forever.
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(())
+        });
+    }
+    tokio::time::sleep(window).await;
+    let (calls, elapsed) = (done.load(Ordering::Relaxed), started.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    while let Some(task) = tasks.join_next().await {
+        task??;
+    }
+    Ok(calls as f64 / elapsed.as_secs_f64())
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}
+
+fn on(yes: bool) -> &'static str {
+    if yes { "on" } else { "off" }
+}
+
+/// Raw wasmtime, as an embedder following wasmtime's docs would run an agent: one engine with
+/// the pooling allocator, one linker with WASI 0.2 and no-op host functions, and per call a fresh
+/// store, an instantiation from the pre-instantiated component, the call, and drop.
+#[derive(Clone)]
+struct RawWasmtime {
+    engine: Engine,
+    linker: Arc<Linker<RawState>>,
+    fuel: bool,
+    epochs: bool,
+}
+
+struct RawState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for RawState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl raw::agora::agent::types::Host for RawState {}
+
+impl raw::agora::agent::host::Host for RawState {
+    fn log(&mut self, _level: LogLevel, _message: String) {}
+    fn kv_get(&mut self, _key: String) -> Option<Vec<u8>> {
+        None
+    }
+    fn kv_set(&mut self, _key: String, _value: Vec<u8>) -> Result<(), String> {
+        Ok(())
+    }
+    fn call_agent(&mut self, _agent: String, _req: Request) -> Result<Vec<u8>, AgentError> {
+        Err(AgentError::Refused("no nested calls here".into()))
+    }
+}
+
+impl RawWasmtime {
+    fn new(fuel: bool, epochs: bool) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.consume_fuel(fuel);
+        config.epoch_interruption(epochs);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(1_000)
+            .total_core_instances(8_000)
+            .total_memories(2_000)
+            .total_tables(8_000)
+            .total_stacks(1_000)
+            .max_memory_size(128 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        raw::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        if epochs {
+            let ticker = engine.clone();
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(10));
+                    ticker.increment_epoch();
+                }
+            });
+        }
+        Ok(RawWasmtime {
+            engine,
+            linker: Arc::new(linker),
+            fuel,
+            epochs,
+        })
+    }
+
+    fn load(&self, component: &[u8]) -> anyhow::Result<Arc<raw::AgentPre<RawState>>> {
+        let component = Component::new(&self.engine, component)?;
+        Ok(Arc::new(raw::AgentPre::new(
+            self.linker.instantiate_pre(&component)?,
+        )?))
+    }
+
+    async fn call(
+        &self,
+        pre: &raw::AgentPre<RawState>,
+        action: &str,
+        payload: &[u8],
+    ) -> anyhow::Result<Vec<u8>> {
+        let state = RawState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        if self.fuel {
+            store.set_fuel(u64::MAX / 2)?;
+            store.fuel_async_yield_interval(Some(1_000_000))?;
+        }
+        if self.epochs {
+            store.set_epoch_deadline(500);
+            store.epoch_deadline_trap();
+        }
+        let agent = pre.instantiate_async(&mut store).await?;
+        let request = Request {
+            action: action.into(),
+            payload: payload.to_vec(),
+        };
+        agent
+            .agora_agent_handler()
+            .call_handle(&mut store, &request)
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    }
+}

@@ -172,3 +172,27 @@ impl SigningHost {
         (receipt, request)
     }
 }
+
+/// An example agent written in Python or JavaScript, built by
+/// `guest-examples/build-interpreted.sh` into `target/guests/{py,js}/<name>.wasm`.
+///
+/// # Panics
+/// If it has not been built, saying how to build it: a test that needs it fails rather than
+/// skips.
+pub fn interpreted_agent(language: &str, name: &str) -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target
+        .join("guests")
+        .join(language)
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. Build the Python and JavaScript example agents first: \
+             ./guest-examples/build-interpreted.sh (needs Python 3.11+ with pip and Node 20+ \
+             with npm; installs componentize-py and componentize-js from their registries)",
+            path.display()
+        )
+    })
+}

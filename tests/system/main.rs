@@ -3,6 +3,7 @@
 
 mod evidence;
 mod http;
+mod languages;
 mod loading;
 mod marketplace;
 mod network;

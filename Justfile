@@ -11,8 +11,13 @@ guests:
     done
     ls -l target/guests/wasm32-wasip2/guest/*.wasm
 
+# Build the Python and JavaScript example agents into target/guests/{py,js}
+# (installs componentize-py from PyPI and componentize-js from npm into target/toolchains).
+guests-interpreted:
+    ./guest-examples/build-interpreted.sh
+
 # Run every test (the README's test command).
-test:
+test: guests-interpreted
     cargo test --workspace
 
 # Formatting and lints, as CI checks them.
@@ -32,3 +37,9 @@ fmt:
 bench-reputation:
     command -v wrk >/dev/null || sudo apt-get install -y wrk || apt-get install -y wrk
     cargo bench -p agora-tests --bench reputation
+
+# The fast path: warm calls against raw wasmtime, metering cost, process start, loaded agents.
+bench: guests-interpreted
+    cargo bench -p agora-tests --bench fast_path
+    cargo bench -p agora-host --bench start
+    cargo bench -p agora-host --bench calls

@@ -113,7 +113,7 @@ pub struct Sandbox {
     limits: Limits,
     loaded: Mutex<Loaded>,
     /// Compilations in flight: later callers for the same component wait for the first.
-    compiling: Mutex<HashMap<Hash, Arc<OnceLock<Result<Arc<CheckedComponent>, CheckError>>>>>,
+    compiling: Mutex<HashMap<Hash, Compilation>>,
     /// Components refused, so they are not compiled again.
     refused: Mutex<HashMap<Hash, CheckError>>,
     disk: Option<CompiledCache>,
@@ -123,6 +123,9 @@ pub struct Sandbox {
     /// The epoch ticker holds a weak reference to this and stops once the sandbox is dropped.
     _ticker: Arc<()>,
 }
+
+/// One component's compilation: whoever comes first compiles, the rest wait for its result.
+type Compilation = Arc<OnceLock<Result<Arc<CheckedComponent>, CheckError>>>;
 
 /// Most refused components remembered; past it the memory starts again.
 const MAX_REFUSED: usize = 10_000;
@@ -319,7 +322,7 @@ impl Sandbox {
         if let Some(checked) = self.cached(hash) {
             return Some(checked);
         }
-        let checked = Arc::new(self.from_disk(hash)?);
+        let checked = Arc::new(self.load_from_disk(hash)?);
         lock(&self.loaded).insert(*hash, checked.clone());
         Some(checked)
     }
@@ -331,7 +334,7 @@ impl Sandbox {
 
     /// The component's compiled code from disk, checked again (imports, exports, linking: cheap
     /// next to compiling, and a changed host must not run what it no longer links).
-    fn from_disk(&self, hash: &Hash) -> Option<CheckedComponent> {
+    fn load_from_disk(&self, hash: &Hash) -> Option<CheckedComponent> {
         let disk = self.disk.as_ref()?;
         let artifact = disk.load(hash)?;
         // SAFETY: the entry's tag verified, so these are bytes this host's engine configuration
@@ -370,7 +373,7 @@ impl Sandbox {
                 ));
             }
         }
-        if let Some(checked) = self.from_disk(hash) {
+        if let Some(checked) = self.load_from_disk(hash) {
             return Ok(Arc::new(checked));
         }
         let artifact = self.compile(bytes)?;

@@ -159,7 +159,11 @@ fn scoring_follows_a_skip_only_onto_a_block_boundary_from_a_receipt_it_holds() {
     };
     let block = RECEIPT_SEQ_BLOCK;
     let skip = sign(block, Some(second.hash()));
-    assert_eq!(held_after(&[skip.clone()]), block + 1, "a declared skip");
+    assert_eq!(
+        held_after(std::slice::from_ref(&skip)),
+        block + 1,
+        "a declared skip"
+    );
     assert_eq!(
         held_after(&[skip.clone(), sign(block + 1, Some(skip.hash()))]),
         block + 2

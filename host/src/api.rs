@@ -848,6 +848,27 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         state.node.registry().refused_over_quota(),
     );
     let mut text = text;
+    let sandbox = state.node.sandbox().stats();
+    text.push_str(&format!(
+        "# TYPE agora_components_compiled_total counter\nagora_components_compiled_total {}\n\
+         # TYPE agora_agents_loaded gauge\nagora_agents_loaded {}\n\
+         # TYPE agora_instance_pool_slots gauge\nagora_instance_pool_slots {}\n",
+        sandbox.compiles,
+        sandbox.loaded,
+        match sandbox.allocation {
+            Some(crate::Allocation::Pooling { instances }) => instances,
+            _ => 0,
+        },
+    ));
+    if let Some(disk) = sandbox.disk {
+        text.push_str(&format!(
+            "# TYPE agora_compiled_cache_hits_total counter\nagora_compiled_cache_hits_total {}\n\
+             # TYPE agora_compiled_cache_misses_total counter\nagora_compiled_cache_misses_total {}\n\
+             # TYPE agora_compiled_cache_rejected_total counter\nagora_compiled_cache_rejected_total {}\n\
+             # TYPE agora_compiled_cache_evicted_total counter\nagora_compiled_cache_evicted_total {}\n",
+            disk.hits, disk.misses, disk.rejected, disk.evicted,
+        ));
+    }
     if let Some(gossip) = &state.gossip {
         text.push_str(&format!(
             "# TYPE agora_gossip_accepted_total counter\nagora_gossip_accepted_total {}\n\

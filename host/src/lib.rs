@@ -3,7 +3,9 @@
 //!
 //! - [`Sandbox`] checks components (a valid component under a size cap, exporting
 //!   `agora:agent/handler`, importing only `agora:agent/host` and WASI 0.2) and runs each call
-//!   in a fresh store under fuel, memory, stack, wall-clock, output and log [`Limits`].
+//!   in a fresh store, instantiated from a pool, under fuel, memory, stack, wall-clock, output
+//!   and log [`Limits`]. It compiles a component once and keeps this host's compiled code on
+//!   disk, authenticated, so a restart never compiles again.
 //! - [`Node`] is a host: its key, its [`agora_registry::Registry`] and its [`BlobStore`].
 //!   [`Node::publish`] signs a manifest for a component; [`Node::run`] executes an agent and
 //!   returns an [`Execution`] with the output (or a typed [`ExecutionError`]) and the signed

@@ -464,6 +464,15 @@ async fn every_endpoint_and_its_errors() {
         metrics.contains("agora_receipts_accepted_total 1"),
         "{metrics}"
     );
+    // The agent published above was compiled once and is loaded, from a pool.
+    for line in [
+        "agora_components_compiled_total 1\n",
+        "agora_agents_loaded 1\n",
+        "agora_instance_pool_slots 1000\n",
+        "agora_compiled_cache_rejected_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     server.shutdown().await;
 }
 

@@ -7,6 +7,10 @@
 //! receipt), an epoch deadline (wall clock, so a guest stuck in a loop with fuel to spare still
 //! stops), a limiter that counts all memories and tables of the instance together, a bounded
 //! wasm stack, and bounds on output and logs.
+//!
+//! The parts: [`engine`] (the one wasmtime configuration, pooling and its fallback), [`cache`]
+//! (compiled code on disk, authenticated), [`limiter`] (memory and tables of one call) and
+//! [`host_fns`] (the `agora:agent/host` interface).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -575,8 +575,11 @@ impl Node {
                 message: format!("{e:#}"),
             })?;
 
-        let nested_fuel: u64 = invocation.nested.iter().map(|n| n.fuel_used).sum();
-        let nested_charge: u64 = invocation.nested.iter().map(|n| n.charge).sum();
+        // Saturating: the figures come from nested receipts and must not overflow into a panic.
+        let nested_fuel =
+            (invocation.nested.iter()).fold(0u64, |sum, n| sum.saturating_add(n.fuel_used));
+        let nested_charge =
+            (invocation.nested.iter()).fold(0u64, |sum, n| sum.saturating_add(n.charge));
         let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
         let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel)
             .saturating_add(nested_charge);

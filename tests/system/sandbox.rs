@@ -137,7 +137,7 @@ async fn a_stack_overflow_is_a_trap() {
 #[tokio::test]
 async fn flooding_the_log_or_stdout_hits_the_log_limit() {
     let (host, agent) = hostile_host(Limits::default()).await;
-    for action in ["log-flood", "stdout-flood"] {
+    for action in ["log-flood", "stdout-flood", "empty-log-flood"] {
         let execution = run(&host, &agent, action, b"", None).await;
         assert_eq!(execution.outcome, Outcome::LogLimit, "{action}");
         assert!(execution.stdout.len() <= 64 << 10);
@@ -149,8 +149,30 @@ async fn flooding_the_log_or_stdout_hits_the_log_limit() {
                 .sum::<usize>()
                 <= 64 << 10
         );
+        // Empty lines cost host memory too: at most the budget over the per-line overhead.
+        assert!(
+            execution.logs.len() <= (64 << 10) / 64,
+            "{action}: {} lines",
+            execution.logs.len()
+        );
     }
     assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn keys_that_begin_with_nul_count_against_the_memory_quota() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let execution = run(&host, &agent, "nul-keys", b"", None).await;
+    let stored: u64 = text(&execution).parse().expect("a byte count");
+    let quota = Limits::default().kv.max_total_bytes;
+    assert!(
+        stored <= quota,
+        "stored {stored} bytes of keys under a {quota}-byte quota"
+    );
+    assert!(
+        stored > quota / 2,
+        "the quota still lets an agent use its memory"
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,10 @@ use super::{
 use crate::limits::Limits;
 use crate::node::CallServices;
 
+/// What one logged line costs against the log budget besides its message, in bytes: about the
+/// host memory a kept line takes (a `LogLine` and its allocation).
+pub(crate) const LOG_LINE_OVERHEAD: usize = 64;
+
 /// Per-call context the host functions need.
 pub(crate) struct CallState {
     /// `name@version`, for messages.
@@ -77,7 +81,9 @@ pub(super) fn add_host_interface(
             let state = store.data_mut();
             let log = &mut state.call.log;
             let message = truncate(&message, log.max_message);
-            log.used += message.len();
+            // A line costs its bytes plus what keeping it costs the host, so a flood of empty
+            // messages exhausts the budget as surely as a flood of long ones.
+            log.used += message.len() + LOG_LINE_OVERHEAD;
             if log.used > log.max_total {
                 log.exceeded = true;
                 return Err(wasmtime::format_err!(

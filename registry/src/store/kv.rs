@@ -82,7 +82,9 @@ impl Registry {
             let db = |e| db_error(path, e);
             let used_by_others: i64 = conn
                 .query_row(
-                    "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM agent_kv
+                    // Bytes, not characters: length() of TEXT stops at the first NUL, so keys
+                    // starting with one would cost nothing.
+                    "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM agent_kv
                      WHERE publisher = ?1 AND agent = ?2 AND key != ?3",
                     params![ns.publisher.to_hex(), ns.agent, key],
                     |row| row.get(0),

@@ -97,6 +97,23 @@ impl exports::agora::agent::handler::Guest for Hostile {
             "log-flood" => loop {
                 host::log(LogLevel::Info, &"flood ".repeat(200));
             },
+            "empty-log-flood" => loop {
+                host::log(LogLevel::Info, "");
+            },
+            "nul-keys" => {
+                // Keys that begin with NUL, with 4 KiB values, until the quota says no; returns
+                // the bytes of keys and values stored.
+                let value = vec![7u8; 4096];
+                let mut stored = 0usize;
+                for i in 0..100_000u32 {
+                    let key = format!("\0{i:0>250}");
+                    if host::kv_set(&key, &value).is_err() {
+                        break;
+                    }
+                    stored += key.len() + value.len();
+                }
+                text(stored.to_string())
+            }
             "stdout-flood" => loop {
                 println!("{}", "flood ".repeat(200));
             },

@@ -61,8 +61,26 @@ impl DataDir {
         self.root.join("compiled")
     }
 
+    /// Creates the root if missing, readable only by its owner (mode 0700): it holds the secret
+    /// key and agents' private memory. An existing directory keeps the mode it has.
+    fn create_private(&self) -> std::io::Result<()> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            builder.mode(0o700);
+        }
+        builder.create(&self.root)
+    }
+
     /// Creates a new key; fails if one exists.
     pub fn keygen(&self) -> Result<PublicKey, agora_registry::Error> {
+        self.create_private()
+            .map_err(|source| agora_registry::Error::KeyFile {
+                path: self.key_path(),
+                source,
+            })?;
         let key = SecretKey::generate();
         key.write_new(&self.key_path())?;
         Ok(key.public())
@@ -217,10 +235,12 @@ impl Node {
     /// Opens the node in `config.data_dir`, which must hold a key (see [`DataDir::keygen`]).
     pub async fn open(config: NodeConfig) -> Result<Node, OpenError> {
         let data_dir = config.data_dir;
-        std::fs::create_dir_all(data_dir.root()).map_err(|source| OpenError::DataDir {
-            path: data_dir.root().to_owned(),
-            source,
-        })?;
+        data_dir
+            .create_private()
+            .map_err(|source| OpenError::DataDir {
+                path: data_dir.root().to_owned(),
+                source,
+            })?;
         let key_path = data_dir.key_path();
         if !key_path.exists() {
             return Err(OpenError::NoKey { path: key_path });

@@ -22,6 +22,18 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A key file that others than its owner may read or write: the key must be treated as
+    /// leaked, and is not used.
+    #[error(
+        "key file {} is accessible to others (mode {mode:03o}); a secret key must be readable only by its owner: chmod 600 it, or make a new key if others may have read it",
+        path.display()
+    )]
+    KeyFileExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A key file that does not hold a key.
     #[error("key file {} does not hold a hex-encoded ed25519 secret key", path.display())]
     MalformedKeyFile {

@@ -130,8 +130,24 @@ impl SecretKey {
         self.0.sign(&domain_separated(tag, message)).to_bytes()
     }
 
-    /// Loads a key written by [`SecretKey::write_new`].
+    /// Loads a key written by [`SecretKey::write_new`]. Refuses a key file that anyone but its
+    /// owner may read or write.
     pub fn load(path: &Path) -> Result<Self, Error> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path).map_err(|source| Error::KeyFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::KeyFileExposed {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(|source| Error::KeyFile {
             path: path.to_owned(),
             source,

@@ -233,6 +233,35 @@ fn key_files_are_private_and_never_overwritten() {
     assert!(SecretKey::generate().write_new(&path).is_err());
     assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
     assert!(!format!("{key:?}").contains(&hex::encode(key.to_bytes())));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = SecretKey::load(&path).unwrap_err();
+        assert!(
+            matches!(error, Error::KeyFileExposed { mode: 0o644, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+}
+
+#[test]
+#[cfg(unix)]
+fn the_registry_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let registry = Registry::open(&path).unwrap();
+    registry
+        .append_receipt(
+            &SecretKey::generate(),
+            receipt(&SecretKey::generate(), 0, None),
+        )
+        .ok();
+    drop(registry);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]

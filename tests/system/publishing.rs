@@ -194,3 +194,24 @@ async fn bad_names_are_refused() {
         );
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_data_dir_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = agora_host::DataDir::new(parent.path().join("agora"));
+    data_dir.keygen().unwrap();
+    let node = agora_host::Node::open(agora_host::NodeConfig::new(data_dir.clone()))
+        .await
+        .unwrap();
+    node.publish(examples::RIDE_DRIVER, PublishOptions::default())
+        .await
+        .unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data_dir.root()), 0o700);
+    assert_eq!(mode(&data_dir.registry_path()), 0o600);
+    assert_eq!(mode(&data_dir.key_path()), 0o600);
+    assert_eq!(mode(&data_dir.compiled_path()), 0o700);
+}

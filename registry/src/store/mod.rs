@@ -103,6 +103,24 @@ impl Registry {
             path: path.to_owned(),
             source,
         };
+        // Created readable by its owner only: it holds agents' private memory, and SQLite gives
+        // its WAL and shared-memory files the same mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+            if let Err(source) = created {
+                return Err(Error::WriteFailed {
+                    path: path.to_owned(),
+                    reason: format!("cannot create the database file: {source}"),
+                });
+            }
+        }
         let mut conn = Connection::open(path).map_err(db_error)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
         // The writer inserts into indexes keyed by hashes, which land on random pages: a

@@ -86,6 +86,8 @@ pub struct Registry {
     trusted: std::sync::RwLock<Vec<crate::PublicKey>>,
     /// Records refused because their signer was over a quota.
     over_quota: std::sync::atomic::AtomicU64,
+    /// Times the writer flushed the WAL to the disk.
+    wal_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -140,9 +142,11 @@ impl Registry {
             .map_err(db_error)?;
         let (writer, jobs) = mpsc::channel();
         let thread_path = path.to_owned();
+        let wal_flushes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flushes = wal_flushes.clone();
         let writer_thread = std::thread::Builder::new()
             .name("agora-registry-writer".into())
-            .spawn(move || writer::write_loop(conn, &thread_path, jobs))
+            .spawn(move || writer::write_loop(conn, &thread_path, jobs, &flushes))
             .map_err(|e| Error::WriteFailed {
                 path: path.to_owned(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -154,6 +158,7 @@ impl Registry {
             writer_thread: Some(writer_thread),
             trusted: std::sync::RwLock::new(Vec::new()),
             over_quota: std::sync::atomic::AtomicU64::new(0),
+            wal_flushes,
         })
     }
 
@@ -184,6 +189,12 @@ impl Registry {
     /// a quota ([`MAX_MANIFESTS_PER_STRANGER`], [`MAX_PENDING_PER_KEY`]).
     pub fn refused_over_quota(&self) -> u64 {
         self.over_quota.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times the writer flushed the WAL to the disk since the registry opened: on
+    /// schedule (see [`WAL_SYNC_INTERVAL`]) and for receipt sequence reservations.
+    pub fn wal_flushes(&self) -> u64 {
+        self.wal_flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {

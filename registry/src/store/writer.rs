@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -103,15 +103,32 @@ where
 /// The writer thread: takes every write queued so far, commits them in one transaction, answers
 /// each caller, and repeats until the registry is dropped; then releases its receipt sequence
 /// reservations (a clean shutdown, so the next open continues without a skip).
-pub(super) fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+pub(super) fn write_loop(
+    conn: Connection,
+    path: &Path,
+    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    flushes: &std::sync::atomic::AtomicU64,
+) {
     let wal = wal_path(path);
-    let mut unsynced = false;
+    let sync_wal = |wal: &Path| {
+        let synced = sync_wal(wal);
+        if synced.is_ok() {
+            flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        synced
+    };
+    // When the oldest commit not yet flushed to the disk was made: it is flushed at most
+    // `WAL_SYNC_INTERVAL` later, however busy the writer is.
+    let mut unsynced_since: Option<Instant> = None;
     loop {
-        let first = match jobs.recv_timeout(WAL_SYNC_INTERVAL) {
+        let wait = unsynced_since.map_or(Duration::from_secs(3600), |since| {
+            WAL_SYNC_INTERVAL.saturating_sub(since.elapsed())
+        });
+        let first = match jobs.recv_timeout(wait) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if unsynced {
-                    unsynced = sync_wal(&wal).is_err();
+                if unsynced_since.is_some() && sync_wal(&wal).is_ok() {
+                    unsynced_since = None;
                 }
                 continue;
             }
@@ -137,12 +154,21 @@ pub(super) fn write_loop(conn: Connection, path: &Path, jobs: mpsc::Receiver<Box
                     Some(format!("flushing {}: {e}", wal.display())),
                 )
             });
-            unsynced = committed.is_err();
+            if committed.is_ok() {
+                unsynced_since = None;
+            }
         } else {
-            unsynced = true;
+            unsynced_since.get_or_insert_with(Instant::now);
         }
         for job in batch {
             job.finish(path, committed.as_ref().map(|_| ()));
+        }
+        // A writer that never idles still flushes on schedule (after answering, so the flush
+        // delays nobody).
+        if unsynced_since.is_some_and(|since| since.elapsed() >= WAL_SYNC_INTERVAL)
+            && sync_wal(&wal).is_ok()
+        {
+            unsynced_since = None;
         }
     }
     let released = conn

@@ -213,3 +213,27 @@ fn a_peer_accepts_a_declared_skip() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_busy_writer_still_flushes_on_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    let ns = KvNamespace {
+        publisher: SecretKey::generate().public(),
+        agent: "busy".into(),
+    };
+    // Writes back to back for five flush intervals: the writer never idles.
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < crate::WAL_SYNC_INTERVAL * 5 {
+        registry
+            .kv_set(&ns, "n", &n.to_le_bytes(), &KvQuota::default())
+            .unwrap();
+        n += 1;
+    }
+    let flushes = registry.wal_flushes();
+    assert!(
+        flushes >= 3,
+        "{flushes} flushes in {n} writes over five intervals"
+    );
+}

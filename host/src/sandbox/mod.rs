@@ -8,18 +8,19 @@
 //! stops), a limiter that counts all memories and tables of the instance together, a bounded
 //! wasm stack, and bounds on output and logs.
 //!
-//! The parts: [`engine`] (the one wasmtime configuration, pooling and its fallback), [`cache`]
-//! (compiled code on disk, authenticated), [`limiter`] (memory and tables of one call) and
-//! [`host_fns`] (the `agora:agent/host` interface).
+//! The parts: [`load`] (checking and compiling once, the loaded agents), [`engine`] (the one
+//! wasmtime configuration, pooling and its fallback), [`cache`] (compiled code on disk,
+//! authenticated), [`limiter`] (memory and tables of one call) and [`host_fns`] (the
+//! `agora:agent/host` interface).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use agora_registry::{Hash, Outcome};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -29,6 +30,7 @@ mod cache;
 mod engine;
 mod host_fns;
 mod limiter;
+mod load;
 
 use crate::error::CheckError;
 use crate::limits::{CallLimits, Limits};
@@ -39,6 +41,7 @@ pub use engine::Allocation;
 pub(crate) use host_fns::CallState;
 use host_fns::add_host_interface;
 use limiter::InstanceLimiter;
+use load::{Compilation, Loaded};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -58,22 +61,6 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 /// Messages in receipts and errors are cut to this many bytes.
 const MAX_MESSAGE_BYTES: usize = 512;
-
-/// The WASI 0.2 packages a component may import. Anything else (besides agora:agent) is refused.
-const WASI_PACKAGES: &[&str] = &[
-    "wasi:cli",
-    "wasi:clocks",
-    "wasi:filesystem",
-    "wasi:http",
-    "wasi:io",
-    "wasi:random",
-    "wasi:sockets",
-];
-
-/// Interfaces whose use carries authority beyond computing. They are linked so that agents built
-/// by runtimes that import them unconditionally still run, but every use is denied; the manifest
-/// records which of them a component imports.
-const AUTHORITY_PACKAGES: &[&str] = &["wasi:filesystem", "wasi:sockets", "wasi:http"];
 
 /// One line an agent logged through the `log` host function.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +93,8 @@ impl std::fmt::Debug for CheckedComponent {
 /// The engine, linker and loaded agents shared by every call on a host.
 ///
 /// Loading a component goes, fastest first: the in-memory table of loaded agents (bounded, least
-/// recently used evicted); the compiled-code cache on disk (authenticated, see [`cache`]); and
+/// recently used evicted); the compiled-code cache on disk (authenticated: only code this host
+/// compiled is ever loaded); and
 /// compiling, once per component however many callers ask at once, under
 /// [`Limits::max_compile_time`]. Components that fail are remembered and refused without
 /// compiling again.
@@ -126,49 +114,6 @@ pub struct Sandbox {
     slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The epoch ticker holds a weak reference to this and stops once the sandbox is dropped.
     _ticker: Arc<()>,
-}
-
-/// One component's compilation: whoever comes first compiles, the rest wait for its result.
-type Compilation = Arc<OnceLock<Result<Arc<CheckedComponent>, CheckError>>>;
-
-/// Most refused components remembered; past it the memory starts again.
-const MAX_REFUSED: usize = 10_000;
-
-/// Loaded agents, least recently used first out.
-struct Loaded {
-    agents: HashMap<Hash, (Arc<CheckedComponent>, u64)>,
-    clock: u64,
-    capacity: usize,
-}
-
-impl Loaded {
-    fn get(&mut self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.agents.get_mut(hash).map(|(agent, used)| {
-            *used = clock;
-            agent.clone()
-        })
-    }
-
-    fn insert(&mut self, hash: Hash, agent: Arc<CheckedComponent>) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.agents.len() >= self.capacity && !self.agents.contains_key(&hash) {
-            // Linear in the table, and only when a new agent is loaded into a full one.
-            if let Some(oldest) = self
-                .agents
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(hash, _)| *hash)
-            {
-                self.agents.remove(&oldest);
-            }
-        }
-        self.clock += 1;
-        self.agents.insert(hash, (agent, self.clock));
-    }
 }
 
 /// What the sandbox did since it started, for tests and `/metrics`.
@@ -244,11 +189,7 @@ impl Sandbox {
             engine,
             allocation,
             linker,
-            loaded: Mutex::new(Loaded {
-                agents: HashMap::new(),
-                clock: 0,
-                capacity: limits.max_loaded_agents,
-            }),
+            loaded: Mutex::new(Loaded::new(limits.max_loaded_agents)),
             limits,
             compiling: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
@@ -269,201 +210,9 @@ impl Sandbox {
         SandboxStats {
             allocation: Some(self.allocation),
             compiles: self.compiles.load(Ordering::Relaxed),
-            loaded: lock(&self.loaded).agents.len(),
+            loaded: lock(&self.loaded).len(),
             disk: self.disk.as_ref().map(CompiledCache::stats),
         }
-    }
-
-    /// Checks untrusted component bytes: size cap, a valid component, imports only from
-    /// `agora:agent` and WASI 0.2, an `agora:agent/handler` export, and linking against this
-    /// host. Compiles once per content hash (or loads this host's own compiled code from disk).
-    ///
-    /// This may take seconds for a large component: call it off the async executor.
-    pub fn check(&self, bytes: &[u8]) -> Result<Arc<CheckedComponent>, CheckError> {
-        let size = bytes.len() as u64;
-        if size > self.limits.max_component_bytes {
-            return Err(CheckError::TooLarge {
-                size,
-                limit: self.limits.max_component_bytes,
-            });
-        }
-        // Everything is keyed by the hash of the bytes themselves, never by a hash someone claims.
-        let hash = Hash::of(bytes);
-        if let Some(checked) = self.cached(&hash) {
-            return Ok(checked);
-        }
-        if let Some(refused) = lock(&self.refused).get(&hash) {
-            return Err(refused.clone());
-        }
-        let cell = lock(&self.compiling).entry(hash).or_default().clone();
-        let result = cell
-            .get_or_init(|| {
-                let result = self.load_or_compile(&hash, bytes);
-                match &result {
-                    Ok(checked) => lock(&self.loaded).insert(hash, checked.clone()),
-                    Err(error) => {
-                        let mut refused = lock(&self.refused);
-                        if refused.len() >= MAX_REFUSED {
-                            refused.clear();
-                        }
-                        refused.insert(hash, error.clone());
-                    }
-                }
-                result
-            })
-            .clone();
-        lock(&self.compiling).remove(&hash);
-        result
-    }
-
-    /// A component already loaded, in memory or from this host's compiled-code cache on disk,
-    /// without its bytes: `hash` must be the hash of bytes this host checked before (a manifest's
-    /// component hash from its own registry). `None` if it has to be checked from its bytes.
-    ///
-    /// Reading the disk cache takes milliseconds for a large component: call it off the async
-    /// executor unless [`Sandbox::cached`] already answered.
-    pub fn load_compiled(&self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
-        if let Some(checked) = self.cached(hash) {
-            return Some(checked);
-        }
-        let checked = Arc::new(self.load_from_disk(hash)?);
-        lock(&self.loaded).insert(*hash, checked.clone());
-        Some(checked)
-    }
-
-    /// A component loaded in memory, if any.
-    pub fn cached(&self, hash: &Hash) -> Option<Arc<CheckedComponent>> {
-        lock(&self.loaded).get(hash)
-    }
-
-    /// The component's compiled code from disk, checked again (imports, exports, linking: cheap
-    /// next to compiling, and a changed host must not run what it no longer links).
-    fn load_from_disk(&self, hash: &Hash) -> Option<CheckedComponent> {
-        let disk = self.disk.as_ref()?;
-        let artifact = disk.load(hash)?;
-        // SAFETY: the entry's tag verified, so these are bytes this host's engine configuration
-        // produced from the component with this hash (see `cache`); nobody else can make a tag.
-        let component = match unsafe { Component::deserialize(&self.engine, &artifact) } {
-            Ok(component) => component,
-            Err(error) => {
-                disk.reject_component(hash, &format!("{error:#}"));
-                return None;
-            }
-        };
-        match self.link(&component) {
-            Ok(checked) => Some(checked),
-            Err(error) => {
-                disk.reject_component(hash, &error.to_string());
-                None
-            }
-        }
-    }
-
-    fn load_or_compile(
-        &self,
-        hash: &Hash,
-        bytes: &[u8],
-    ) -> Result<Arc<CheckedComponent>, CheckError> {
-        match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                return Err(CheckError::NotAComponent(
-                    "this is a core WebAssembly module".into(),
-                ));
-            }
-            _ => {
-                return Err(CheckError::NotAComponent(
-                    "missing the component header".into(),
-                ));
-            }
-        }
-        if let Some(checked) = self.load_from_disk(hash) {
-            return Ok(Arc::new(checked));
-        }
-        let artifact = self.compile(bytes)?;
-        // SAFETY: `artifact` was just produced by this engine from `bytes`.
-        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
-            .map_err(|e| CheckError::Invalid(truncate(&format!("{e:#}"), 2048)))?;
-        let checked = self.link(&component)?;
-        // Only components that pass every check take space on disk.
-        if let Some(disk) = &self.disk {
-            disk.store(hash, &artifact);
-        }
-        Ok(Arc::new(checked))
-    }
-
-    /// Compiles `bytes` on a thread of its own, waiting at most `max_compile_time`. A compile
-    /// past the deadline keeps its thread until Cranelift is done, but nothing waits for it.
-    fn compile(&self, bytes: &[u8]) -> Result<Vec<u8>, CheckError> {
-        self.compiles.fetch_add(1, Ordering::Relaxed);
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let engine = self.engine.clone();
-        let bytes = bytes.to_vec();
-        std::thread::Builder::new()
-            .name("agora-compile".into())
-            .spawn(move || {
-                let _ = done.send(engine.precompile_component(&bytes));
-            })
-            .map_err(|e| CheckError::Invalid(format!("cannot start a compiler thread: {e}")))?;
-        match result.recv_timeout(self.limits.max_compile_time) {
-            Ok(Ok(artifact)) => Ok(artifact),
-            Ok(Err(error)) => Err(CheckError::Invalid(truncate(&format!("{error:#}"), 2048))),
-            Err(_) => Err(CheckError::CompileTimeout {
-                limit: self.limits.max_compile_time,
-            }),
-        }
-    }
-
-    /// Checks a compiled component's imports and exports and links it against this host.
-    fn link(&self, component: &Component) -> Result<CheckedComponent, CheckError> {
-        let ty = component.component_type();
-
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_owned())
-            .collect();
-        let forbidden: Vec<String> = imports
-            .iter()
-            .filter(|name| !import_allowed(name))
-            .cloned()
-            .collect();
-        if !forbidden.is_empty() {
-            return Err(CheckError::ForbiddenImports { imports: forbidden });
-        }
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_owned())
-            .collect();
-        if !exports
-            .iter()
-            .any(|name| name.starts_with("agora:agent/handler@0.1."))
-        {
-            return Err(CheckError::MissingHandler { exports });
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .and_then(AgentPre::new)
-            .map_err(|e| CheckError::Link(truncate(&format!("{e:#}"), 2048)))?;
-
-        let mut capabilities: Vec<String> = imports
-            .iter()
-            .filter_map(|name| {
-                let interface = name.split('@').next().unwrap_or(name);
-                let package = interface.split('/').next().unwrap_or(interface);
-                AUTHORITY_PACKAGES
-                    .contains(&package)
-                    .then(|| interface.to_owned())
-            })
-            .collect();
-        capabilities.sort();
-        capabilities.dedup();
-
-        Ok(CheckedComponent {
-            pre,
-            imports,
-            capabilities,
-        })
     }
 
     /// Waits for a pool slot for a top-level call (see [`Limits::pooled_instances`]).
@@ -643,17 +392,6 @@ fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
         // Without the ticker every deadline is "never"; fuel still bounds every call.
         tracing::error!(%error, "could not start the epoch ticker; wall-clock deadlines are off");
     }
-}
-
-fn import_allowed(name: &str) -> bool {
-    let Some((interface, version)) = name.split_once('@') else {
-        return false;
-    };
-    let Some((package, _)) = interface.split_once('/') else {
-        return false;
-    };
-    (package == "agora:agent" && version.starts_with("0.1."))
-        || (WASI_PACKAGES.contains(&package) && version.starts_with("0.2."))
 }
 
 fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outcome {

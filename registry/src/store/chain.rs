@@ -1,10 +1,14 @@
-//! What a registry knows about hosts' receipt chains (heads, activity, forks) and the evidence
-//! it holds against any key.
+//! Hosts' receipt chains: appending to this host's own (sequence numbers, reservations, the
+//! declared skip after a crash), what a registry knows about every host's chain (heads,
+//! activity, forks) and the evidence it holds against any key.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::records::insert_receipt_row;
 use super::{Registry, db_error, parse_stored};
-use crate::identity::PublicKey;
+use crate::identity::{PublicKey, SecretKey};
+use crate::receipt::{RECEIPT_SEQ_BLOCK, Receipt, SignedReceipt};
+use crate::signed::Signed;
 use crate::{Error, Hash};
 
 /// Two receipts signed by one host with the same sequence number: proof that the host showed
@@ -189,5 +193,89 @@ impl Registry {
                 misbehaviour,
             })
         })
+    }
+}
+
+impl Registry {
+    /// Signs and stores this host's next receipt: `receipt` with its `seq` and `prev` set to
+    /// follow the host's last receipt. Appends are serialised, so the chain never forks on one
+    /// host. Returns once the receipt is committed (see the durability contract on
+    /// [`Registry`]).
+    pub fn append_receipt(
+        &self,
+        host_key: &SecretKey,
+        receipt: Receipt,
+    ) -> Result<SignedReceipt, Error> {
+        self.write(append(host_key.clone(), receipt))
+    }
+
+    /// [`Registry::append_receipt`] for async callers, without a thread blocked on the commit.
+    pub fn append_receipt_async(
+        &self,
+        host_key: &SecretKey,
+        receipt: Receipt,
+    ) -> impl Future<Output = Result<SignedReceipt, Error>> + Send + 'static {
+        self.write_async(append(host_key.clone(), receipt))
+    }
+}
+
+/// The write that signs `receipt` as `host_key`'s next receipt and stores it.
+///
+/// The sequence number follows the host's last stored receipt, or jumps to where the registry
+/// resumed after an unclean shutdown (`receipt_seq.resume_at`, see `Registry::open`). Numbers
+/// are reserved a block at a time (`reserved_until`), and a reservation is flushed to the disk
+/// before the receipt that takes it is answered, so a number is never used twice.
+fn append(
+    host_key: SecretKey,
+    mut receipt: Receipt,
+) -> impl FnOnce(&Connection, &std::path::Path) -> Result<SignedReceipt, Error> + Send + 'static {
+    move |conn, path| {
+        let db = |e| db_error(path, e);
+        let host = host_key.public().to_hex();
+        let last: Option<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT seq, hash FROM receipts WHERE host = ?1 ORDER BY seq DESC LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        let after_last = last.as_ref().map_or(0, |(seq, _)| *seq + 1);
+        let reservation: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT resume_at, reserved_until FROM receipt_seq WHERE host = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        let (resume_at, reserved_until) = reservation.unwrap_or((0, 0));
+        let seq = after_last.max(resume_at);
+        if seq >= reserved_until {
+            let block = RECEIPT_SEQ_BLOCK as i64;
+            conn.prepare_cached(
+                "INSERT INTO receipt_seq (host, resume_at, reserved_until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (host) DO UPDATE SET reserved_until = excluded.reserved_until",
+            )
+            .and_then(|mut stmt| stmt.execute(params![host, resume_at, (seq / block + 1) * block]))
+            .map_err(db)?;
+            super::sync_before_answering();
+        }
+        receipt.seq = u64::try_from(seq).map_err(|_| Error::Corrupt {
+            path: path.to_owned(),
+            what: "a negative receipt sequence number".into(),
+        })?;
+        receipt.prev = match last {
+            Some((_, hash)) => Some(parse_stored(path, &hash)?),
+            None => None,
+        };
+        let receipt = Signed::sign(receipt, &host_key)?;
+        insert_receipt_row(conn, &receipt, None).map_err(db)?;
+        if let Some(request) = receipt.body().request {
+            conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
+                .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))
+                .map_err(db)?;
+        }
+        Ok(receipt)
     }
 }

@@ -22,8 +22,9 @@
 //!
 //! The parts: [`schema`] (migrations), [`records`] (storing and reading signed records),
 //! [`ingest`] (checking evidence from other keys against what it refers to), [`chain`]
-//! (hosts' receipt chains and the evidence against keys), [`evidence`] (reading
-//! evidence back for peers and for scores) and [`kv`] (agents' memory).
+//! (appending to this host's receipt chain; every host's chain and the evidence against keys),
+//! [`evidence`] (reading evidence back for peers and for scores), [`kv`] (agents' memory) and
+//! [`writer`] (the writer thread: group commit and the WAL flush schedule).
 
 mod chain;
 mod evidence;

@@ -337,7 +337,7 @@ impl Node {
         options: PublishOptions,
     ) -> Result<Published, PublishError> {
         let hash = Hash::of(component);
-        let checked = self.check_component(component.to_vec()).await?;
+        let checked = self.check_hashed(hash, component.to_vec()).await?;
         let info = self.0.sandbox.info(&checked).await?;
         let limits = options
             .limits
@@ -681,6 +681,16 @@ impl Node {
         blocking(move || node.0.sandbox.check(&bytes)).await
     }
 
+    async fn check_hashed(
+        &self,
+        hash: Hash,
+        bytes: impl Into<bytes::Bytes>,
+    ) -> Result<Arc<crate::sandbox::CheckedComponent>, crate::error::CheckError> {
+        let node = self.clone();
+        let bytes = bytes.into();
+        blocking(move || node.0.sandbox.check_hashed(hash, &bytes)).await
+    }
+
     async fn load_component(
         &self,
         agent: &str,
@@ -714,7 +724,8 @@ impl Node {
                 actual,
             });
         }
-        self.check_component(bytes)
+        // `actual` was just computed from these bytes: no need to hash them again.
+        self.check_hashed(actual, bytes)
             .await
             .map_err(|source| RunError::Check {
                 agent: agent.to_owned(),

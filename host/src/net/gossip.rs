@@ -268,11 +268,6 @@ fn record_evidence(
     node: &Node,
     messages: &[iroh_gossip::api::Message],
 ) -> Vec<Result<bool, String>> {
-    let inserted = |result: Result<Inserted, agora_registry::Error>| match result {
-        Ok(Inserted::New) => Ok(true),
-        Ok(Inserted::AlreadyPresent | Inserted::Pending) => Ok(false),
-        Err(error) => Err(error.to_string()),
-    };
     let mut results: Vec<Result<bool, String>> = vec![Ok(false); messages.len()];
     let of_kind = |kind: u8| -> (Vec<usize>, Vec<&[u8]>) {
         messages
@@ -316,18 +311,11 @@ fn record_evidence(
         }
     }
     if !verified.is_empty() {
-        match node.registry().insert_receipts(verified) {
-            Ok(answers) => {
-                for (position, answer) in stored_at.into_iter().zip(answers) {
-                    results[position] = inserted(answer);
-                }
-            }
-            Err(error) => {
-                for position in stored_at {
-                    results[position] = Err(error.to_string());
-                }
-            }
-        }
+        place(
+            &mut results,
+            stored_at,
+            node.registry().insert_receipts(verified),
+        );
     }
 
     // Feedback goes second: it may rate a receipt that arrived in the same batch.
@@ -347,20 +335,38 @@ fn record_evidence(
         }
     }
     if !verified.is_empty() {
-        match node.registry().insert_feedback_batch(verified) {
-            Ok(answers) => {
-                for (position, answer) in stored_at.into_iter().zip(answers) {
-                    results[position] = inserted(answer);
-                }
+        place(
+            &mut results,
+            stored_at,
+            node.registry().insert_feedback_batch(verified),
+        );
+    }
+    results
+}
+
+/// Puts each stored record's answer (`Ok(true)` if it was new) at its message's position; a batch
+/// that failed as a whole fails each of its records.
+fn place(
+    results: &mut [Result<bool, String>],
+    stored_at: Vec<usize>,
+    answers: Result<Vec<Result<Inserted, agora_registry::Error>>, agora_registry::Error>,
+) {
+    match answers {
+        Ok(answers) => {
+            for (position, answer) in stored_at.into_iter().zip(answers) {
+                results[position] = match answer {
+                    Ok(Inserted::New) => Ok(true),
+                    Ok(Inserted::AlreadyPresent | Inserted::Pending) => Ok(false),
+                    Err(error) => Err(error.to_string()),
+                };
             }
-            Err(error) => {
-                for position in stored_at {
-                    results[position] = Err(error.to_string());
-                }
+        }
+        Err(error) => {
+            for position in stored_at {
+                results[position] = Err(error.to_string());
             }
         }
     }
-    results
 }
 
 /// Verifies a manifest announcement and records it; `Ok(false)` if it was already known.
@@ -373,7 +379,7 @@ async fn record_manifest(node: &Node, message: &[u8]) -> Result<bool, String> {
         return Err("oversized manifest".into());
     }
     let manifest = SignedManifest::from_bytes(bytes).map_err(|e| e.to_string())?;
-    // The insert waits for a durable commit: keep it off the async executor.
+    // The insert waits for the registry's writer: keep it off the async executor.
     let inserted = {
         let (node, manifest) = (node.clone(), manifest.clone());
         tokio::task::spawn_blocking(move || node.registry().insert_manifest(&manifest))

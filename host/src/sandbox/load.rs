@@ -89,15 +89,18 @@ impl Sandbox {
     ///
     /// This may take seconds for a large component: call it off the async executor.
     pub fn check(&self, bytes: &[u8]) -> Result<Arc<CheckedComponent>, CheckError> {
-        let size = bytes.len() as u64;
-        if size > self.limits.max_component_bytes {
-            return Err(CheckError::TooLarge {
-                size,
-                limit: self.limits.max_component_bytes,
-            });
-        }
+        self.within_size(bytes)?;
         // Everything is keyed by the hash of the bytes themselves, never by a hash someone claims.
-        let hash = Hash::of(bytes);
+        self.check_hashed(Hash::of(bytes), bytes)
+    }
+
+    /// [`Sandbox::check`] for bytes whose hash the caller has just computed itself.
+    pub(crate) fn check_hashed(
+        &self,
+        hash: Hash,
+        bytes: &[u8],
+    ) -> Result<Arc<CheckedComponent>, CheckError> {
+        self.within_size(bytes)?;
         if let Some(checked) = self.cached(&hash) {
             return Ok(checked);
         }
@@ -123,6 +126,17 @@ impl Sandbox {
             .clone();
         lock(&self.compiling).remove(&hash);
         result
+    }
+
+    fn within_size(&self, bytes: &[u8]) -> Result<(), CheckError> {
+        let size = bytes.len() as u64;
+        if size > self.limits.max_component_bytes {
+            return Err(CheckError::TooLarge {
+                size,
+                limit: self.limits.max_component_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// A component already loaded, in memory or from this host's compiled-code cache on disk,

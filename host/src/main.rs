@@ -59,6 +59,10 @@ enum Command {
         /// or caller the operator vouches for.
         #[arg(long = "anchor", value_name = "KEY")]
         anchors: Vec<PublicKey>,
+        /// A web origin (e.g. `https://dashboard.example`) whose pages may call the API; repeat
+        /// for more. By default a request carrying any `Origin` is refused.
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allowed_origins: Vec<String>,
     },
     /// Show an agent's reputation as a host's HTTP API reports it.
     Reputation {
@@ -242,7 +246,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(data_dir, args).await,
-        Command::Host { net, api, anchors } => {
+        Command::Host {
+            net,
+            api,
+            anchors,
+            allowed_origins,
+        } => {
             let node = open(data_dir).await?;
             let network = Network::start(node.clone(), net.config()?).await?;
             println!("host {}", node.public_key());
@@ -253,6 +262,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         listen,
                         extra_anchors: anchors,
                         gossip: Some(network.gossip_stats_handle()),
+                        allowed_origins,
+                        ..agora_host::api::ApiConfig::default()
                     };
                     let server = agora_host::api::ApiServer::start(node.clone(), config).await?;
                     println!("api http://{}", server.addr());

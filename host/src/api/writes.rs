@@ -1,0 +1,172 @@
+//! The write endpoints: signed receipts and feedback from anyone, verified before they are
+//! stored, and caller-signed invocations, admitted by the caller's rate and a slot. Each refusal
+//! is a 4xx that names the fault.
+
+use std::sync::atomic::Ordering;
+
+use agora_registry::{Hash, Inserted, ReceiptMessage, SignedFeedback};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::error::ApiError;
+
+pub(crate) async fn post_receipt(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use agora_registry::Error as E;
+    state.count();
+    let reject = |status, message| state.reject(status, message);
+    let node = state.node.clone();
+    // Checking signatures and waiting for a durable commit both stay off the async executor.
+    let checked = tokio::task::spawn_blocking(move || {
+        let (receipt, request) = ReceiptMessage::parse(&body).and_then(|m| m.verify())?;
+        let inserted = node.registry().insert_receipt(&receipt, request.as_ref());
+        Ok::<_, agora_registry::Error>((receipt.hash(), inserted))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (hash, inserted) = checked.map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let inserted = match inserted {
+        Ok(inserted) => inserted,
+        Err(e @ (E::Invalid { .. } | E::Malformed { .. })) => {
+            return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        Err(e @ E::Quota { .. }) => {
+            return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    if inserted == Inserted::New {
+        state
+            .metrics
+            .receipts_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        state.evidence_arrived();
+    }
+    Ok(created(inserted, hash))
+}
+
+pub(crate) async fn post_feedback(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use agora_registry::Error as E;
+    state.count();
+    let reject = |status, message| state.reject(status, message);
+    let node = state.node.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let feedback = SignedFeedback::from_bytes(&body)?;
+        let inserted = node.registry().insert_feedback(&feedback);
+        Ok::<_, agora_registry::Error>((feedback.hash(), inserted))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (hash, inserted) = checked.map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let inserted = match inserted {
+        Ok(inserted) => inserted,
+        Err(e @ (E::UnknownReceipt(_) | E::UnknownAgent { .. })) => {
+            return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
+        }
+        Err(e @ E::DuplicateFeedback(_)) => {
+            return Err(reject(StatusCode::CONFLICT, e.to_string()));
+        }
+        Err(e @ (E::Feedback(_) | E::Invalid { .. })) => {
+            return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        Err(e @ E::Quota { .. }) => {
+            return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    if inserted == Inserted::New {
+        state
+            .metrics
+            .feedback_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        state.evidence_arrived();
+    }
+    Ok(created(inserted, hash))
+}
+
+/// A caller-signed request to run an agent here. The request and the payload travel as strings
+/// so that their bytes are exactly those the caller signed and hashed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Invoke {
+    /// The signed request envelope (`agora/request/v1`).
+    request: String,
+    /// The action.
+    action: String,
+    /// The payload, exactly as hashed into the request's input hash.
+    payload: String,
+}
+
+pub(crate) async fn invoke(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    use crate::RunError;
+    use agora_registry::Error as E;
+    state.count();
+    let reject = |status, message| state.reject(status, message);
+    let call: Invoke = serde_json::from_slice(&body)
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let request = agora_registry::SignedRequest::from_bytes(call.request.as_bytes())
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    // Only a verified caller is charged against its rate; then one of the invocation slots,
+    // held until the call has run and its receipt is stored.
+    state.edge.admit_caller(&request.body().caller)?;
+    let _slot = state.edge.invocation_slot()?;
+    let execution = match state
+        .node
+        .run_request(&request, &call.action, call.payload.as_bytes())
+        .await
+    {
+        Ok(execution) => execution,
+        Err(e @ RunError::InputMismatch { .. }) => {
+            return Err(reject(StatusCode::BAD_REQUEST, e.to_string()));
+        }
+        Err(e @ RunError::Registry(E::Replayed { .. })) => {
+            return Err(reject(StatusCode::CONFLICT, e.to_string()));
+        }
+        Err(
+            e @ RunError::Registry(
+                E::WrongHost { .. }
+                | E::RequestExpired { .. }
+                | E::RequestTooLongLived { .. }
+                | E::Malformed { .. },
+            ),
+        ) => return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e @ RunError::Registry(E::UnknownAgent { .. })) => {
+            return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt,
+    // which reaches the scores at the next refresh.
+    Ok(Json(json!({
+        "outcome": execution.outcome.name(),
+        "error": execution.error().map(|e| e.to_string()),
+        "output": execution.output.as_deref().map(String::from_utf8_lossy),
+        "fuel_used": execution.fuel_used,
+        "charge": execution.charge,
+        "receipt": String::from_utf8_lossy(execution.receipt.as_bytes()),
+    })))
+}
+
+fn created(inserted: Inserted, hash: Hash) -> Response {
+    let status = match inserted {
+        Inserted::New => StatusCode::CREATED,
+        Inserted::AlreadyPresent => StatusCode::OK,
+        // Kept until what it refers to arrives.
+        Inserted::Pending => StatusCode::ACCEPTED,
+    };
+    (status, Json(json!({ "hash": hash }))).into_response()
+}

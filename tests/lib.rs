@@ -65,7 +65,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// A request signed by `caller` for `host` to run `action` with `payload` on `agent`, valid for
-/// a minute.
+/// a minute, with 5e7 fuel.
 pub fn sign_request(
     caller: &agora_registry::SecretKey,
     host: agora_registry::PublicKey,
@@ -73,13 +73,25 @@ pub fn sign_request(
     action: &str,
     payload: &[u8],
 ) -> agora_registry::SignedRequest {
+    sign_request_with_fuel(caller, host, agent, action, payload, 50_000_000)
+}
+
+/// [`sign_request`] with the caller's fuel budget.
+pub fn sign_request_with_fuel(
+    caller: &agora_registry::SecretKey,
+    host: agora_registry::PublicKey,
+    agent: agora_registry::Hash,
+    action: &str,
+    payload: &[u8],
+    fuel_limit: u64,
+) -> agora_registry::SignedRequest {
     agora_registry::Signed::sign(
         agora_registry::CallRequest {
             caller: caller.public(),
             host,
             agent,
             input_hash: agora_registry::request_hash(action, payload),
-            fuel_limit: 50_000_000,
+            fuel_limit,
             nonce: agora_registry::CallRequest::new_nonce(),
             expires_at_ms: now_ms() + 60_000,
         },
@@ -195,4 +207,108 @@ pub fn interpreted_agent(language: &str, name: &str) -> Vec<u8> {
             path.display()
         )
     })
+}
+
+/// HTTP/1.1 spoken byte by byte, for tests of the HTTP edge: what a test writes is exactly what
+/// the server reads, malformed or slow as the test needs.
+pub mod raw_http {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Longest an exchange may take before the test fails.
+    const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A response as read off the wire.
+    #[derive(Debug)]
+    pub struct Answer {
+        /// The status code.
+        pub status: u16,
+        /// The header block, as sent.
+        pub head: String,
+        /// The body, as sent (no transfer decoding: the server sends lengths, not chunks).
+        pub body: Vec<u8>,
+    }
+
+    impl Answer {
+        /// A header's value, by case-insensitive name.
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().skip(1).find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name).then(|| value.trim())
+            })
+        }
+
+        /// The `error` the server named in a JSON body.
+        pub fn error(&self) -> String {
+            serde_json::from_slice::<serde_json::Value>(&self.body)
+                .ok()
+                .and_then(|body| body["error"].as_str().map(String::from))
+                .unwrap_or_else(|| {
+                    format!("(no JSON error: {})", String::from_utf8_lossy(&self.body))
+                })
+        }
+    }
+
+    /// A request with `Connection: close` and the given extra header lines (each ending in
+    /// `\r\n`).
+    pub fn request(method: &str, path: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
+        let mut bytes = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra_headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// A JSON POST.
+    pub fn post_json(path: &str, body: &[u8]) -> Vec<u8> {
+        request("POST", path, "Content-Type: application/json\r\n", body)
+    }
+
+    /// Writes `request` on a fresh connection and reads the response to the end.
+    pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
+        tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(request).await.expect("write request");
+            read_answer(&mut stream).await
+        })
+        .await
+        .expect("the server answered in time")
+    }
+
+    /// Reads one response to the end of the connection.
+    pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> Answer {
+        let mut response = Vec::new();
+        // A server that answers early (413, 431) may reset the connection while the client
+        // still writes; what was read before the reset is the answer.
+        let _ = stream.read_to_end(&mut response).await;
+        parse(&response)
+    }
+
+    /// Splits a response into status, head and body.
+    pub fn parse(response: &[u8]) -> Answer {
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no response head in {:?}",
+                    String::from_utf8_lossy(response)
+                )
+            });
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        Answer {
+            status,
+            head,
+            body: response[split + 4..].to_vec(),
+        }
+    }
 }

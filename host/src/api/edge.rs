@@ -27,6 +27,7 @@ pub(crate) struct Edge {
     allowed_origins: Vec<String>,
     /// `Some` when the API listens on loopback: the host names a request may carry.
     loopback_names: Option<Vec<String>>,
+    max_body_bytes: usize,
     requests: Arc<Semaphore>,
     invocations: Arc<Semaphore>,
     rates: CallerRates,
@@ -49,6 +50,7 @@ impl Edge {
                 .map(|origin| origin.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
             loopback_names,
+            max_body_bytes: limits.max_body_bytes,
             requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             invocations: Arc::new(Semaphore::new(limits.max_concurrent_invocations)),
             rates: CallerRates::new(limits),
@@ -86,6 +88,20 @@ impl Edge {
                     ),
                 ));
             }
+        }
+        // A body announced as too large is refused before a byte of it is read; one that does
+        // not announce its length is cut by the body limit as it arrives.
+        let announced = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > self.max_body_bytes as u64) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a request body may be at most {} bytes",
+                    self.max_body_bytes
+                ),
+            ));
         }
         if request.method() == Method::POST {
             let content_type = headers

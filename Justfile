@@ -19,6 +19,12 @@ guests-interpreted:
 # Run every test (the README's test command).
 test: guests-interpreted
     cargo test --workspace
+    tests/schemathesis/run.sh
+
+# Fuzz the HTTP API against its OpenAPI document with schemathesis (installed from PyPI);
+# more examples per operation than the test run's 50.
+fuzz-api examples="500":
+    tests/schemathesis/run.sh {{examples}}
 
 # Formatting and lints, as CI checks them.
 lint:

@@ -128,7 +128,7 @@ async fn every_endpoint_and_its_errors() {
     );
     let (status, body) = http(&server, "GET", "/v1/agents?publisher=nobody", b"").await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).contains("invalid public key"));
+    assert!(error_of(&body).contains("is not a key: expected 64 hex digits"));
 
     // One agent: the signed manifest, which the client can verify.
     let (status, body) = http(&server, "GET", &format!("/v1/agents/{manifest}"), b"").await;
@@ -235,7 +235,7 @@ async fn every_endpoint_and_its_errors() {
     );
     let (status, body) = http(&server, "GET", "/v1/hosts/42", b"").await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).contains("invalid public key"));
+    assert!(error_of(&body).contains("is not a key: expected 64 hex digits"));
     let (status, record) = json(&server, &format!("/v1/publishers/{me}")).await;
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["agents"][0]["manifest"], manifest);

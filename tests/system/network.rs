@@ -1029,7 +1029,7 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut answer = String::new();

@@ -1,6 +1,7 @@
 //! The API's edge: what every request passes before a handler sees it, and the admission of
 //! invocations. It refuses requests a browser page could forge (a foreign `Origin`, a
-//! non-loopback `Host` on a loopback API, a body that is not JSON), sheds load beyond one global
+//! non-loopback `Host` on a loopback API; a body not declared JSON is refused where bodies are
+//! read, in [`super::extract`], after the method is known to be allowed), sheds load beyond one global
 //! concurrency limit with 503 instead of queueing, and rate-limits invocations per caller key.
 //! The connection-level bounds (header timeout, connection cap) are in [`super::server`].
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agora_registry::PublicKey;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -103,22 +104,6 @@ impl Edge {
                 ),
             ));
         }
-        if request.method() == Method::POST {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("");
-            let essence = content_type.split(';').next().unwrap_or("").trim();
-            if !essence.eq_ignore_ascii_case("application/json") {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!(
-                        "a POST body must be `Content-Type: application/json`, not `{}`",
-                        printable(content_type)
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -172,7 +157,7 @@ fn host_name(host: &str) -> &str {
 }
 
 /// A header value as it may be shown back: at most 64 characters, no control characters.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .take(64)
         .map(|c| if c.is_control() { '?' } else { c })

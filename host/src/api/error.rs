@@ -60,8 +60,17 @@ pub(crate) fn parse_hash(text: &str) -> Result<Hash, ApiError> {
     })
 }
 
-/// A key path segment, or 400 naming what is wrong with it.
-pub(crate) fn parse_key(text: &str) -> Result<PublicKey, ApiError> {
-    text.parse()
-        .map_err(|e: agora_registry::Error| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+/// A key to look up: 400 if it is not 64 hex digits; `None` if it is, but no ed25519 key has
+/// those bytes (nothing can be stored under it, so the lookup finds nothing).
+pub(crate) fn parse_key(text: &str) -> Result<Option<PublicKey>, ApiError> {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a key: expected 64 hex digits",
+                text.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    Ok(text.parse().ok())
 }

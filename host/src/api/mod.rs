@@ -18,6 +18,7 @@
 mod config;
 mod edge;
 mod error;
+mod extract;
 mod metrics;
 mod routes;
 mod scores;

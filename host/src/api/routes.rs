@@ -4,7 +4,7 @@
 
 use agora_registry::reputation::{Reputation, Scores};
 use agora_registry::{Hash, ReceiptCursor};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +17,7 @@ use tower_http::timeout::TimeoutLayer;
 use super::config::HttpLimits;
 use super::edge;
 use super::error::{ApiError, parse_key};
+use super::extract::{ApiPath, ApiQuery};
 use super::metrics::metrics;
 use super::writes::{invoke, post_feedback, post_receipt};
 use super::{OPENAPI, Shared};
@@ -25,6 +26,38 @@ use super::{OPENAPI, Shared};
 const MAX_PAGE: usize = 500;
 /// Items in a page when the client does not say.
 const DEFAULT_PAGE: usize = 50;
+
+/// A cursor as this host writes them: 1 to 18 decimal digits, no sign, at least `min`, no
+/// leading zero. Anything else is refused rather than read leniently (`+5`), as the OpenAPI
+/// document's pattern says.
+fn cursor_digits(text: &str, min: u64) -> Option<&str> {
+    let digits = (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    let canonical = text == "0" || !text.starts_with('0');
+    (digits && canonical && text.parse::<u64>().is_ok_and(|n| n >= min)).then_some(text)
+}
+
+fn not_a_cursor(cursor: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "`{}` is not a cursor this host returned",
+            cursor.chars().take(32).collect::<String>()
+        ),
+    )
+}
+
+/// The page size a client asked for: 1 to [`MAX_PAGE`], or 400 naming the bounds (a silently
+/// smaller page would look like the end of the list).
+fn page_size(asked: Option<usize>) -> Result<usize, ApiError> {
+    match asked {
+        None => Ok(DEFAULT_PAGE),
+        Some(limit @ 1..=MAX_PAGE) => Ok(limit),
+        Some(limit) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit {limit} is outside 1..={MAX_PAGE}"),
+        )),
+    }
+}
 
 /// The routes, behind the edge: the request checks and load shedding first, then the body limit
 /// and the timeout.
@@ -84,22 +117,21 @@ struct AgentFilter {
 
 async fn list_agents(
     State(state): State<Shared>,
-    Query(filter): Query<AgentFilter>,
+    ApiQuery(filter): ApiQuery<AgentFilter>,
 ) -> Result<Json<Value>, ApiError> {
     state.count();
-    let publisher = filter.publisher.as_deref().map(parse_key).transpose()?;
-    let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = page_size(filter.limit)?;
     let skip: usize = match filter.cursor.as_deref() {
         None => 0,
-        Some(cursor) => cursor.parse().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "`{}` is not a cursor this host returned",
-                    cursor.chars().take(32).collect::<String>()
-                ),
-            )
-        })?,
+        Some(cursor) => cursor_digits(cursor, 0)
+            .and_then(|digits| digits.parse().ok())
+            .ok_or_else(|| not_a_cursor(cursor))?,
+    };
+    let publisher = match filter.publisher.as_deref().map(parse_key).transpose()? {
+        None => None,
+        Some(Some(key)) => Some(key),
+        // Bytes that are no key: nobody published under them.
+        Some(None) => return Ok(Json(json!({ "agents": [], "next": null }))),
     };
     let snapshot = state.snapshot();
     let scores = &snapshot.scores;
@@ -157,7 +189,7 @@ async fn list_agents(
 
 async fn agent_manifest(
     State(state): State<Shared>,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.count();
     let manifest = state.manifest(&hash).await?;
@@ -171,7 +203,7 @@ async fn agent_manifest(
 
 async fn agent_reputation(
     State(state): State<Shared>,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.count();
     let manifest = state.manifest(&hash).await?;
@@ -193,18 +225,20 @@ struct Page {
 
 async fn agent_receipts(
     State(state): State<Shared>,
-    Path(hash): Path<String>,
-    Query(page): Query<Page>,
+    ApiPath(hash): ApiPath<String>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
     state.count();
     let manifest = state.manifest(&hash).await?;
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let after = page
-        .cursor
-        .as_deref()
-        .map(str::parse::<ReceiptCursor>)
-        .transpose()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let limit = page_size(page.limit)?;
+    let after = match page.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            cursor_digits(cursor, 1)
+                .and_then(|digits| digits.parse::<ReceiptCursor>().ok())
+                .ok_or_else(|| not_a_cursor(cursor))?,
+        ),
+    };
     let manifest_hash = manifest.hash();
     let page = state
         .read(move |registry| registry.receipts_page(&manifest_hash, after, limit))
@@ -248,20 +282,23 @@ async fn agent_receipts(
 
 async fn host_record(
     State(state): State<Shared>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.count();
-    let host = parse_key(&key)?;
+    let no_record = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no receipts from host {key} and no trust in it"),
+        )
+    };
+    let host = parse_key(&key)?.ok_or_else(no_record)?;
     let record = state
         .read(move |registry| registry.host_record(&host))
         .await?;
     let snapshot = state.snapshot();
     let trust = snapshot.scores.trust_in(&host);
     if record.receipts == 0 && trust == 0.0 {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no receipts from host {host} and no trust in it"),
-        ));
+        return Err(no_record());
     }
     Ok(Json(json!({
         "host": host,
@@ -288,18 +325,21 @@ async fn host_record(
 
 async fn publisher_record(
     State(state): State<Shared>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.count();
-    let publisher = parse_key(&key)?;
+    let none_by = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agents published by {key}"),
+        )
+    };
+    let publisher = parse_key(&key)?.ok_or_else(none_by)?;
     let manifests = state
         .read(move |registry| registry.manifests_by(&publisher))
         .await?;
     if manifests.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no agents published by {publisher}"),
-        ));
+        return Err(none_by());
     }
     let snapshot = state.snapshot();
     let scores = &snapshot.scores;

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 
 use agora_registry::{Hash, Inserted, ReceiptMessage, SignedFeedback};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,10 +14,11 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::error::ApiError;
+use super::extract::ApiBody;
 
 pub(crate) async fn post_receipt(
     State(state): State<Shared>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     use agora_registry::Error as E;
     state.count();
@@ -55,7 +55,7 @@ pub(crate) async fn post_receipt(
 
 pub(crate) async fn post_feedback(
     State(state): State<Shared>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     use agora_registry::Error as E;
     state.count();
@@ -110,7 +110,7 @@ struct Invoke {
 
 pub(crate) async fn invoke(
     State(state): State<Shared>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<Value>, ApiError> {
     use crate::RunError;
     use agora_registry::Error as E;

@@ -106,6 +106,40 @@ async fn core_modules_garbage_and_oversized_components_are_rejected() {
 }
 
 #[tokio::test]
+async fn a_component_using_a_wasm_feature_agents_do_not_need_is_refused_naming_it() {
+    let host = TestHost::new().await;
+    let cases = [
+        ("(memory i64 1)", "memory64"),
+        ("(memory 1) (memory 1)", "multiple memories"),
+        ("(type (struct)) ", "gc"),
+        ("(tag) ", "exceptions"),
+        ("(func (return_call 0))", "tail call"),
+        (
+            "(func (param v128) (result v128) local.get 0 local.get 0 i8x16.relaxed_swizzle)",
+            "relaxed SIMD",
+        ),
+        ("(memory 1 1 shared)", "threads"),
+    ];
+    for (module, feature) in cases {
+        let component = wat::parse_str(format!("(component (core module {module}))")).unwrap();
+        let err = host
+            .node
+            .publish(&component, PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::Check(CheckError::Invalid(_))),
+            "{feature}: {err}"
+        );
+        assert!(
+            err.to_string().to_lowercase().contains(&feature.to_lowercase()),
+            "{err} should name {feature}"
+        );
+    }
+    assert!(host.node.registry().manifests().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn runtimes_that_import_sockets_http_and_newer_wasi_still_publish_and_run() {
     let host = TestHost::new().await;
     let hostile = host.publish(HOSTILE).await;

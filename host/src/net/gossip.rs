@@ -124,8 +124,21 @@ pub(super) async fn announce_new_releases(node: Node, sender: GossipSender) {
                 tracing::warn!(%error, "pruning expired requests");
             }
         }
-        let evidence = match node.registry().evidence_since(&node.public_key(), cursor) {
-            Ok(evidence) => evidence,
+        // Reading a tick's evidence can take a while behind a busy registry: off the executor,
+        // which also runs the deadlines that stop guests.
+        let reader = node.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            reader
+                .registry()
+                .evidence_since(&reader.public_key(), cursor)
+        })
+        .await;
+        let evidence = match read {
+            Ok(Ok(evidence)) => evidence,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading what to announce");
+                continue;
+            }
             Err(error) => {
                 tracing::warn!(%error, "reading what to announce");
                 continue;

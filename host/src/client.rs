@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -89,14 +89,35 @@ impl ApiClient {
     /// GETs `path` (with any query) and parses the JSON answer. A non-2xx status is an error
     /// carrying the message the host gave.
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        self.exchange(hyper::Method::GET, path, None).await
+    }
+
+    /// POSTs `body` as JSON to `path` and parses the JSON answer. A non-2xx status is an error
+    /// carrying the message the host gave.
+    pub async fn post_json(&self, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
+        self.exchange(hyper::Method::POST, path, Some(body)).await
+    }
+
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, ClientError> {
         let url = format!("http://{}{path}", self.authority);
-        match tokio::time::timeout(TIMEOUT, self.get(&url, path)).await {
+        match tokio::time::timeout(TIMEOUT, self.send(&url, method, path, body)).await {
             Ok(answer) => answer,
             Err(_) => Err(ClientError::Timeout { url }),
         }
     }
 
-    async fn get(&self, url: &str, path: &str) -> Result<Value, ClientError> {
+    async fn send(
+        &self,
+        url: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             url: url.to_owned(),
             reason,
@@ -108,10 +129,16 @@ impl ApiClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let driver = tokio::spawn(connection);
-        let request = hyper::Request::get(path)
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
+            .header(hyper::header::ACCEPT, "application/json");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| unreachable(e.to_string()))?;
         let response = sender
             .send_request(request)

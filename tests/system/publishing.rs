@@ -132,7 +132,9 @@ async fn a_component_using_a_wasm_feature_agents_do_not_need_is_refused_naming_i
             "{feature}: {err}"
         );
         assert!(
-            err.to_string().to_lowercase().contains(&feature.to_lowercase()),
+            err.to_string()
+                .to_lowercase()
+                .contains(&feature.to_lowercase()),
             "{err} should name {feature}"
         );
     }

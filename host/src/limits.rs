@@ -45,6 +45,15 @@ pub struct Limits {
     pub max_wall: Duration,
     /// Output of one call, in bytes. Default 1 MiB.
     pub max_output_bytes: u64,
+    /// Most bytes a guest may hand the host in one crossing: its result, or the arguments of one
+    /// host call (a log message before it is truncated, a kv value, a `call-agent` payload,
+    /// WASI data), every string and list in it counted, aliases included. Default 1 MiB +
+    /// 64 KiB (the output cap and room for its envelope). Over it the call ends `output-limit`
+    /// before the host copies anything (wasmtime's hostcall fuel).
+    pub max_transfer_bytes: usize,
+    /// Host resources (WASI streams and pollables, `wasi:http` fields, …) one call may hold at
+    /// once. Default 1,000. Over it the call traps.
+    pub max_resource_handles: usize,
     /// Everything one call may log (host `log`, stdout and stderr each), in bytes. Default 64 KiB.
     pub max_log_bytes: usize,
     /// One `log` message; longer ones are truncated. Default 1 KiB.
@@ -71,6 +80,8 @@ impl Default for Limits {
             max_wasm_stack: 512 << 10,
             max_wall: Duration::from_secs(5),
             max_output_bytes: 1 << 20,
+            max_transfer_bytes: (1 << 20) + (64 << 10),
+            max_resource_handles: 1_000,
             max_log_bytes: 64 << 10,
             max_log_message_bytes: 1 << 10,
             max_call_depth: 4,

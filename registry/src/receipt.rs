@@ -124,7 +124,8 @@ pub enum Outcome {
     Timeout,
     /// The guest asked for more memory (or tables, or instances) than allowed.
     MemoryLimit,
-    /// The output was larger than allowed.
+    /// The agent handed the host more bytes than allowed: its output, or the arguments of one
+    /// host call.
     OutputLimit,
     /// The guest logged more than allowed.
     LogLimit,

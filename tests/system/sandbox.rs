@@ -109,6 +109,38 @@ async fn returning_100_mib_hits_the_output_limit() {
 }
 
 #[tokio::test]
+async fn handing_the_host_more_than_one_crossing_may_carry_ends_output_limit_before_any_copy() {
+    let (host, agent) = hostile_host(Limits {
+        max_wall: Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
+    // A 16 MiB log message, a 100 MiB call-agent payload: each stopped as its bytes are counted,
+    // before the host allocates for them, so the host's own memory never holds them.
+    for action in ["big-log", "big-call-payload"] {
+        let execution = run(&host, &agent, action, agent.as_bytes(), None).await;
+        assert_eq!(execution.outcome, Outcome::OutputLimit, "{action}");
+    }
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn a_guest_hoarding_http_fields_is_stopped_at_its_handle_limit() {
+    let (host, agent) = hostile_host(Limits {
+        max_resource_handles: 200,
+        max_wall: Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
+    let execution = run(&host, &agent, "fields-hoard", b"", None).await;
+    let Outcome::Trap { message } = &execution.outcome else {
+        panic!("{:?}: {}", execution.outcome, text(&execution));
+    };
+    assert!(message.contains("handle limit exceeded"), "{message}");
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
 async fn a_panic_is_a_trap() {
     let (host, agent) = hostile_host(Limits::default()).await;
     let execution = run(&host, &agent, "panic", b"", None).await;

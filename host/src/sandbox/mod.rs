@@ -61,6 +61,11 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 /// Messages in receipts and errors are cut to this many bytes.
 const MAX_MESSAGE_BYTES: usize = 512;
+/// Bytes of names and values one `wasi:http` fields object may hold.
+const HTTP_FIELDS_BYTES: usize = 8 << 10;
+/// How wasmtime 48 reports a crossing over the hostcall fuel ([`Limits::max_transfer_bytes`]):
+/// its error type is private, so the message is matched (a test fails if it changes).
+const TRANSFER_LIMIT_MESSAGE: &str = "too much data is being copied between the host and the guest";
 
 /// One line an agent logged through the `log` host function.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,11 +281,17 @@ impl Sandbox {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
+        let mut http = WasiHttpCtx::new();
+        // Outgoing HTTP is denied, so fields are never sent: a little room for runtimes that
+        // build a request before finding out, and no more host memory than that per object.
+        http.set_field_size_limit(HTTP_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.limits.max_resource_handles);
         let state = AgentState {
             wasi,
-            http: WasiHttpCtx::new(),
+            http,
             http_hooks: DenyOutgoingHttp,
-            table: ResourceTable::new(),
+            table,
             limiter: InstanceLimiter::new(
                 limits.max_memory_bytes,
                 self.limits.max_table_elements,
@@ -292,6 +303,9 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        // What the guest hands the host is counted before it is copied, per crossing.
+        store.set_hostcall_fuel(self.limits.max_transfer_bytes);
+        store.set_max_component_handles(self.limits.max_resource_handles);
         store.set_fuel(fuel)?;
         store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
         let ticks = limits
@@ -403,6 +417,12 @@ fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outcome {
         || state.stderr.contents().len() >= state.call.log.max_total
     {
         return Outcome::LogLimit;
+    }
+    if error
+        .chain()
+        .any(|cause| cause.to_string().starts_with(TRANSFER_LIMIT_MESSAGE))
+    {
+        return Outcome::OutputLimit;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::FuelExhausted,

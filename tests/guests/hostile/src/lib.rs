@@ -153,10 +153,41 @@ impl exports::agora::agent::handler::Guest for Hostile {
                     .map_err(AgentError::Internal)?;
                 text((previous + 1).to_string())
             }
-            "kv-hog" => match host::kv_set("hog", &vec![0u8; 10 << 20]) {
+            // Over the value quota, within what one host call may carry.
+            "kv-hog" => match host::kv_set("hog", &vec![0u8; 512 << 10]) {
                 Ok(()) => text("stored"),
                 Err(e) => text(format!("refused: {e}")),
             },
+            // One log message of 16 MiB: more than the host takes in one crossing.
+            "big-log" => {
+                host::log(LogLevel::Info, &"x".repeat(16 << 20));
+                text("logged")
+            }
+            // A 100 MiB payload to the agent named in the payload.
+            "big-call-payload" => {
+                let inner = Request {
+                    action: "echo".into(),
+                    payload: vec![1u8; 100 << 20],
+                };
+                let result = host::call_agent(&payload_str(&req), &inner);
+                text(format!("callee: {:?}", result.map(|r| r.len())))
+            }
+            // Holds wasi:http fields objects, 4 KiB of headers each, until the host stops handing
+            // out more; reports how many it got if it ever stops asking.
+            "fields-hoard" => {
+                use wasi::http::types::Fields;
+                let mut hoard = Vec::new();
+                let value = vec![b'v'; 1024];
+                for _ in 0..1_000_000u32 {
+                    let fields = Fields::new();
+                    for header in 0..4 {
+                        let _ = fields.append(&format!("x-{header}"), &value);
+                    }
+                    hoard.push(fields);
+                }
+                text(format!("held {} fields objects", hoard.len()))
+            }
+            "unreachable" => std::process::abort(),
             other => Err(AgentError::BadRequest(format!("unknown action {other}"))),
         }
     }

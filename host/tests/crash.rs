@@ -17,7 +17,7 @@ use agora_registry::{
 };
 
 const RUNS: u64 = 20;
-const QUOTE: &[u8] = br#"{"distance_km": 4, "minutes": 11, "demand": 1}"#;
+const QUOTE: &[u8] = br#"{"trip": {"distance_m": 4000, "duration_s": 660}}"#;
 
 fn agora(data: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_agora"))

@@ -11,7 +11,7 @@ use agora_tests::{HOSTILE, TestHost, sign_request, sign_request_with_fuel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const QUOTE: &[u8] = br#"{"distance_km": 3, "minutes": 9, "demand": 1}"#;
+const QUOTE: &[u8] = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
 
 async fn serve(host: &TestHost, config: ApiConfig) -> ApiServer {
     ApiServer::start(host.node.clone(), config)

@@ -31,6 +31,10 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         state.node.registry().refused_over_quota(),
     );
     let mut text = text;
+    text.push_str(&format!(
+        "# TYPE agora_sqlite_memory_bytes gauge\nagora_sqlite_memory_bytes {}\n",
+        agora_registry::Registry::sqlite_memory_bytes()
+    ));
     let sandbox = state.node.sandbox().stats();
     text.push_str(&format!(
         "# TYPE agora_components_compiled_total counter\nagora_components_compiled_total {}\n\

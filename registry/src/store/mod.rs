@@ -198,6 +198,16 @@ impl Registry {
         self.wal_flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Bytes of memory SQLite holds in this process, over every registry and connection: page
+    /// caches (bounded per connection), prepared statements, the WAL index. It grows with the
+    /// database up to those bounds, so it is reported beside resident memory.
+    pub fn sqlite_memory_bytes() -> u64 {
+        // SAFETY: a read of SQLite's global memory counter (memory statistics are on in the
+        // bundled build); it takes no pointers and is safe from any thread.
+        let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        u64::try_from(used).unwrap_or(0)
+    }
+
     fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
         if let Err(Error::Quota { .. }) = &result {
             self.over_quota

@@ -125,6 +125,34 @@ async fn handing_the_host_more_than_one_crossing_may_carry_ends_output_limit_bef
 }
 
 #[tokio::test]
+async fn host_calls_cost_fuel_in_proportion_to_the_bytes_they_move() {
+    let (host, agent) = hostile_host(Limits::default()).await;
+    let fuel_to_read = |size: usize| {
+        let (host, agent) = (&host, &agent);
+        async move {
+            let written = run(host, agent, "kv-write", size.to_string().as_bytes(), None).await;
+            assert_eq!(text(&written), "written");
+            let read = run(host, agent, "kv-read", b"20", None).await;
+            assert_eq!(text(&read), (20 * size).to_string());
+            read.fuel_used
+        }
+    };
+    let small = fuel_to_read(10).await;
+    let large = fuel_to_read(60_000).await;
+    // The host copies the value into the guest, so without the charge the guest's own fuel
+    // barely differs; with it, every byte read costs a unit.
+    let moved = 20 * (60_000 - 10);
+    assert!(
+        large - small >= moved * 9 / 10,
+        "reading {moved} more bytes cost {} more fuel",
+        large - small
+    );
+    // And a guest with too little fuel left for a host call ends fuel-exhausted.
+    let starved = run(&host, &agent, "kv-read", b"1000", Some(2_000_000)).await;
+    assert_eq!(starved.outcome, Outcome::FuelExhausted);
+}
+
+#[tokio::test]
 async fn a_guest_hoarding_http_fields_is_stopped_at_its_handle_limit() {
     let (host, agent) = hostile_host(Limits {
         max_resource_handles: 200,

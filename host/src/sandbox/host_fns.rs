@@ -16,6 +16,27 @@ use crate::node::CallServices;
 /// host memory a kept line takes (a `LogLine` and its allocation).
 pub(crate) const LOG_LINE_OVERHEAD: usize = 64;
 
+/// Fuel every host call costs, whatever it moves: a host call does microseconds of host work,
+/// where a unit of fuel is about one wasm instruction. Part of what a receipt's fuel means, so
+/// fixed, not configurable: the same call costs the same fuel on every host.
+pub(crate) const HOST_CALL_FUEL: u64 = 1_000;
+/// Fuel per byte a host call moves between guest and host, both ways (a log message, a kv key
+/// and value, a `call-agent` payload and its answer): a guest that shuttles data through the
+/// host pays for the host's work in proportion.
+pub(crate) const HOST_FUEL_PER_BYTE: u64 = 1;
+
+/// Takes what a host call moving `bytes` costs out of the call's fuel; with too little left the
+/// call ends `fuel-exhausted`, as if the guest had spent it itself.
+fn charge(store: &mut StoreContextMut<'_, AgentState>, bytes: usize) -> wasmtime::Result<()> {
+    let cost = HOST_CALL_FUEL.saturating_add((bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE));
+    let left = store.get_fuel()?;
+    if left < cost {
+        store.set_fuel(0)?;
+        return Err(wasmtime::Trap::OutOfFuel.into());
+    }
+    store.set_fuel(left - cost)
+}
+
 /// Per-call context the host functions need.
 pub(crate) struct CallState {
     /// `name@version`, for messages.
@@ -78,6 +99,7 @@ pub(super) fn add_host_interface(
     host.func_wrap(
         "log",
         |mut store: StoreContextMut<'_, AgentState>, (level, message): (LogLevel, String)| {
+            charge(&mut store, message.len())?;
             let state = store.data_mut();
             let log = &mut state.call.log;
             let message = truncate(&message, log.max_message);
@@ -98,30 +120,42 @@ pub(super) fn add_host_interface(
         },
     )?;
 
-    host.func_wrap(
+    host.func_wrap_async(
         "kv-get",
-        |store: StoreContextMut<'_, AgentState>, (key,): (String,)| {
-            let Some(services) = &store.data().call.services else {
-                return Ok((None,));
-            };
-            match services.node.registry().kv_get(&services.kv, &key) {
-                Ok(value) => Ok((value,)),
-                // A storage failure is the host's problem; the agent sees an absent key and the
-                // operator sees the error.
-                Err(error) => {
-                    tracing::error!(%error, "agent kv read failed");
-                    Ok((None,))
-                }
-            }
+        |mut store: StoreContextMut<'_, AgentState>, (key,): (String,)| {
+            Box::new(async move {
+                charge(&mut store, key.len())?;
+                let Some(services) = store.data().call.services.clone() else {
+                    return Ok((None,));
+                };
+                // A read can wait behind the registry's writer; off the async executor.
+                let read = tokio::task::spawn_blocking(move || {
+                    services.node.registry().kv_get(&services.kv, &key)
+                })
+                .await;
+                let value = match read {
+                    Ok(Ok(value)) => value,
+                    // A storage failure is the host's problem; the agent sees an absent key and
+                    // the operator sees the error.
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "agent kv read failed");
+                        None
+                    }
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                };
+                charge(&mut store, value.as_ref().map_or(0, Vec::len))?;
+                Ok((value,))
+            })
         },
     )?;
 
     let kv_quota = limits.kv;
     host.func_wrap_async(
         "kv-set",
-        move |store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
-            let services = store.data().call.services.clone();
+        move |mut store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
             Box::new(async move {
+                charge(&mut store, key.len() + value.len())?;
+                let services = store.data().call.services.clone();
                 let Some(services) = services else {
                     return Ok((Err(
                         "agent memory is not available while publishing".to_string()
@@ -148,6 +182,10 @@ pub(super) fn add_host_interface(
         "call-agent",
         |mut store: StoreContextMut<'_, AgentState>, (agent, request): (String, Request)| {
             Box::new(async move {
+                charge(
+                    &mut store,
+                    agent.len() + request.action.len() + request.payload.len(),
+                )?;
                 let remaining = store.get_fuel()?;
                 let state = store.data();
                 let Some(services) = state.call.services.clone() else {
@@ -190,6 +228,7 @@ pub(super) fn add_host_interface(
                     fuel_used: execution.fuel_used,
                     charge: execution.charge,
                 });
+                charge(&mut store, execution.output.as_ref().map_or(0, Vec::len))?;
                 let result = match (execution.outcome, execution.output) {
                     (Outcome::Ok, Some(output)) => Ok(output),
                     (Outcome::AgentError { error, message }, _) => Err(match error.as_str() {

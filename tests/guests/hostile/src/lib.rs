@@ -187,6 +187,20 @@ impl exports::agora::agent::handler::Guest for Hostile {
                 }
                 text(format!("held {} fields objects", hoard.len()))
             }
+            // Stores `payload` bytes under "blob".
+            "kv-write" => {
+                let size: usize = payload_str(&req).parse().unwrap_or(0);
+                host::kv_set("blob", &vec![b'b'; size]).map_err(AgentError::Internal)?;
+                text("written")
+            }
+            // Reads "blob" as many times as the payload says; returns the bytes read.
+            "kv-read" => {
+                let times: usize = payload_str(&req).parse().unwrap_or(0);
+                let read: usize = (0..times)
+                    .map(|_| host::kv_get("blob").map_or(0, |value| value.len()))
+                    .sum();
+                text(read.to_string())
+            }
             "unreachable" => std::process::abort(),
             other => Err(AgentError::BadRequest(format!("unknown action {other}"))),
         }

@@ -81,7 +81,9 @@ impl ProtocolHandler for EvidenceProtocol {
     }
 }
 
-fn parse_ask(ask: &[u8]) -> Option<(EvidenceCursor, i64)> {
+/// Decodes a peer's question: its cursor and how many records of each kind it wants. `None` for
+/// anything but exactly four big-endian `i64`. Public so that it can be fuzzed.
+pub fn parse_ask(ask: &[u8]) -> Option<(EvidenceCursor, i64)> {
     let numbers: Vec<i64> = ask
         .chunks_exact(8)
         .map(|c| i64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
@@ -107,7 +109,9 @@ fn answer(
 ) -> Result<Vec<u8>, agora_registry::Error> {
     let evidence = node
         .registry()
-        .evidence_after(None, after, limit.min(ROUND_LIMIT))?;
+        // A negative limit is no limit at all to SQLite; the registry clamps too, this keeps the
+        // round bound visible where the peer's number arrives.
+        .evidence_after(None, after, limit.clamp(1, ROUND_LIMIT))?;
     let mut out = Vec::new();
     for n in [
         evidence.cursor.manifests,
@@ -210,9 +214,12 @@ async fn ask(connection: &Connection, cursor: EvidenceCursor) -> Result<Vec<u8>,
         .map_err(|e| format!("reading the answer: {e}"))
 }
 
-type Frames = Vec<(u8, Vec<u8>)>;
+/// Records as they travel in an answer: a kind byte and the record's bytes.
+pub type Frames = Vec<(u8, Vec<u8>)>;
 
-fn parse_answer(answer: &[u8]) -> Result<(EvidenceCursor, Frames), String> {
+/// Decodes a peer's answer: its new cursor and the frames after it, not yet verified. Public so
+/// that it can be fuzzed.
+pub fn parse_answer(answer: &[u8]) -> Result<(EvidenceCursor, Frames), String> {
     let malformed = || "malformed answer".to_owned();
     let number = |at: usize| -> Result<i64, String> {
         let bytes = answer.get(at..at + 8).ok_or_else(malformed)?;

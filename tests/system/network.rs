@@ -1137,3 +1137,39 @@ async fn a_host_that_joins_late_catches_up_on_existing_evidence_and_scores_the_s
     a_net.shutdown().await;
     b_net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_asking_for_a_negative_number_of_records_gets_one_round_not_everything() {
+    let host = TestHost::new().await;
+    let agent = host.publish(examples::RIDE_DRIVER).await;
+    let mut signer = agora_tests::SigningHost::new();
+    let caller = agora_registry::SecretKey::generate();
+    for _ in 0..300 {
+        let (receipt, request) = signer.call(&agent, &caller, Outcome::Ok, |_| {});
+        host.node
+            .registry()
+            .insert_receipt(&receipt, Some(&request))
+            .unwrap();
+    }
+    let net = online(&host).await;
+    let endpoint = bare_endpoint(&[net.addr()]).await;
+    let connection = endpoint
+        .connect(net.addr(), agora_host::sync::ALPN)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    // Cursor zero for every kind, and a limit of -1: to SQLite, no limit at all.
+    let mut ask = [0u8; 32];
+    ask[24..].copy_from_slice(&(-1i64).to_be_bytes());
+    send.write_all(&ask).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(64 << 20).await.unwrap();
+    let (_, frames) = agora_host::sync::parse_answer(&answer).unwrap();
+    let receipts = frames.iter().filter(|(kind, _)| *kind == 2).count();
+    assert!(
+        (1..=256).contains(&receipts),
+        "one round holds at most 256 receipts, got {receipts}"
+    );
+    endpoint.close().await;
+    net.shutdown().await;
+}

@@ -49,3 +49,12 @@ bench: guests-interpreted
     cargo bench -p agora-tests --bench fast_path
     cargo bench -p agora-host --bench start
     cargo bench -p agora-host --bench calls
+
+# Fuzz every decoder of untrusted bytes (records, catch-up frames, HTTP bodies against a live
+# host, component pre-checks) for `seconds` each with cargo-fuzz (nightly, libFuzzer; installs
+# cargo-fuzz from crates.io if missing). Not part of CI.
+fuzz seconds="30":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    for t in records catch_up http_bodies component_check; do \
+        cargo +nightly fuzz run --fuzz-dir tests/fuzz --sanitizer none -O $t -- -max_total_time={{seconds}} -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|panicked' ; \
+    done

@@ -112,6 +112,13 @@ pub enum ExecutionError {
         /// The limit.
         limit_bytes: u64,
     },
+    /// The host's memory for all running calls ran out while the agent grew within its own
+    /// limit: the host was overloaded, the agent did nothing wrong.
+    #[error("agent {agent} stopped: this host's memory for running calls ran out")]
+    HostMemory {
+        /// The agent.
+        agent: String,
+    },
 }
 
 /// A call that could not be started, or whose result could not be recorded.
@@ -156,6 +163,14 @@ pub enum RunError {
     /// The blob store failed.
     #[error("blob store: {0}")]
     Blobs(String),
+    /// The host had no memory free for another call: try again shortly, with a new request.
+    #[error("agent {agent} not started: {reason}")]
+    HostBusy {
+        /// The agent.
+        agent: String,
+        /// How much memory is in use.
+        reason: String,
+    },
     /// Setting up the sandbox failed (not the guest's fault).
     #[error("sandbox setup for agent {agent}: {message}")]
     Sandbox {
@@ -266,6 +281,7 @@ impl ExecutionError {
                 agent,
                 limit_bytes: log_limit as u64,
             },
+            Outcome::HostMemory => ExecutionError::HostMemory { agent },
         })
     }
 }

@@ -35,6 +35,11 @@ pub struct Limits {
     pub max_fuel: u64,
     /// Linear memory of one instance, all memories together, in bytes. Default 128 MiB.
     pub max_memory_bytes: u64,
+    /// Linear memory of every call running at once, together, in bytes. Default 8 GiB. A
+    /// top-level call starts only when its own memory limit (at most all of this) is free,
+    /// waiting up to 1 s for it, else it is refused (`RunError::HostBusy`, HTTP 503). A call that
+    /// grows past what is left ends `host-memory`, which is never blamed on the agent.
+    pub max_guest_memory_bytes: u64,
     /// Elements of all tables of one instance together. Default 100,000.
     pub max_table_elements: usize,
     /// Core instances, memories and tables one component may create. Default 64 each.
@@ -75,6 +80,7 @@ impl Default for Limits {
             default_fuel: 1_000_000_000,
             max_fuel: 100_000_000_000,
             max_memory_bytes: 128 << 20,
+            max_guest_memory_bytes: 8 << 30,
             max_table_elements: 100_000,
             max_instances: 64,
             max_wasm_stack: 512 << 10,

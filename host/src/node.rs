@@ -590,9 +590,15 @@ impl Node {
             .sandbox
             .invoke(&component, call, &limits, fuel_limit, &request)
             .await
-            .map_err(|e| RunError::Sandbox {
-                agent: agent.clone(),
-                message: format!("{e:#}"),
+            .map_err(|e| match e.downcast_ref::<crate::sandbox::HostBusy>() {
+                Some(busy) => RunError::HostBusy {
+                    agent: agent.clone(),
+                    reason: busy.to_string(),
+                },
+                None => RunError::Sandbox {
+                    agent: agent.clone(),
+                    message: format!("{e:#}"),
+                },
             })?;
 
         // Saturating: the figures come from nested receipts and must not overflow into a panic.

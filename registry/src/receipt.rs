@@ -129,6 +129,9 @@ pub enum Outcome {
     OutputLimit,
     /// The guest logged more than allowed.
     LogLimit,
+    /// The host's memory for all its calls together ran out while this call grew within its own
+    /// limit: the host's load, never blamed on the agent.
+    HostMemory,
 }
 
 impl Outcome {
@@ -143,6 +146,7 @@ impl Outcome {
             Outcome::MemoryLimit => "memory-limit",
             Outcome::OutputLimit => "output-limit",
             Outcome::LogLimit => "log-limit",
+            Outcome::HostMemory => "host-memory",
         }
     }
 

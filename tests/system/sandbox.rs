@@ -153,6 +153,68 @@ async fn host_calls_cost_fuel_in_proportion_to_the_bytes_they_move() {
 }
 
 #[tokio::test]
+async fn growing_past_the_hosts_memory_for_all_calls_ends_host_memory_which_is_not_the_agents_fault()
+ {
+    let (host, agent) = hostile_host(Limits {
+        max_memory_bytes: 128 << 20,
+        max_guest_memory_bytes: 64 << 20,
+        ..Limits::default()
+    })
+    .await;
+    let execution = run(&host, &agent, "grow-memory", b"", None).await;
+    assert_eq!(execution.outcome, Outcome::HostMemory);
+    assert_eq!(execution.receipt.body().outcome, Outcome::HostMemory);
+    assert!(matches!(
+        execution.error(),
+        Some(ExecutionError::HostMemory { .. })
+    ));
+    assert_eq!(
+        agora_registry::reputation::CallOutcome::of(&execution.outcome),
+        agora_registry::reputation::CallOutcome::HostBound
+    );
+    // What it held was given back: the next call has the whole budget again.
+    assert_eq!(
+        run(&host, &agent, "grow-memory", b"", None).await.outcome,
+        Outcome::HostMemory
+    );
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
+async fn while_running_calls_hold_the_hosts_memory_a_new_call_waits_then_is_refused_as_busy() {
+    let (host, agent) = hostile_host(Limits {
+        max_memory_bytes: 64 << 20,
+        max_guest_memory_bytes: 96 << 20,
+        max_wall: Duration::from_secs(3),
+        ..Limits::default()
+    })
+    .await;
+    let holder = {
+        let (node, agent) = (host.node.clone(), agent.clone());
+        tokio::spawn(async move {
+            node.run(&agent, "hold-memory", b"60", Some(100_000_000_000))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let refused = host
+        .node
+        .run(&agent, "echo", b"hi", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, agora_host::RunError::HostBusy { .. }),
+        "{refused}"
+    );
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert_eq!(holder.await.unwrap().outcome, Outcome::Timeout);
+    assert_still_serving(&host, &agent).await;
+}
+
+#[tokio::test]
 async fn a_guest_hoarding_http_fields_is_stopped_at_its_handle_limit() {
     let (host, agent) = hostile_host(Limits {
         max_resource_handles: 200,

@@ -144,6 +144,12 @@ pub(crate) async fn invoke(
                 | E::Malformed { .. },
             ),
         ) => return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e @ RunError::HostBusy { .. }) => {
+            return Err(
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .retry_after(std::time::Duration::from_secs(1)),
+            );
+        }
         Err(e @ RunError::Registry(E::UnknownAgent { .. })) => {
             return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
         }

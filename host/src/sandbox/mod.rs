@@ -40,7 +40,7 @@ use cache::CompiledCache;
 pub use engine::Allocation;
 pub(crate) use host_fns::CallState;
 use host_fns::add_host_interface;
-use limiter::InstanceLimiter;
+use limiter::{GuestMemory, InstanceLimiter};
 use load::{Compilation, Loaded};
 
 mod bindings {
@@ -61,6 +61,17 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 /// Messages in receipts and errors are cut to this many bytes.
 const MAX_MESSAGE_BYTES: usize = 512;
+/// Longest a call waits for room in the host's memory budget before it is refused.
+const HOST_MEMORY_WAIT: Duration = Duration::from_secs(1);
+
+/// A call refused because the host's memory for all calls had no room for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the host's memory for running calls is in use ({used} of {budget} bytes)")]
+pub(crate) struct HostBusy {
+    pub used: u64,
+    pub budget: u64,
+}
+
 /// Bytes of names and values one `wasi:http` fields object may hold.
 const HTTP_FIELDS_BYTES: usize = 8 << 10;
 /// How wasmtime 48 reports a crossing over the hostcall fuel ([`Limits::max_transfer_bytes`]):
@@ -117,6 +128,8 @@ pub struct Sandbox {
     compiles: AtomicU64,
     /// Bounds top-level calls so that a call and its nested calls always find pool slots.
     slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The linear memory of all running calls, against the host-wide budget.
+    guest_memory: Arc<GuestMemory>,
     /// The epoch ticker holds a weak reference to this and stops once the sandbox is dropped.
     _ticker: Arc<()>,
 }
@@ -188,6 +201,7 @@ impl Sandbox {
             }
             Allocation::OnDemand => None,
         };
+        let guest_memory = Arc::new(GuestMemory::new(limits.max_guest_memory_bytes));
         let ticker = Arc::new(());
         spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker));
         Ok(Sandbox {
@@ -198,6 +212,7 @@ impl Sandbox {
             limits,
             compiling: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
+            guest_memory,
             disk,
             compiles: AtomicU64::new(0),
             slots,
@@ -294,6 +309,7 @@ impl Sandbox {
             table,
             limiter: InstanceLimiter::new(
                 limits.max_memory_bytes,
+                self.guest_memory.clone(),
                 self.limits.max_table_elements,
                 self.limits.max_instances,
             ),
@@ -328,6 +344,19 @@ impl Sandbox {
         fuel: u64,
         request: &Request,
     ) -> wasmtime::Result<Invocation> {
+        // A call starts only into a host with room for it; nested calls run within their
+        // caller's admission, and what anyone grows is charged as it happens.
+        if call.depth == 0
+            && !self
+                .guest_memory
+                .admit(limits.max_memory_bytes, HOST_MEMORY_WAIT)
+                .await
+        {
+            return Err(wasmtime::Error::new(HostBusy {
+                used: self.guest_memory.used(),
+                budget: self.limits.max_guest_memory_bytes,
+            }));
+        }
         let _slot = self.slot(call.depth).await;
         let started = Instant::now();
         let wall = call.wall;
@@ -409,6 +438,9 @@ fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
 }
 
 fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outcome {
+    if state.limiter.host_exhausted {
+        return Outcome::HostMemory;
+    }
     if state.limiter.exceeded {
         return Outcome::MemoryLimit;
     }

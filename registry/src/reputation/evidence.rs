@@ -93,8 +93,8 @@ pub enum CallOutcome {
     OutOfFuel,
     /// It hit its memory limit: a failure only if that limit was the manifest's own.
     Memory,
-    /// It hit a bound that depends on the host running it (a wall-clock timeout): never blamed
-    /// on the agent.
+    /// It hit a bound that depends on the host running it (a wall-clock timeout, the host's
+    /// memory for all calls): never blamed on the agent.
     HostBound,
 }
 
@@ -104,7 +104,7 @@ impl CallOutcome {
         match outcome {
             Outcome::Trap { .. } => CallOutcome::Trap,
             Outcome::MemoryLimit => CallOutcome::Memory,
-            Outcome::Timeout => CallOutcome::HostBound,
+            Outcome::Timeout | Outcome::HostMemory => CallOutcome::HostBound,
             Outcome::FuelExhausted => CallOutcome::OutOfFuel,
             Outcome::Ok | Outcome::AgentError { .. } | Outcome::OutputLimit | Outcome::LogLimit => {
                 CallOutcome::Returned
@@ -117,7 +117,7 @@ impl CallOutcome {
         Some(match name {
             "trap" => CallOutcome::Trap,
             "memory-limit" => CallOutcome::Memory,
-            "timeout" => CallOutcome::HostBound,
+            "timeout" | "host-memory" => CallOutcome::HostBound,
             "fuel-exhausted" => CallOutcome::OutOfFuel,
             "ok" | "agent-error" | "output-limit" | "log-limit" => CallOutcome::Returned,
             _ => return None,

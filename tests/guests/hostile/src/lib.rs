@@ -201,6 +201,17 @@ impl exports::agora::agent::handler::Guest for Hostile {
                     .sum();
                 text(read.to_string())
             }
+            // Holds as many MiB as the payload says, then spins until stopped.
+            "hold-memory" => {
+                let mib: usize = payload_str(&req).parse().unwrap_or(0);
+                let hoard = vec![1u8; mib << 20];
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(
+                        x.wrapping_add(u64::from(hoard[x as usize % hoard.len().max(1)])),
+                    );
+                }
+            }
             "unreachable" => std::process::abort(),
             other => Err(AgentError::BadRequest(format!("unknown action {other}"))),
         }

@@ -2,7 +2,7 @@
 
 use agora_host::{CheckError, Limits, PublishError, PublishOptions, examples};
 use agora_registry::{Error as RegistryError, Hash, SignedManifest};
-use agora_tests::{FORBIDDEN_IMPORT, HOSTILE, TestHost, WASI_NEWER};
+use agora_tests::{FORBIDDEN_IMPORT, HOSTILE, HOSTILE_INFO, HUGE_MEMORY, TestHost, WASI_NEWER};
 
 #[tokio::test]
 async fn publishing_signs_a_manifest_naming_the_component_by_hash() {
@@ -250,4 +250,42 @@ async fn a_new_data_dir_is_private_to_its_owner() {
     assert_eq!(mode(&data_dir.registry_path()), 0o600);
     assert_eq!(mode(&data_dir.key_path()), 0o600);
     assert_eq!(mode(&data_dir.compiled_path()), 0o700);
+}
+
+#[tokio::test]
+async fn an_info_that_hands_the_host_more_than_it_takes_is_refused_at_publish() {
+    let host = TestHost::new().await;
+    let err = host
+        .node
+        .publish(HOSTILE_INFO, PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::Check(CheckError::Info(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("too much data"), "{err}");
+    assert!(host.node.registry().manifests().unwrap().is_empty());
+    host.publish(examples::ENERGY_TRADER).await;
+}
+
+#[tokio::test]
+async fn a_component_declaring_more_initial_memory_than_a_call_may_have_is_refused() {
+    let host = TestHost::new().await;
+    let err = host
+        .node
+        .publish(HUGE_MEMORY, PublishOptions::default())
+        .await
+        .unwrap_err();
+    // With the pooling allocator the pool's slot size refuses it when it is linked; allocating
+    // on demand, the limiter refuses it when info() instantiates it.
+    assert!(
+        matches!(
+            err,
+            PublishError::Check(CheckError::Invalid(_) | CheckError::Info(_))
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("memory"), "{err}");
+    host.publish(examples::ENERGY_TRADER).await;
 }

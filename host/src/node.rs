@@ -438,6 +438,33 @@ impl Node {
         Ok(manifest)
     }
 
+    /// [`Node::resolve`] for the call paths: from memory when cached, otherwise from the
+    /// registry on the blocking pool, so that a cold lookup never stalls the executor.
+    async fn resolve_async(
+        &self,
+        reference: &str,
+    ) -> Result<SignedManifest, agora_registry::Error> {
+        if let Ok(hash) = reference.parse::<Hash>()
+            && let Some(manifest) = self.cached_manifest(&hash)
+        {
+            return Ok(manifest);
+        }
+        let (node, reference) = (self.clone(), reference.to_owned());
+        blocking(move || node.resolve(&reference)).await
+    }
+
+    /// [`Node::manifest`] on the blocking pool when not cached.
+    async fn manifest_async(
+        &self,
+        hash: &Hash,
+    ) -> Result<Option<SignedManifest>, agora_registry::Error> {
+        if let Some(manifest) = self.cached_manifest(hash) {
+            return Ok(Some(manifest));
+        }
+        let (node, hash) = (self.clone(), *hash);
+        blocking(move || node.manifest(&hash)).await
+    }
+
     /// The manifest with this hash, from memory or the registry.
     fn manifest(&self, hash: &Hash) -> Result<Option<SignedManifest>, agora_registry::Error> {
         if let Some(manifest) = self.cached_manifest(hash) {
@@ -473,7 +500,7 @@ impl Node {
         payload: &[u8],
         fuel: Option<u64>,
     ) -> Result<Execution, RunError> {
-        let manifest = self.resolve(agent)?;
+        let manifest = self.resolve_async(agent).await?;
         let request = Request {
             action: action.to_owned(),
             payload: payload.to_vec(),
@@ -499,7 +526,7 @@ impl Node {
             });
         }
         // A request for an agent this host does not have is refused before anything is stored.
-        let manifest = self.manifest(&body.agent)?.ok_or_else(|| {
+        let manifest = self.manifest_async(&body.agent).await?.ok_or_else(|| {
             RunError::Registry(agora_registry::Error::UnknownAgent {
                 reference: body.agent.to_hex(),
             })
@@ -536,7 +563,7 @@ impl Node {
     ) -> Pin<Box<dyn Future<Output = Result<Execution, RunError>> + Send + 'static>> {
         let node = self.clone();
         Box::pin(async move {
-            let manifest = node.resolve(&agent)?;
+            let manifest = node.resolve_async(&agent).await?;
             let parent = ParentCall {
                 manifest: parent_manifest,
                 depth,

@@ -107,9 +107,14 @@ pub(crate) async fn refresh_scores(state: Weak<ApiState>, mut read: ReadEvidence
         if since < gap {
             tokio::time::sleep(gap - since).await;
         }
-        let registry = node.registry();
-        let stale = match registry.evidence_cursor() {
-            Ok(cursor) => cursor != last.cursor,
+        let reader = node.clone();
+        let cursor = tokio::task::spawn_blocking(move || reader.registry().evidence_cursor()).await;
+        let stale = match cursor {
+            Ok(Ok(cursor)) => cursor != last.cursor,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the evidence cursor");
+                false
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot read the evidence cursor");
                 false

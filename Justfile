@@ -52,9 +52,16 @@ bench: guests-interpreted
 
 # Fuzz every decoder of untrusted bytes (records, catch-up frames, HTTP bodies against a live
 # host, component pre-checks) for `seconds` each with cargo-fuzz (nightly, libFuzzer; installs
-# cargo-fuzz from crates.io if missing). Not part of CI.
+# cargo-fuzz from crates.io if missing; the guests still build with stable). Not part of CI.
 fuzz seconds="30":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     for t in records catch_up http_bodies component_check; do \
-        cargo +nightly fuzz run --fuzz-dir tests/fuzz --sanitizer none -O $t -- -max_total_time={{seconds}} -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|panicked' ; \
+        AGORA_GUEST_TOOLCHAIN=stable cargo +nightly fuzz run --fuzz-dir tests/fuzz --sanitizer none -O $t -- -max_total_time={{seconds}} -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|panicked' ; \
     done
+
+# Hostile-input figures against the release binary: peak RSS of `agora run` under each memory
+# attack, and the HTTP edge under slowloris and overload (default limits).
+attack-figures:
+    cargo build --release --quiet --bin agora
+    cargo rustc --quiet --lib --crate-type cdylib -p hostile --target wasm32-wasip2 --profile guest --target-dir target/guests
+    python3 tests/attacks/figures.py target/release/agora target/guests/wasm32-wasip2/guest/hostile.wasm

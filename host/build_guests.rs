@@ -22,12 +22,13 @@ fn build_guests(packages: &[&str], out_dir: &Path) -> Vec<(String, PathBuf)> {
         .join("guests");
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
-    ensure_guest_target();
+    let toolchain = guest_toolchain();
+    ensure_guest_target(toolchain.as_deref());
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut built = Vec::new();
     for package in packages {
-        let status = Command::new(&cargo)
+        let status = rust_tool(toolchain.as_deref(), &cargo)
             .current_dir(&workspace)
             .args(["rustc", "--quiet", "--locked", "--lib", "--crate-type", "cdylib"])
             .args(["-p", package, "--target", GUEST_TARGET, "--profile", "guest"])
@@ -52,10 +53,40 @@ fn build_guests(packages: &[&str], out_dir: &Path) -> Vec<(String, PathBuf)> {
     built
 }
 
-/// Installs the wasm32-wasip2 standard library with rustup if this toolchain lacks it.
-fn ensure_guest_target() {
+/// `AGORA_GUEST_TOOLCHAIN` (e.g. `stable`) builds the guests with that rustup toolchain rather
+/// than the one building this crate: the fuzz targets build with nightly, which may lack the
+/// wasm32-wasip2 standard library.
+fn guest_toolchain() -> Option<String> {
+    println!("cargo:rerun-if-env-changed=AGORA_GUEST_TOOLCHAIN");
+    std::env::var("AGORA_GUEST_TOOLCHAIN")
+        .ok()
+        .filter(|toolchain| !toolchain.is_empty())
+}
+
+/// `tool` (cargo or rustc) as the outer build runs it, or from `toolchain` through rustup.
+fn rust_tool(toolchain: Option<&str>, tool: &str) -> Command {
+    match toolchain {
+        None => Command::new(tool),
+        Some(toolchain) => {
+            let name = Path::new(tool)
+                .file_name()
+                .map_or_else(|| tool.to_owned(), |n| n.to_string_lossy().into_owned());
+            let mut command = Command::new("rustup");
+            command
+                .args(["run", toolchain, &name])
+                .env_remove("RUSTC")
+                .env_remove("RUSTDOC")
+                .env_remove("CARGO")
+                .env_remove("RUSTUP_TOOLCHAIN");
+            command
+        }
+    }
+}
+
+/// Installs the wasm32-wasip2 standard library with rustup if the guest toolchain lacks it.
+fn ensure_guest_target(toolchain: Option<&str>) {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let libdir = Command::new(&rustc)
+    let libdir = rust_tool(toolchain, &rustc)
         .args(["--print", "target-libdir", "--target", GUEST_TARGET])
         .output()
         .ok()
@@ -65,8 +96,12 @@ fn ensure_guest_target() {
         return;
     }
     println!("cargo:warning=installing the {GUEST_TARGET} target with rustup to build the guests");
-    let status = Command::new("rustup")
-        .args(["target", "add", GUEST_TARGET])
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", GUEST_TARGET]);
+    if let Some(toolchain) = toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    let status = rustup
         .status()
         .unwrap_or_else(|e| panic!("the {GUEST_TARGET} target is missing and rustup could not run: {e}"));
     assert!(status.success(), "`rustup target add {GUEST_TARGET}` failed");

@@ -35,25 +35,28 @@ manifest = next(line.split()[-1] for line in published.splitlines() if line.star
 cli("run", manifest, "--action", "echo", "--payload", "{}")
 
 
-def peak_rss_mb(action, payload="", fuel=None):
+def peak_rss_mb(action, payload="{}", fuel=None):
     args = ["/usr/bin/time", "-f", "%M", agora, "--data-dir", data, "run", manifest, "--action", action,
             "--payload", payload]
     if fuel:
         args += ["--fuel", str(fuel)]
     run = subprocess.run(args, capture_output=True, text=True)
-    kb = int(run.stderr.strip().splitlines()[-1])
-    outcome = next((l for l in run.stderr.splitlines() if "agent" in l or "limit" in l), "ok").strip()
-    return kb / 1024, outcome
+    lines = run.stderr.strip().splitlines()
+    kb = int(lines[-1])
+    # What the run said about the call: its error, or its fuel on success.
+    said = next((l for l in lines if l.startswith("error")), None) or next(
+        (l for l in lines if "fuel" in l), "?")
+    return kb / 1024, said.strip()
 
 
 print("== peak resident memory of `agora run` (MB) ==")
 baseline, _ = peak_rss_mb("echo", "{}")
 print(f"  {'echo (baseline)':<18} {baseline:7.1f}")
 for action, payload, fuel in [
-    ("grow-memory", "", None), ("big-output", "", None), ("big-log", "", None),
-    ("big-call-payload", manifest, None), ("fields-hoard", "", None), ("log-flood", "", None),
-    ("empty-log-flood", "", None), ("stdout-flood", "", None), ("nul-keys", "", None),
-    ("kv-hog", "", None), ("loop", "", 10_000_000_000),
+    ("grow-memory", "{}", None), ("big-output", "{}", None), ("big-log", "{}", None),
+    ("big-call-payload", "{}", None), ("fields-hoard", "{}", None), ("log-flood", "{}", None),
+    ("empty-log-flood", "{}", None), ("stdout-flood", "{}", None), ("nul-keys", "{}", None),
+    ("kv-hog", "{}", None), ("loop", "{}", 10_000_000_000),
 ]:
     mb, outcome = peak_rss_mb(action, payload, fuel)
     print(f"  {action:<18} {mb:7.1f}   {outcome[:90]}")

@@ -380,3 +380,33 @@ async fn agent_memory_persists_between_calls_within_its_quota() {
         text(&execution)
     );
 }
+
+/// One thread for everything: if a guest spinning in host calls never yielded, nothing else on
+/// the runtime (timers, other calls, the deadlines that stop guests) would run until it ended.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_spinning_in_host_calls_still_yields_to_everything_else_on_its_thread() {
+    let (host, agent) = hostile_host(Limits {
+        max_wall: Duration::from_millis(1500),
+        ..Limits::default()
+    })
+    .await;
+    let spinning = {
+        let (node, agent) = (host.node.clone(), agent.clone());
+        tokio::spawn(async move {
+            node.run(&agent, "clock-spin", b"", Some(100_000_000_000))
+                .await
+                .unwrap()
+        })
+    };
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let asked = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        worst = worst.max(asked.elapsed() - Duration::from_millis(20));
+    }
+    assert!(
+        worst < Duration::from_millis(200),
+        "a timer fired {worst:?} late"
+    );
+    assert_eq!(spinning.await.unwrap().outcome, Outcome::Timeout);
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use agora_registry::{Hash, Outcome};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -324,13 +324,23 @@ impl Sandbox {
         store.set_max_component_handles(self.limits.max_resource_handles);
         store.set_fuel(fuel)?;
         store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
-        let ticks = limits
-            .max_wall
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        // At every epoch tick the guest yields to the executor, and past its deadline it stops.
+        // Fuel yields alone are not enough: a guest spinning in cheap host calls (a WASI clock)
+        // spends little fuel per call, and would hold its thread for its whole wall time.
+        let deadline = Instant::now() + limits.max_wall;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // tokio's own yield: it lets the runtime poll its timers and I/O before the guest
+                // resumes (a plain wake-up would put the guest straight back in the run queue).
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
         Ok(store)
     }
 

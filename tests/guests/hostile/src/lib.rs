@@ -212,6 +212,18 @@ impl exports::agora::agent::handler::Guest for Hostile {
                     );
                 }
             }
+            // Spins reading the clock: a WASI host call that moves nothing and costs the guest
+            // only the call itself.
+            "clock-spin" => {
+                let started = std::time::Instant::now();
+                let mut reads = 0u64;
+                loop {
+                    reads += 1;
+                    if std::hint::black_box(started.elapsed()).as_secs() > 3600 {
+                        return text(reads.to_string());
+                    }
+                }
+            }
             "unreachable" => std::process::abort(),
             other => Err(AgentError::BadRequest(format!("unknown action {other}"))),
         }

@@ -3,6 +3,7 @@
 
 mod edge;
 mod evidence;
+mod handmade;
 mod http;
 mod languages;
 mod loading;

@@ -1173,3 +1173,39 @@ async fn a_peer_asking_for_a_negative_number_of_records_gets_one_round_not_every
     endpoint.close().await;
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_fetch_names_the_peer_and_the_hash_and_says_what_happened() {
+    let a = TestHost::new().await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let unknown = Hash::of(b"an agent nobody published");
+
+    let err = b_net
+        .fetch_agent(unknown, &[a_net.addr()], &NoProgress)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("the peer does not have it"), "{text}");
+    assert!(text.contains(&unknown.to_string()), "{text}");
+    assert!(
+        text.contains(&a_net.addr().id.fmt_short().to_string()),
+        "{text}"
+    );
+
+    // A peer that is gone: the address tried is named.
+    let gone = a_net.addr();
+    let port = gone.ip_addrs().next().expect("a direct address").port();
+    a_net.shutdown().await;
+    let err = b_net
+        .fetch_agent(unknown, &[gone], &NoProgress)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("could not be reached at") && text.contains(&format!(":{port}")),
+        "{text}"
+    );
+    b_net.shutdown().await;
+}

@@ -517,8 +517,14 @@ impl Network {
             self.endpoint.connect(peer.clone(), iroh_blobs::ALPN),
         )
         .await
-        .map_err(|_| format!("did not answer within {} s", CONNECT_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("connection failed: {e}"))
+        .map_err(|_| {
+            format!(
+                "could not be reached at {}: no answer within {} s",
+                addresses(peer),
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("could not be reached at {}: {e}", addresses(peer)))
     }
 
     async fn fetch_from(
@@ -706,10 +712,26 @@ async fn read_blob(store: &iroh_blobs::api::Store, hash: Hash) -> Result<bytes::
         .map_err(|e| format!("reading the verified blob: {e}"))
 }
 
+/// Where a peer was tried: its direct addresses, or that it had none.
+fn addresses(peer: &EndpointAddr) -> String {
+    let addrs: Vec<String> = peer.ip_addrs().map(ToString::to_string).collect();
+    if addrs.is_empty() {
+        "no known address".into()
+    } else {
+        addrs.join(", ")
+    }
+}
+
 fn describe_get_error(error: &iroh_blobs::get::GetError) -> String {
     use iroh_blobs::get::GetError;
     use iroh_blobs::get::fsm::DecodeError;
     match error {
+        // A provider that cannot find a blob resets the stream before sending its header.
+        GetError::AtBlobHeaderNext { .. }
+            if error.iroh_error_code() == Some(iroh_blobs::protocol::ERR_INTERNAL) =>
+        {
+            "the peer does not have it".into()
+        }
         GetError::Decode {
             source: DecodeError::ParentHashMismatch { .. } | DecodeError::LeafHashMismatch { .. },
             ..

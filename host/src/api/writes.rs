@@ -2,55 +2,45 @@
 //! stored, and caller-signed invocations, admitted by the caller's rate and a slot. Each refusal
 //! is a 4xx that names the fault.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use agora_registry::{Hash, Inserted, ReceiptMessage, SignedFeedback};
+use agora_registry::{Hash, Inserted, ReceiptMessage, Registry, SignedFeedback};
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::error::ApiError;
 use super::extract::ApiBody;
+use super::{ApiState, Shared};
 
 pub(crate) async fn post_receipt(
     State(state): State<Shared>,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     use agora_registry::Error as E;
-    state.count();
-    let reject = |status, message| state.reject(status, message);
-    let node = state.node.clone();
-    // Checking signatures and waiting for a durable commit both stay off the async executor.
-    let checked = tokio::task::spawn_blocking(move || {
-        let (receipt, request) = ReceiptMessage::parse(&body).and_then(|m| m.verify())?;
-        let inserted = node.registry().insert_receipt(&receipt, request.as_ref());
-        Ok::<_, agora_registry::Error>((receipt.hash(), inserted))
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let (hash, inserted) = checked.map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let inserted = match inserted {
-        Ok(inserted) => inserted,
-        Err(e @ (E::Invalid { .. } | E::Malformed { .. })) => {
-            return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-        }
-        Err(e @ E::Quota { .. }) => {
-            return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
-        }
-        Err(e) => return Err(ApiError::internal(e)),
+    let refusal = |e: &E| match e {
+        E::Invalid { .. } | E::Malformed { .. } => Some(StatusCode::UNPROCESSABLE_ENTITY),
+        E::Quota { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+        _ => None,
     };
-    if inserted == Inserted::New {
-        state
-            .metrics
-            .receipts_accepted
-            .fetch_add(1, Ordering::Relaxed);
-        state.evidence_arrived();
-    }
-    Ok(created(inserted, hash))
+    store(
+        &state,
+        body,
+        &state.metrics.receipts_accepted,
+        refusal,
+        |registry, body| {
+            let (receipt, request) = ReceiptMessage::parse(body).and_then(|m| m.verify())?;
+            Ok((
+                receipt.hash(),
+                registry.insert_receipt(&receipt, request.as_ref()),
+            ))
+        },
+    )
+    .await
 }
 
 pub(crate) async fn post_feedback(
@@ -58,38 +48,58 @@ pub(crate) async fn post_feedback(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     use agora_registry::Error as E;
-    state.count();
-    let reject = |status, message| state.reject(status, message);
-    let node = state.node.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let feedback = SignedFeedback::from_bytes(&body)?;
-        let inserted = node.registry().insert_feedback(&feedback);
-        Ok::<_, agora_registry::Error>((feedback.hash(), inserted))
-    })
+    let refusal = |e: &E| match e {
+        E::UnknownReceipt(_) | E::UnknownAgent { .. } => Some(StatusCode::NOT_FOUND),
+        E::DuplicateFeedback(_) => Some(StatusCode::CONFLICT),
+        E::Feedback(_) | E::Invalid { .. } => Some(StatusCode::UNPROCESSABLE_ENTITY),
+        E::Quota { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+        _ => None,
+    };
+    store(
+        &state,
+        body,
+        &state.metrics.feedback_accepted,
+        refusal,
+        |registry, body| {
+            let feedback = SignedFeedback::from_bytes(body)?;
+            Ok((feedback.hash(), registry.insert_feedback(&feedback)))
+        },
+    )
     .await
-    .map_err(ApiError::internal)?;
-    let (hash, inserted) = checked.map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+}
+
+/// What verifying and storing one record gave: its hash and the registry's answer, or the
+/// verification's refusal.
+type Stored = Result<(Hash, Result<Inserted, agora_registry::Error>), agora_registry::Error>;
+
+/// Verifies and stores one signed record: both off the async executor (signature checks, and a
+/// wait for a durable commit). A record that does not verify is a 400; a refusal by the registry
+/// gets the status `refusal` gives it (a 500 if none); a stored one 201, 200 or 202.
+async fn store(
+    state: &ApiState,
+    body: Bytes,
+    accepted: &AtomicU64,
+    refusal: impl Fn(&agora_registry::Error) -> Option<StatusCode>,
+    verify_and_insert: impl FnOnce(&Registry, &[u8]) -> Stored + Send + 'static,
+) -> Result<Response, ApiError> {
+    state.count();
+    let node = state.node.clone();
+    let stored = tokio::task::spawn_blocking(move || verify_and_insert(node.registry(), &body))
+        .await
+        .map_err(ApiError::internal)?;
+    let (hash, inserted) =
+        stored.map_err(|e| state.reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let inserted = match inserted {
         Ok(inserted) => inserted,
-        Err(e @ (E::UnknownReceipt(_) | E::UnknownAgent { .. })) => {
-            return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
+        Err(e) => {
+            return Err(match refusal(&e) {
+                Some(status) => state.reject(status, e.to_string()),
+                None => ApiError::internal(e),
+            });
         }
-        Err(e @ E::DuplicateFeedback(_)) => {
-            return Err(reject(StatusCode::CONFLICT, e.to_string()));
-        }
-        Err(e @ (E::Feedback(_) | E::Invalid { .. })) => {
-            return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-        }
-        Err(e @ E::Quota { .. }) => {
-            return Err(reject(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
-        }
-        Err(e) => return Err(ApiError::internal(e)),
     };
     if inserted == Inserted::New {
-        state
-            .metrics
-            .feedback_accepted
-            .fetch_add(1, Ordering::Relaxed);
+        accepted.fetch_add(1, Ordering::Relaxed);
         state.evidence_arrived();
     }
     Ok(created(inserted, hash))

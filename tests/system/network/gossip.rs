@@ -1,0 +1,274 @@
+//! The marketplace gossip: announcements, discovery through peers, and bounds on what strangers
+//! can make a host store.
+
+use agora_host::examples;
+use agora_host::net::NoProgress;
+use agora_registry::{Hash, Outcome};
+use agora_tests::TestHost;
+use std::time::Duration;
+
+use super::*;
+
+#[tokio::test]
+async fn three_hosts_discover_fetch_and_negotiate_through_each_other() {
+    // A publishes the drivers before it is online and the rider after; B joins through A, C
+    // joins through B and never talks to A.
+    let a = TestHost::new().await;
+    let driver = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    let c = TestHost::new().await;
+    let c_net = online_with_peers(&c, &[&b_net]).await;
+    let rider = a.publish(examples::RIDE_RIDER).await;
+    learns_of(&b, &driver).await;
+    a_net.announce(&rider).await;
+
+    // B fetches both by hash from A and runs a negotiation.
+    for manifest in [&driver, &rider] {
+        b_net
+            .fetch_agent(manifest.hash(), &[a_net.addr()], &NoProgress)
+            .await
+            .unwrap();
+    }
+    let negotiation = serde_json::json!({
+        "trip": {"distance_m": 8000, "duration_s": 900},
+        "budget_cents": 2_000,
+        "drivers": [driver.hash().to_hex()],
+    })
+    .to_string();
+    let on_b = b
+        .node
+        .run(
+            &rider.hash().to_hex(),
+            "negotiate",
+            negotiation.as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_b.outcome, Outcome::Ok, "{:?}", on_b.error());
+    assert_eq!(on_b.receipt.body().host, b.node.public_key());
+
+    // C heard of both agents through B (by gossip, or by catching up on B's evidence), and
+    // fetches them from B alone.
+    learns_of(&c, &driver).await;
+    learns_of(&c, &rider).await;
+    assert_eq!(c_net.gossip_stats().dropped(), 0);
+    let listing: Vec<String> = c
+        .node
+        .registry()
+        .manifests()
+        .unwrap()
+        .iter()
+        .map(|m| m.body().name.clone())
+        .collect();
+    assert!(
+        listing.contains(&"ride-driver".to_string()) && listing.contains(&"ride-rider".to_string())
+    );
+    for manifest in [&driver, &rider] {
+        c_net
+            .fetch_agent(manifest.hash(), &[b_net.addr()], &NoProgress)
+            .await
+            .unwrap();
+    }
+    let on_c = c
+        .node
+        .run(
+            &rider.hash().to_hex(),
+            "negotiate",
+            negotiation.as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_c.outcome, Outcome::Ok);
+    assert_eq!(on_c.receipt.body().host, c.node.public_key());
+    assert_eq!(
+        on_c.output, on_b.output,
+        "the same agents give the same answer on any host"
+    );
+    for net in [a_net, b_net, c_net] {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_announcements_are_dropped_and_counted() {
+    use agora_registry::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SecretKey, Signed};
+
+    let a = TestHost::new().await;
+    let a_net = online(&a).await;
+    // A hostile peer: a plain iroh endpoint speaking gossip on the marketplace topic.
+    let (router, mut topic) = raw_gossip_peer(&a_net).await;
+
+    let publisher = SecretKey::generate();
+    let manifest = Signed::sign(
+        Manifest {
+            name: "solar-forecast".into(),
+            version: "0.1.0".into(),
+            publisher: publisher.public(),
+            component: ComponentRef {
+                hash: Hash::of(b"code"),
+                size: 4,
+            },
+            world: AGENT_WORLD.into(),
+            actions: vec!["forecast".into()],
+            capabilities: vec![],
+            limits: ManifestLimits {
+                max_fuel: 1,
+                max_memory_bytes: 1,
+                max_wall_ms: 1,
+                max_output_bytes: 1,
+            },
+            price_per_mfuel: 1,
+            description: "valid, from a stranger".into(),
+            created_at: 0,
+        },
+        &publisher,
+    )
+    .unwrap();
+    let forged = String::from_utf8(manifest.as_bytes().to_vec())
+        .unwrap()
+        .replace("stranger", "stranded");
+    let with_kind = |kind: u8, body: &[u8]| {
+        let mut message = vec![kind];
+        message.extend_from_slice(body);
+        bytes::Bytes::from(message)
+    };
+    for message in [
+        with_kind(1, b"not a manifest"),
+        with_kind(1, forged.as_bytes()),
+        with_kind(9, manifest.as_bytes()),
+        with_kind(1, manifest.as_bytes()),
+    ] {
+        topic.broadcast(message).await.unwrap();
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while a_net.gossip_stats().accepted() < 1 || a_net.gossip_stats().dropped() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "accepted {} dropped {}",
+            a_net.gossip_stats().accepted(),
+            a_net.gossip_stats().dropped()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a_net.gossip_stats().dropped(), 3);
+    let known: Vec<Hash> = a
+        .node
+        .registry()
+        .manifests()
+        .unwrap()
+        .iter()
+        .map(|m| m.hash())
+        .collect();
+    assert_eq!(
+        known,
+        vec![manifest.hash()],
+        "only the valid announcement was recorded"
+    );
+    router.shutdown().await.unwrap();
+    a_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_release_published_while_online_is_announced() {
+    let a = TestHost::new().await;
+    let a_net = online(&a).await;
+    let b = TestHost::new().await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    // Published through the node, as `agora publish` does from another process, not announced
+    // by hand: the host notices the new release and announces it.
+    let manifest = a.publish(examples::ENERGY_TRADER).await;
+    learns_of(&b, &manifest).await;
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
+    use agora_registry::{ComponentRef, Manifest, ManifestLimits, SecretKey, Signed};
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let (router, mut topic) = raw_gossip_peer(&b_net).await;
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 5_000;
+    for i in 0..FLOOD {
+        let key = SecretKey::generate();
+        let manifest = Manifest {
+            name: format!("flood-{i}"),
+            version: "1.0.0".into(),
+            publisher: key.public(),
+            component: ComponentRef {
+                hash: Hash::of(&i.to_le_bytes()),
+                size: 1,
+            },
+            world: agora_registry::AGENT_WORLD.into(),
+            actions: vec!["x".into()],
+            capabilities: vec![],
+            limits: ManifestLimits {
+                max_fuel: 1,
+                max_memory_bytes: 1,
+                max_wall_ms: 1,
+                max_output_bytes: 1,
+            },
+            price_per_mfuel: 0,
+            description: String::new(),
+            created_at: 0,
+        };
+        let signed = Signed::sign(manifest, &key).unwrap();
+        let mut message = vec![1u8];
+        message.extend_from_slice(signed.as_bytes());
+        topic.broadcast(bytes::Bytes::from(message)).await.unwrap();
+    }
+    eventually("the flood being counted", || {
+        b_net.gossip_stats().over_quota() > 0
+    })
+    .await;
+    // Whatever arrives after the burst is refused at the neighbour's steady rate.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = b.node.registry().manifests().unwrap().len();
+    let allowed = 256 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        stored <= allowed,
+        "{stored} manifests stored; at most {allowed} allowed"
+    );
+    assert!(stored > 0, "the burst is accepted");
+    // The count is in the host's metrics.
+    let api = agora_host::api::ApiServer::start(
+        b.node.clone(),
+        agora_host::api::ApiConfig {
+            gossip: Some(b_net.gossip_stats_handle()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let over: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agora_gossip_over_quota_total "))
+        .expect("the counter is reported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(over > 0, "{metrics}");
+    api.shutdown().await;
+    // The host still works: it publishes and announces as ever.
+    b.publish(examples::RIDE_DRIVER).await;
+    router.shutdown().await.unwrap();
+    b_net.shutdown().await;
+}

@@ -4,30 +4,16 @@
 use agora_host::api::{ApiConfig, ApiServer};
 use agora_host::{PublishOptions, examples};
 use agora_registry::{SecretKey, SignedManifest};
-use agora_tests::{TestHost, sign_feedback, sign_request};
+use agora_tests::{TestHost, raw_http, sign_feedback, sign_request};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: &[u8] = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
 
-/// One HTTP/1.1 exchange; returns the status and the body.
+/// One HTTP/1.1 exchange with a JSON content type; returns the status and the body.
 async fn http(server: &ApiServer, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("headers end");
-    let status_line = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
+    let request = raw_http::request(method, path, "Content-Type: application/json\r\n", body);
+    let answer = raw_http::exchange(server.addr(), &request).await;
+    (answer.status, answer.body)
 }
 
 async fn json(server: &ApiServer, path: &str) -> (u16, Value) {

@@ -248,15 +248,9 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
     .await
     .unwrap();
     let metrics = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
+        let request = agora_tests::raw_http::request("GET", "/metrics", "", b"");
+        let answer = agora_tests::raw_http::exchange(api.addr(), &request).await;
+        String::from_utf8(answer.body).unwrap()
     };
     let over: u64 = metrics
         .lines()

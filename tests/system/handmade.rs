@@ -99,6 +99,17 @@ async fn a_million_aliases_of_one_string_in_info_are_refused_without_being_copie
     );
     assert!(err.to_string().contains("too much data"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A thousand aliases (64 MB) are within wasmtime's own per-crossing default (128 MiB): it is
+    // the host's transfer limit that refuses them.
+    let err = host
+        .node
+        .publish(
+            &component(&agent(1_000, 65_536, "")),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too much data"), "{err}");
     // The same agent with two short actions publishes: the refusal was the aliases.
     host.publish(&component(&agent(2, 1, ""))).await;
 }

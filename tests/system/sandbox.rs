@@ -228,6 +228,22 @@ async fn a_guest_hoarding_http_fields_is_stopped_at_its_handle_limit() {
     };
     assert!(message.contains("handle limit exceeded"), "{message}");
     assert_still_serving(&host, &agent).await;
+    // It is the host's limit that stopped it, not wasmtime's own (100,000): twice the limit
+    // lets the guest hoard about twice as long.
+    let (wider, agent) = hostile_host(Limits {
+        max_resource_handles: 400,
+        max_wall: Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
+    let longer = run(&wider, &agent, "fields-hoard", b"", None).await;
+    assert!(
+        longer.fuel_used > execution.fuel_used * 3 / 2
+            && longer.fuel_used < execution.fuel_used * 3,
+        "fuel {} at 400 handles against {} at 200",
+        longer.fuel_used,
+        execution.fuel_used
+    );
 }
 
 #[tokio::test]

@@ -109,12 +109,12 @@ pub(crate) async fn refresh_scores(state: Weak<ApiState>, mut read: ReadEvidence
         }
         let reader = node.clone();
         let cursor = tokio::task::spawn_blocking(move || reader.registry().evidence_cursor()).await;
+        let cursor = match cursor {
+            Ok(read) => read.map_err(|e| e.to_string()),
+            Err(join) => Err(join.to_string()),
+        };
         let stale = match cursor {
-            Ok(Ok(cursor)) => cursor != last.cursor,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot read the evidence cursor");
-                false
-            }
+            Ok(cursor) => cursor != last.cursor,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the evidence cursor");
                 false

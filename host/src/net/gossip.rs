@@ -133,12 +133,12 @@ pub(super) async fn announce_new_releases(node: Node, sender: GossipSender) {
                 .evidence_since(&reader.public_key(), cursor)
         })
         .await;
+        let read = match read {
+            Ok(read) => read.map_err(|e| e.to_string()),
+            Err(join) => Err(join.to_string()),
+        };
         let evidence = match read {
-            Ok(Ok(evidence)) => evidence,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "reading what to announce");
-                continue;
-            }
+            Ok(evidence) => evidence,
             Err(error) => {
                 tracing::warn!(%error, "reading what to announce");
                 continue;

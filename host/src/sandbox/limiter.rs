@@ -2,7 +2,7 @@
 //! linear memory of all calls at once, counted against one host-wide budget.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
@@ -13,6 +13,9 @@ use wasmtime::ResourceLimiter;
 pub(crate) struct GuestMemory {
     budget: u64,
     used: AtomicU64,
+    /// Calls waiting in [`GuestMemory::admit`]: releases wake them only when there are any, so
+    /// the common case (room to spare) takes no lock.
+    waiting: AtomicUsize,
     released: tokio::sync::Notify,
 }
 
@@ -21,6 +24,7 @@ impl GuestMemory {
         GuestMemory {
             budget,
             used: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
         }
     }
@@ -35,16 +39,23 @@ impl GuestMemory {
     /// they then grow is charged as it happens.
     pub(crate) async fn admit(&self, headroom: u64, wait: Duration) -> bool {
         let headroom = headroom.min(self.budget);
+        let fits = || self.used.load(Ordering::SeqCst).saturating_add(headroom) <= self.budget;
+        if fits() {
+            return true;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        let admitted = loop {
             let released = self.released.notified();
-            if self.used().saturating_add(headroom) <= self.budget {
-                return true;
+            if fits() {
+                break true;
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return false;
+                break false;
             }
-        }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        admitted
     }
 
     /// Takes `bytes` from the budget, or says no.
@@ -59,8 +70,12 @@ impl GuestMemory {
 
     fn release(&self, bytes: u64) {
         if bytes > 0 {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
-            self.released.notify_waiters();
+            self.used.fetch_sub(bytes, Ordering::SeqCst);
+            // A waiter counts itself before it checks `used`, so either it sees this release
+            // or this sees it.
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                self.released.notify_waiters();
+            }
         }
     }
 }

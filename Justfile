@@ -18,6 +18,7 @@ guests-interpreted:
 
 # Run every test (the README's test command).
 test: guests-interpreted
+    tests/clients/install.sh
     cargo test --workspace
     tests/schemathesis/run.sh
 

@@ -192,10 +192,7 @@ impl SigningHost {
 /// If it has not been built, saying how to build it: a test that needs it fails rather than
 /// skips.
 pub fn interpreted_agent(language: &str, name: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
+    let path = target_dir()
         .join("guests")
         .join(language)
         .join(format!("{name}.wasm"));
@@ -207,6 +204,39 @@ pub fn interpreted_agent(language: &str, name: &str) -> Vec<u8> {
             path.display()
         )
     })
+}
+
+/// The Cargo target dir, where the build scripts put what they install and build.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// An outside client written in Python, as a command: the interpreter of the virtualenv
+/// `tests/clients/install.sh` installed it into (`target/toolchains/<venv>`), running `script`
+/// from `tests/clients/`.
+///
+/// # Panics
+/// If the client is not installed, saying how to install it: a test that needs it fails rather
+/// than skips.
+pub fn python_client(venv: &str, script: &str) -> tokio::process::Command {
+    let python = target_dir()
+        .join("toolchains")
+        .join(venv)
+        .join("bin")
+        .join("python");
+    assert!(
+        python.exists(),
+        "{} is missing. Install the outside clients the tests use first: tests/clients/install.sh \
+         (needs Python 3.11+ with pip; installs them from PyPI)",
+        python.display()
+    );
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(script))
+        .kill_on_drop(true);
+    command
 }
 
 /// HTTP/1.1 spoken byte by byte, for tests of the HTTP edge: what a test writes is exactly what

@@ -8,6 +8,7 @@ mod http;
 mod languages;
 mod loading;
 mod marketplace;
+mod mcp;
 mod network;
 mod publishing;
 mod receipts;

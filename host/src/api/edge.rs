@@ -6,7 +6,7 @@
 //! The connection-level bounds (header timeout, connection cap) are in [`super::server`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,9 @@ pub(crate) struct Edge {
     max_body_bytes: usize,
     requests: Arc<Semaphore>,
     invocations: Arc<Semaphore>,
-    rates: CallerRates,
+    rates: CallerRates<PublicKey>,
+    /// MCP clients sign nothing: they are told apart, and rate-limited, by their address.
+    client_rates: CallerRates<IpAddr>,
 }
 
 impl Edge {
@@ -55,6 +57,7 @@ impl Edge {
             requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             invocations: Arc::new(Semaphore::new(limits.max_concurrent_invocations)),
             rates: CallerRates::new(limits),
+            client_rates: CallerRates::new(limits),
         }
     }
 
@@ -128,6 +131,12 @@ impl Edge {
             .retry_after(wait)
         })
     }
+
+    /// Admits one unsigned (MCP) invocation from the client at `address`, or says how long until
+    /// the next would be admitted.
+    pub(crate) fn admit_client(&self, address: IpAddr) -> Result<(), Duration> {
+        self.client_rates.admit(&address, Instant::now())
+    }
 }
 
 /// The middleware every request passes: the request checks, then one global concurrency slot
@@ -164,16 +173,16 @@ pub(crate) fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Token buckets, one per caller key, in a bounded table.
-struct CallerRates {
+/// Token buckets, one per caller (a key, or an address), in a bounded table.
+struct CallerRates<K> {
     per_second: f64,
     burst: f64,
     max_tracked: usize,
-    table: Mutex<RateTable>,
+    table: Mutex<RateTable<K>>,
 }
 
-struct RateTable {
-    buckets: HashMap<PublicKey, Bucket>,
+struct RateTable<K> {
+    buckets: HashMap<K, Bucket>,
     /// When the table is full of recent callers, no sweep can free a place before this.
     no_sweep_before: Option<Instant>,
 }
@@ -183,8 +192,8 @@ struct Bucket {
     at: Instant,
 }
 
-impl CallerRates {
-    fn new(limits: &HttpLimits) -> CallerRates {
+impl<K: std::hash::Hash + Eq + Copy> CallerRates<K> {
+    fn new(limits: &HttpLimits) -> CallerRates<K> {
         CallerRates {
             per_second: f64::from(limits.invocations_per_caller_per_second),
             burst: f64::from(limits.invocation_burst_per_caller),
@@ -203,7 +212,7 @@ impl CallerRates {
     }
 
     /// Takes a token from `caller`'s bucket, or returns how long until one is there.
-    fn admit(&self, caller: &PublicKey, now: Instant) -> Result<(), Duration> {
+    fn admit(&self, caller: &K, now: Instant) -> Result<(), Duration> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if !table.buckets.contains_key(caller) && table.buckets.len() >= self.max_tracked {
             self.sweep(&mut table, now)?;
@@ -226,7 +235,7 @@ impl CallerRates {
 
     /// Forgets every caller whose bucket is full again (it is owed nothing, so forgetting it
     /// changes no answer). When none is, refuses until the first would be.
-    fn sweep(&self, table: &mut RateTable, now: Instant) -> Result<(), Duration> {
+    fn sweep(&self, table: &mut RateTable<K>, now: Instant) -> Result<(), Duration> {
         if let Some(at) = table.no_sweep_before
             && now < at
         {
@@ -259,7 +268,7 @@ mod tests {
     use super::*;
     use agora_registry::SecretKey;
 
-    fn rates(per_second: u32, burst: u32, max_tracked: usize) -> CallerRates {
+    fn rates(per_second: u32, burst: u32, max_tracked: usize) -> CallerRates<PublicKey> {
         CallerRates::new(&HttpLimits {
             invocations_per_caller_per_second: per_second,
             invocation_burst_per_caller: burst,

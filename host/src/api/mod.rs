@@ -12,13 +12,14 @@
 //!
 //! - [`server`]: binding, the accept loop and hyper's connection settings.
 //! - `edge`: the checks every request passes, load shedding and invocation admission.
-//! - `routes`, `writes`: the endpoints. `metrics`: `/metrics`.
+//! - `routes`, `writes`: the endpoints. `metrics`: `/metrics`. `mcp`: agents as MCP tools.
 //! - `scores`: scores kept fresh in the background; reads never wait for them.
 
 mod config;
 mod edge;
 mod error;
 mod extract;
+mod mcp;
 mod metrics;
 mod routes;
 mod scores;

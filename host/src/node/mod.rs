@@ -93,6 +93,12 @@ impl Node {
         self.0.key.public()
     }
 
+    /// The publishers whose releases this host runs by name: its own key, then those its
+    /// operator trusts.
+    pub fn trusted_publishers(&self) -> &[PublicKey] {
+        &self.0.trusted
+    }
+
     /// The secret key's bytes, for deriving the host's network identity from the same key.
     pub(crate) fn secret_key_bytes(&self) -> [u8; 32] {
         self.0.key.to_bytes()

@@ -78,7 +78,10 @@ async fn an_mcp_client_lists_the_agents_and_calls_the_ride_driver_in_both_protoc
             listed["input_schema"]["properties"]["action"]["enum"],
             json!(driver.body().actions)
         );
-        assert_eq!(listed["meta"]["market.agora/manifest"], json!(driver.hash()));
+        assert_eq!(
+            listed["meta"]["market.agora/manifest"],
+            json!(driver.hash())
+        );
 
         // The call ran the agent: its output, and a receipt this host signed and kept.
         let call = &session["call"];
@@ -94,7 +97,11 @@ async fn an_mcp_client_lists_the_agents_and_calls_the_ride_driver_in_both_protoc
         assert_eq!(receipt.body().agent.manifest, driver.hash());
         assert_eq!(json!(receipt.hash()), meta["market.agora/receipt_hash"]);
         assert!(
-            host.node.registry().receipt(&receipt.hash()).unwrap().is_some(),
+            host.node
+                .registry()
+                .receipt(&receipt.hash())
+                .unwrap()
+                .is_some(),
             "the host keeps the receipt of an MCP call"
         );
 
@@ -102,7 +109,10 @@ async fn an_mcp_client_lists_the_agents_and_calls_the_ride_driver_in_both_protoc
         let wrong = &session["wrong_action"];
         assert_eq!(wrong["is_error"], true, "{wrong}");
         let text = wrong["text"][0].as_str().unwrap();
-        assert!(text.contains("no-such-action") && text.contains("quote"), "{text}");
+        assert!(
+            text.contains("no-such-action") && text.contains("quote"),
+            "{text}"
+        );
     }
     server.shutdown().await;
 }
@@ -158,7 +168,8 @@ async fn an_mcp_client_is_held_to_the_per_caller_rate_by_its_address() {
     };
     let server = ApiServer::start(host.node.clone(), config).await.unwrap();
     let tool = format!("ride-driver.{}", &driver.hash().to_hex()[..8]);
-    let arguments = json!({"action": "quote", "payload": serde_json::from_str::<Value>(TRIP).unwrap()});
+    let arguments =
+        json!({"action": "quote", "payload": serde_json::from_str::<Value>(TRIP).unwrap()});
     let chain = |host: &TestHost| {
         host.node
             .registry()
@@ -178,5 +189,34 @@ async fn an_mcp_client_is_held_to_the_per_caller_rate_by_its_address() {
     assert!(text.contains("faster than the host admits"), "{text}");
     // The refused call never ran: two receipts, not three.
     assert_eq!(chain(&host), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_mcp_refuses_is_a_json_error_like_every_other() {
+    let host = TestHost::new().await;
+    let server = ApiServer::start(host.node.clone(), ApiConfig::default())
+        .await
+        .unwrap();
+    let both = "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    let list = br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#;
+    let cases: [(&str, &str, &[u8], u16, &str); 3] = [
+        ("POST", both, b"not json", 400, "deserialize"),
+        (
+            "POST",
+            "Content-Type: application/json\r\n",
+            list,
+            406,
+            "text/event-stream",
+        ),
+        ("GET", "", b"", 405, "Method Not Allowed"),
+    ];
+    for (method, headers, body, status, says) in cases {
+        let request = raw_http::request(method, "/mcp", headers, body);
+        let answer = raw_http::exchange(server.addr(), &request).await;
+        assert_eq!(answer.status, status, "{method} {headers:?}");
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert!(answer.error().contains(says), "{}", answer.error());
+    }
     server.shutdown().await;
 }

@@ -29,11 +29,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use agora_registry::{Hash, SignedManifest};
+use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities,
-    ServerInfo, Tool, ToolAnnotations,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams,
+    ServerCapabilities, ServerInfo, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::{
@@ -44,6 +47,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::config::HttpLimits;
+use super::error::ApiError;
 
 /// Tools per `tools/list` page.
 const TOOLS_PER_PAGE: usize = 100;
@@ -55,8 +59,20 @@ const TOOL_LIST_TTL_MS: u64 = 60_000;
 /// The `_meta` prefix of what agora adds to MCP results (reverse DNS of agora.market).
 const META: &str = "market.agora";
 
-/// The MCP service, to be mounted at `/mcp` behind the edge.
-pub(crate) fn service(
+/// The routes: MCP at `/mcp`, to be served behind the edge.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(
+    state: Shared,
+    limits: &HttpLimits,
+) -> Router<S> {
+    Router::new().nest_service(
+        "/mcp",
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::map_response(json_errors))
+            .service(service(state, limits)),
+    )
+}
+
+fn service(
     state: Shared,
     limits: &HttpLimits,
 ) -> StreamableHttpService<AgentTools, LocalSessionManager> {
@@ -68,7 +84,11 @@ pub(crate) fn service(
         .disable_allowed_hosts()
         .disable_allowed_origins();
     StreamableHttpService::new(
-        move || Ok(AgentTools { state: state.clone() }),
+        move || {
+            Ok(AgentTools {
+                state: state.clone(),
+            })
+        },
         Arc::new(LocalSessionManager::default()),
         config,
     )
@@ -355,6 +375,49 @@ fn describe(offered: &Offered) -> Tool {
     .with_title(format!("{} {}", body.name, body.version))
     .with_annotations(annotations)
     .with_meta(meta)
+}
+
+/// rmcp refuses what it cannot serve in plain text; the API answers every error as JSON, so a
+/// client (and the OpenAPI document) sees one error type. A body rmcp could not parse as
+/// JSON-RPC is malformed, 400, though rmcp says 415.
+async fn json_errors<B>(response: http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let response = response.map(axum::body::Body::new);
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let unparsed = text.starts_with("fail to deserialize request body");
+    let status = if unparsed {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    let text = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_owned()
+    } else {
+        text
+    };
+    let mut answer = ApiError::new(status, text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 fn tool_error(message: String) -> CallToolResult {

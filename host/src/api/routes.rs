@@ -76,7 +76,7 @@ pub(crate) fn router(state: Shared, limits: &HttpLimits) -> Router {
         .route("/v1/invoke", post(invoke))
         .route("/v1/receipts", post(post_receipt))
         .route("/v1/feedback", post(post_feedback))
-        .nest_service("/mcp", super::mcp::service(state.clone(), limits))
+        .merge(super::mcp::router(state.clone(), limits))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(
             ServiceBuilder::new()

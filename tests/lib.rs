@@ -234,7 +234,11 @@ pub fn python_client(venv: &str, script: &str) -> tokio::process::Command {
     );
     let mut command = tokio::process::Command::new(python);
     command
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(script))
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("clients")
+                .join(script),
+        )
         .kill_on_drop(true);
     command
 }

@@ -16,6 +16,9 @@
 //! - [`api::ApiServer`] serves the registry and reputation over HTTP (`/v1`, `/healthz`,
 //!   `/metrics`, an OpenAPI document) and accepts signed receipts, feedback and caller-signed
 //!   invocations; [`client::ApiClient`] is its client.
+//! - [`invoke`] calls an agent on another host with a caller-signed request, over HTTP or iroh
+//!   ([`net::invoke`]), admits such calls on the host ([`invoke::Admission`]), and checks the
+//!   signed receipt a caller gets back.
 //! - [`examples`] holds the example agents, compiled from `guest-examples/` when this crate is
 //!   built, and [`demo`] runs the marketplace demo with them.
 //!
@@ -39,6 +42,7 @@ pub mod client;
 pub mod demo;
 mod error;
 pub mod examples;
+pub mod invoke;
 mod limits;
 pub mod net;
 mod node;

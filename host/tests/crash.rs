@@ -3,76 +3,25 @@
 //! data dir, then the database is intact, every receipt a caller was handed and every receipt a
 //! peer was told was stored is there, and the host's chain never signs a sequence number twice.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_host::client::ApiClient;
+use agora_host::invoke::InvokeMessage;
 use agora_host::{DataDir, Node, NodeConfig, PublishOptions, examples};
 use agora_registry::{
-    CallRequest, Hash, PublicKey, ReceiptMessage, Registry, SecretKey, Signed, SignedReceipt,
-    SignedRequest, request_hash,
+    Hash, PublicKey, ReceiptMessage, Registry, SecretKey, SignedReceipt, SignedRequest,
 };
+use common::{agora, start_host};
 
 const RUNS: u64 = 20;
 const QUOTE: &[u8] = br#"{"trip": {"distance_m": 4000, "duration_s": 660}}"#;
 
-fn agora(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run agora");
-    assert!(
-        out.status.success(),
-        "agora {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Starts `agora host --api` on `data`; returns the process and its API address once it serves.
-fn start_host(data: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["host", "--api", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agora host");
-    let stdout = child.stdout.take().expect("stdout");
-    let api = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("api ").map(str::to_owned))
-        .expect("the host printed its API address");
-    (child, api)
-}
-
-fn sign(caller: &SecretKey, host: PublicKey, agent: Hash) -> SignedRequest {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    Signed::sign(
-        CallRequest {
-            caller: caller.public(),
-            host,
-            agent,
-            input_hash: request_hash("quote", QUOTE),
-            fuel_limit: 50_000_000,
-            nonce: CallRequest::new_nonce(),
-            expires_at_ms: now + 60_000,
-        },
-        caller,
-    )
-    .unwrap()
+fn sign(caller: &SecretKey, host: PublicKey, agent: Hash) -> (SignedRequest, InvokeMessage) {
+    let quote = std::str::from_utf8(QUOTE).unwrap();
+    InvokeMessage::sign(caller, host, agent, "quote", quote, 50_000_000).unwrap()
 }
 
 /// Invokes the agent until the host stops answering; records every receipt handed back.
@@ -84,21 +33,12 @@ async fn invoke_until_killed(
 ) {
     let caller = SecretKey::generate();
     loop {
-        let request = sign(&caller, host, agent);
-        let body = serde_json::json!({
-            "request": String::from_utf8_lossy(request.as_bytes()),
-            "action": "quote",
-            "payload": String::from_utf8_lossy(QUOTE),
-        });
-        let Ok(answer) = client
-            .post_json("/v1/invoke", serde_json::to_vec(&body).unwrap())
-            .await
-        else {
+        let (request, message) = sign(&caller, host, agent);
+        let Ok(answer) = agora_host::invoke::over_http(&client, &message).await else {
             return;
         };
-        let receipt = answer["receipt"].as_str().expect("a receipt");
-        let receipt = SignedReceipt::from_bytes(receipt.as_bytes()).expect("a valid receipt");
-        handed_out.lock().unwrap().push(receipt);
+        let called = agora_host::invoke::check(&request, answer).expect("a valid receipt");
+        handed_out.lock().unwrap().push(called.receipt);
     }
 }
 
@@ -148,7 +88,7 @@ async fn a_host_killed_mid_traffic_loses_no_acknowledged_receipt_and_never_reuse
     let caller = SecretKey::generate();
     let mut peer_receipts = Vec::new();
     for _ in 0..RUNS * 40 {
-        let request = sign(&caller, peer.public_key(), peer_agent.hash());
+        let (request, _) = sign(&caller, peer.public_key(), peer_agent.hash());
         let execution = peer.run_request(&request, "quote", QUOTE).await.unwrap();
         peer_receipts.push((execution.receipt, request));
     }
@@ -157,8 +97,8 @@ async fn a_host_killed_mid_traffic_loses_no_acknowledged_receipt_and_never_reuse
     let handed_out = Arc::new(Mutex::new(Vec::new()));
     let mut ingested = 0;
     for run in 0..RUNS {
-        let (mut child, api) = start_host(&data);
-        let client = ApiClient::new(&api).unwrap();
+        let mut host_process = start_host(&data, &[]);
+        let client = ApiClient::new(&host_process.api).unwrap();
         let invokers: Vec<_> = (0..2)
             .map(|_| {
                 tokio::spawn(invoke_until_killed(
@@ -176,8 +116,8 @@ async fn a_host_killed_mid_traffic_loses_no_acknowledged_receipt_and_never_reuse
         };
         // Kill at a different moment of the traffic each run.
         tokio::time::sleep(Duration::from_millis(60 + (run * 53) % 400)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
+        host_process.child.kill().unwrap();
+        host_process.child.wait().unwrap();
         for invoker in invokers {
             invoker.await.unwrap();
         }

@@ -5,6 +5,7 @@ mod edge;
 mod evidence;
 mod handmade;
 mod http;
+mod invoke;
 mod languages;
 mod loading;
 mod marketplace;

@@ -24,6 +24,11 @@ pub struct ApiConfig {
     pub allowed_origins: Vec<String>,
     /// The bounds on clients.
     pub limits: HttpLimits,
+    /// The invocation admission to share with the host's other transports
+    /// ([`crate::net::Network::admission`]), so a caller's rate and the invocation slots count
+    /// its calls over HTTP, iroh and MCP together. Default none: the API admits by its own,
+    /// sized from `limits`.
+    pub admission: Option<Arc<crate::invoke::Admission>>,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +39,7 @@ impl Default for ApiConfig {
             gossip: None,
             allowed_origins: Vec::new(),
             limits: HttpLimits::default(),
+            admission: None,
         }
     }
 }

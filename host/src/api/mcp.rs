@@ -187,13 +187,13 @@ impl AgentTools {
             Some(Value::String(text)) => text.clone().into_bytes(),
             Some(other) => other.to_string().into_bytes(),
         };
-        if let Err(wait) = self.state.edge.admit_client(client) {
+        if let Err(wait) = self.state.admission.admit_client(client) {
             return Ok(tool_error(format!(
                 "this client is calling faster than the host admits; try again in {} ms",
                 wait.as_millis().max(1)
             )));
         }
-        let Ok(_slot) = self.state.edge.invocation_slot() else {
+        let Some(_slot) = self.state.admission.slot() else {
             return Ok(tool_error(
                 "every invocation slot of this host is busy; try again shortly".into(),
             ));

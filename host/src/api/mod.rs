@@ -56,6 +56,7 @@ struct ApiState {
     metrics: Metrics,
     gossip: Option<Arc<crate::net::GossipStats>>,
     edge: Arc<Edge>,
+    admission: Arc<crate::invoke::Admission>,
 }
 
 type Shared = Arc<ApiState>;

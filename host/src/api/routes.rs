@@ -72,6 +72,7 @@ pub(crate) fn router(state: Shared, limits: &HttpLimits) -> Router {
         .route("/v1/agents/{hash}/receipts", get(agent_receipts))
         .route("/v1/hosts/{key}", get(host_record))
         .route("/v1/publishers/{key}", get(publisher_record))
+        .route("/v1/host", get(this_host))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/invoke", post(invoke))
         .route("/v1/receipts", post(post_receipt))
@@ -374,6 +375,16 @@ async fn publisher_record(
         "anchors": state.anchors,
         "computed_at_ms": snapshot.computed_at_ms,
     })))
+}
+
+/// Who this host is: the key that signs its receipts, which a caller names in its requests.
+async fn this_host(State(state): State<Shared>) -> Json<Value> {
+    state.count();
+    Json(json!({
+        "key": state.node.public_key(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "runtime": crate::RUNTIME_VERSION,
+    }))
 }
 
 async fn openapi() -> impl IntoResponse {

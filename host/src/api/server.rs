@@ -82,6 +82,10 @@ impl ApiServer {
             metrics: Metrics::default(),
             gossip: config.gossip.clone(),
             edge: Arc::new(Edge::new(&config, addr)),
+            admission: config
+                .admission
+                .clone()
+                .unwrap_or_else(|| crate::invoke::Admission::new(&config.limits)),
         });
         let refresher = tokio::spawn(refresh_scores(Arc::downgrade(&state), read));
         let app = routes::router(state, &config.limits);

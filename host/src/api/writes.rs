@@ -1,6 +1,6 @@
 //! The write endpoints: signed receipts and feedback from anyone, verified before they are
-//! stored, and caller-signed invocations, admitted by the caller's rate and a slot. Each refusal
-//! is a 4xx that names the fault.
+//! stored, and caller-signed invocations (run by [`crate::invoke`], which admits them by the
+//! caller's rate and a slot). Each refusal is a 4xx that names the fault.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,8 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::ApiBody;
@@ -105,76 +104,27 @@ async fn store(
     Ok(created(inserted, hash))
 }
 
-/// A caller-signed request to run an agent here. The request and the payload travel as strings
-/// so that their bytes are exactly those the caller signed and hashed.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Invoke {
-    /// The signed request envelope (`agora/request/v1`).
-    request: String,
-    /// The action.
-    action: String,
-    /// The payload, exactly as hashed into the request's input hash.
-    payload: String,
-}
-
+/// Runs a caller-signed request here (see [`crate::invoke`]): the answer carries the signed
+/// receipt whatever the outcome; a call that was not run is its refusal's status.
 pub(crate) async fn invoke(
     State(state): State<Shared>,
     ApiBody(body): ApiBody,
-) -> Result<Json<Value>, ApiError> {
-    use crate::RunError;
-    use agora_registry::Error as E;
+) -> Result<Json<crate::invoke::InvokeAnswer>, ApiError> {
     state.count();
-    let reject = |status, message| state.reject(status, message);
-    let call: Invoke = serde_json::from_slice(&body)
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let request = agora_registry::SignedRequest::from_bytes(call.request.as_bytes())
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    // Only a verified caller is charged against its rate; then one of the invocation slots,
-    // held until the call has run and its receipt is stored.
-    state.edge.admit_caller(&request.body().caller)?;
-    let _slot = state.edge.invocation_slot()?;
-    let execution = match state
-        .node
-        .run_request(&request, &call.action, call.payload.as_bytes())
-        .await
-    {
-        Ok(execution) => execution,
-        Err(e @ RunError::InputMismatch { .. }) => {
-            return Err(reject(StatusCode::BAD_REQUEST, e.to_string()));
+    let message = serde_json::from_slice(&body)
+        .map_err(|e| state.reject(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    match crate::invoke::serve(&state.node, &state.admission, &message).await {
+        Ok(answer) => Ok(Json(answer)),
+        Err(refusal) => {
+            let status =
+                StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut error = state.reject(status, refusal.to_string());
+            if let Some(wait) = refusal.retry_after() {
+                error = error.retry_after(wait);
+            }
+            Err(error)
         }
-        Err(e @ RunError::Registry(E::Replayed { .. })) => {
-            return Err(reject(StatusCode::CONFLICT, e.to_string()));
-        }
-        Err(
-            e @ RunError::Registry(
-                E::WrongHost { .. }
-                | E::RequestExpired { .. }
-                | E::RequestTooLongLived { .. }
-                | E::Malformed { .. },
-            ),
-        ) => return Err(reject(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
-        Err(e @ RunError::HostBusy { .. }) => {
-            return Err(
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                    .retry_after(std::time::Duration::from_secs(1)),
-            );
-        }
-        Err(e @ RunError::Registry(E::UnknownAgent { .. })) => {
-            return Err(reject(StatusCode::NOT_FOUND, e.to_string()));
-        }
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    // The call ran, whatever its outcome: the answer is the outcome and the signed receipt,
-    // which reaches the scores at the next refresh.
-    Ok(Json(json!({
-        "outcome": execution.outcome.name(),
-        "error": execution.error().map(|e| e.to_string()),
-        "output": execution.output.as_deref().map(String::from_utf8_lossy),
-        "fuel_used": execution.fuel_used,
-        "charge": execution.charge,
-        "receipt": String::from_utf8_lossy(execution.receipt.as_bytes()),
-    })))
+    }
 }
 
 fn created(inserted: Inserted, hash: Hash) -> Response {

@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod fetch;
 mod gossip;
+pub mod invoke;
 
 pub use config::NetConfig;
 pub use error::{FetchError, NetError, PeerFailure};
@@ -33,6 +34,8 @@ use iroh_gossip::Gossip;
 use iroh_gossip::api::GossipSender;
 use iroh_tickets::endpoint::EndpointTicket;
 
+use crate::api::HttpLimits;
+use crate::invoke::Admission;
 use crate::node::Node;
 
 pub use gossip::{GossipStats, marketplace_topic};
@@ -56,6 +59,7 @@ pub struct Network {
     listener: tokio::task::JoinHandle<()>,
     announcer: tokio::task::JoinHandle<()>,
     catch_up: Arc<CatchUpState>,
+    admission: Arc<Admission>,
 }
 
 /// Where this host is in each peer's evidence.
@@ -107,32 +111,9 @@ impl std::fmt::Debug for Network {
 impl Network {
     /// Opens the endpoint with the node's key as its identity and serves the node's blobs.
     pub async fn start(node: Node, config: NetConfig) -> Result<Network, NetError> {
-        let bind_error = |message: String| NetError::Bind {
-            bind: config.bind,
-            message,
-        };
         let secret = iroh::SecretKey::from_bytes(&node.secret_key_bytes());
-        let builder = if config.internet {
-            Endpoint::builder(presets::N0)
-        } else {
-            Endpoint::builder(presets::Minimal)
-                .relay_mode(RelayMode::Disabled)
-                .portmapper_config(PortmapperConfig::Disabled)
-        };
-        // Gossip names peers by id only; their addresses come from here.
-        let addresses = MemoryLookup::new();
-        for peer in &config.peers {
-            addresses.add_endpoint_info(peer.clone());
-        }
-        let endpoint = builder
-            .address_lookup(addresses)
-            .clear_ip_transports()
-            .bind_addr(config.bind)
-            .map_err(|e| bind_error(e.to_string()))?
-            .secret_key(secret)
-            .bind()
-            .await
-            .map_err(|e| bind_error(e.to_string()))?;
+        let endpoint = bind(&config, secret, &config.peers).await?;
+        let admission = Admission::new(&HttpLimits::default());
         let blobs = BlobsProtocol::new(node.blobs().iroh_store(), None);
         let gossip = Gossip::builder()
             .max_message_size(MAX_GOSSIP_MESSAGE.max(4096))
@@ -143,6 +124,14 @@ impl Network {
             .accept(
                 crate::sync::ALPN,
                 crate::sync::EvidenceProtocol { node: node.clone() },
+            )
+            .accept(
+                crate::invoke::ALPN,
+                invoke::InvokeProtocol {
+                    node: node.clone(),
+                    admission: admission.clone(),
+                    max_message_bytes: HttpLimits::default().max_body_bytes,
+                },
             )
             .spawn();
         let catch_up = Arc::new(CatchUpState {
@@ -179,7 +168,14 @@ impl Network {
             stats,
             listener,
             announcer,
+            admission,
         })
+    }
+
+    /// The admission of calls over iroh, to share with the HTTP API
+    /// ([`crate::api::ApiConfig::admission`]) so that a caller's rate counts both.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.admission.clone()
     }
 
     /// Tells the marketplace about an agent this host has (after publishing or fetching it).
@@ -248,4 +244,37 @@ impl Network {
             tracing::warn!(%error, "network shutdown");
         }
     }
+}
+
+/// Binds an endpoint with `secret` as its identity, reaching as far as `config` says, knowing
+/// the addresses of `peers` (gossip and dials name peers by id only).
+async fn bind(
+    config: &NetConfig,
+    secret: iroh::SecretKey,
+    peers: &[EndpointAddr],
+) -> Result<Endpoint, NetError> {
+    let bind_error = |message: String| NetError::Bind {
+        bind: config.bind,
+        message,
+    };
+    let builder = if config.internet {
+        Endpoint::builder(presets::N0)
+    } else {
+        Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Disabled)
+            .portmapper_config(PortmapperConfig::Disabled)
+    };
+    let addresses = MemoryLookup::new();
+    for peer in peers {
+        addresses.add_endpoint_info(peer.clone());
+    }
+    builder
+        .address_lookup(addresses)
+        .clear_ip_transports()
+        .bind_addr(config.bind)
+        .map_err(|e| bind_error(e.to_string()))?
+        .secret_key(secret)
+        .bind()
+        .await
+        .map_err(|e| bind_error(e.to_string()))
 }

@@ -104,7 +104,7 @@ impl Node {
     }
 
     /// [`Node::manifest`] on the blocking pool when not cached.
-    async fn manifest_async(
+    pub(crate) async fn manifest_async(
         &self,
         hash: &Hash,
     ) -> Result<Option<SignedManifest>, agora_registry::Error> {

@@ -1,0 +1,189 @@
+//! `agora call` and `agora rate` against a host in another process, over HTTP and over iroh:
+//! the caller's key signs, the output goes to stdout, the receipt is verified and kept in the
+//! caller's registry, feedback reaches the host and moves the agent's reputation, and the
+//! remote path refuses what a local one refuses (a replay, an unknown agent).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use agora_host::client::ApiClient;
+use agora_host::examples;
+use agora_host::invoke::{CallError, InvokeMessage};
+use agora_host::net::{NetConfig, Network};
+use agora_registry::{Hash, PublicKey, Registry, SecretKey};
+use common::{agora, agora_output, start_host};
+
+const QUOTE: &str = r#"{"trip": {"distance_m": 4000, "duration_s": 660}}"#;
+
+/// `agora call`, which must succeed: its output and the receipt hash it reported.
+fn call(caller: &Path, agent: &str, on: &str) -> (serde_json::Value, Hash) {
+    let out = agora_output(
+        caller,
+        &["call", agent, "-a", "quote", "-p", QUOTE, "--on", on],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agora call on {on}: {stderr}");
+    let receipt = stderr
+        .split_whitespace()
+        .skip_while(|word| *word != "receipt")
+        .nth(1)
+        .expect("agora call names the receipt")
+        .trim_end_matches(',')
+        .parse()
+        .unwrap();
+    (
+        serde_json::from_slice(&out.stdout).expect("JSON output"),
+        receipt,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_in_another_process_calls_over_http_and_iroh_keeps_the_receipts_and_rates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host_data, caller_data) = (dir.path().join("host"), dir.path().join("caller"));
+    let host: PublicKey = agora(&host_data, &["keygen"]).trim().parse().unwrap();
+    let caller: PublicKey = agora(&caller_data, &["keygen"]).trim().parse().unwrap();
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, examples::RIDE_DRIVER).unwrap();
+    // Priced: only calls that cost something are evidence.
+    let publish = ["publish", component.to_str().unwrap(), "--price", "1000"];
+    let manifest: Hash = agora(&host_data, &publish)
+        .lines()
+        .find_map(|line| line.strip_prefix("manifest  "))
+        .expect("the manifest hash")
+        .parse()
+        .unwrap();
+    // The operator vouches for this caller, so its ratings count in the host's scores.
+    let running = start_host(&host_data, &["--anchor", &caller.to_string()]);
+
+    let (by_url, over_http) = call(&caller_data, "ride-driver", &running.api);
+    let (by_ticket, over_iroh) = call(&caller_data, &manifest.to_hex(), &running.ticket);
+    assert!(by_url["fare_cents"].as_u64().unwrap() > 0, "{by_url}");
+    assert_eq!(
+        by_url, by_ticket,
+        "the same call gives the same answer either way"
+    );
+
+    // Both receipts are the caller's evidence now, and the host's.
+    let kept = Registry::open(&caller_data.join("registry.db")).unwrap();
+    let served = Registry::open(&host_data.join("registry.db")).unwrap();
+    for receipt in [over_http, over_iroh] {
+        let mine = kept
+            .receipt(&receipt)
+            .unwrap()
+            .expect("the caller keeps the receipt");
+        assert_eq!(mine.body().caller, Some(caller));
+        assert_eq!(mine.body().host, host);
+        assert!(served.receipt(&receipt).unwrap().is_some());
+    }
+
+    let client = ApiClient::new(&running.api).unwrap();
+    let reputation = format!("/v1/agents/{manifest}/reputation");
+    let before = client.get_json(&reputation).await.unwrap()["quality"]
+        .as_f64()
+        .unwrap();
+    let rate = |receipt: Hash, on: &str| {
+        agora(
+            &caller_data,
+            &["rate", &receipt.to_hex(), "0", "--tag", "slow", "--on", on],
+        )
+    };
+    rate(over_http, &running.api);
+    rate(over_iroh, &running.ticket);
+    for receipt in [over_http, over_iroh] {
+        let feedback = served
+            .feedback(&receipt)
+            .unwrap()
+            .expect("the host has the rating");
+        assert_eq!(feedback.body().rater, caller);
+        assert_eq!(feedback.body().score, 0);
+    }
+    // Rated useless by a caller the host trusts: the agent's quality falls.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = client.get_json(&reputation).await.unwrap()["quality"]
+            .as_f64()
+            .unwrap();
+        if now < before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "quality {now} never fell below {before} after two ratings of 0"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A second rating of the same call is refused, naming why.
+    let again = agora_output(
+        &caller_data,
+        &["rate", &over_http.to_hex(), "100", "--on", &running.api],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("rated once"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_iroh_a_replayed_request_and_an_unknown_agent_are_refused_as_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_data = dir.path().join("host");
+    let host: PublicKey = agora(&host_data, &["keygen"]).trim().parse().unwrap();
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, examples::RIDE_DRIVER).unwrap();
+    let manifest: Hash = agora(&host_data, &["publish", component.to_str().unwrap()])
+        .lines()
+        .find_map(|line| line.strip_prefix("manifest  "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let running = start_host(&host_data, &[]);
+    let addr = Network::parse_ticket(&running.ticket).unwrap();
+    assert_eq!(agora_host::net::invoke::host_key(&addr).unwrap(), host);
+    let net = NetConfig::local();
+    let caller = SecretKey::generate();
+
+    let (request, message) =
+        InvokeMessage::sign(&caller, host, manifest, "quote", QUOTE, 50_000_000).unwrap();
+    let answer = agora_host::net::invoke::call(&net, &addr, &message)
+        .await
+        .unwrap();
+    agora_host::invoke::check(&request, answer).expect("a receipt for this request");
+    let replayed = agora_host::net::invoke::call(&net, &addr, &message).await;
+    assert!(
+        matches!(replayed, Err(CallError::Refused { status: 409, .. })),
+        "{replayed:?}"
+    );
+
+    let unknown = Hash::of(b"no such agent");
+    let (_, message) =
+        InvokeMessage::sign(&caller, host, unknown, "quote", QUOTE, 50_000_000).unwrap();
+    let refused = agora_host::net::invoke::call(&net, &addr, &message).await;
+    match refused {
+        Err(CallError::Refused {
+            status: 404, error, ..
+        }) => {
+            assert!(error.contains(&unknown.to_hex()), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The CLI says the same, and exits non-zero.
+    let caller_data = dir.path().join("caller");
+    agora(&caller_data, &["keygen"]);
+    let out = agora_output(
+        &caller_data,
+        &[
+            "call",
+            &unknown.to_hex(),
+            "-a",
+            "quote",
+            "--on",
+            &running.ticket,
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused the call (404)"), "{stderr}");
+}

@@ -237,7 +237,7 @@ impl Network {
     ///
     /// This also closes the node's blob store (iroh's router shuts down the protocols it
     /// serves), so call it last, after the node's other work is done.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.listener.abort();
         self.announcer.abort();
         if let Err(error) = self.router.shutdown().await {

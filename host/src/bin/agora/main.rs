@@ -1,5 +1,6 @@
 //! `agora`: publish, list and run marketplace agents on this machine.
 
+mod admin;
 mod call;
 mod commands;
 mod reputation;
@@ -9,13 +10,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agora_host::DataDir;
 use agora_host::net::{NetConfig, Network};
-use agora_host::{DataDir, report};
 use agora_registry::{Hash, PublicKey};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use commands::{fetch, open, publish, run, shutdown_signal};
+use admin::AdminCommand;
+use commands::{PublishSpec, RunSpec, Work, open, shutdown_signal};
 use reputation::reputation;
 use ui::spinner;
 
@@ -272,33 +274,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("key written to {}", data_dir.key_path().display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Publish(args) => publish(data_dir, args).await,
-        Command::Agents { json } => {
-            let node = open(data_dir).await?;
-            let manifests = node.registry().manifests()?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                for manifest in &manifests {
-                    out.write_all(manifest.as_bytes())?;
-                    writeln!(out)?;
-                }
-            } else if manifests.is_empty() {
-                eprintln!("no agents yet; publish one with `agora publish <component.wasm>`");
-            } else {
-                report::write_agents(&mut out, &manifests)?;
-            }
-            node.shutdown().await?;
-            Ok(ExitCode::SUCCESS)
+        Command::Publish(args) => {
+            let command = AdminCommand::Publish(PublishSpec::from_args(args)?);
+            on_data_dir(data_dir, command, NetConfig::local()).await
         }
-        Command::Run(args) => run(data_dir, args).await,
+        Command::Agents { json } => {
+            on_data_dir(data_dir, AdminCommand::Agents { json }, NetConfig::local()).await
+        }
+        Command::Run(args) => {
+            let command = AdminCommand::Run(RunSpec::from_args(&args)?);
+            on_data_dir(data_dir, command, args.net.config()?).await
+        }
         Command::Host {
             net,
             api,
             anchors,
             allowed_origins,
         } => {
-            let node = open(data_dir).await?;
-            let network = Network::start(node.clone(), net.config()?).await?;
+            admin::claim(&data_dir).await?;
+            let node = open(data_dir.clone()).await?;
+            let network = std::sync::Arc::new(Network::start(node.clone(), net.config()?).await?);
+            // From here the CLI's commands on this data dir run in this host.
+            let admin = admin::serve(
+                &data_dir,
+                Work {
+                    node: node.clone(),
+                    network: Some(network.clone()),
+                },
+            )?;
             println!("host {}", node.public_key());
             println!("ticket {}", network.ticket());
             let api = match api {
@@ -324,6 +327,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             shutdown_signal().await?;
             eprintln!("stopping");
+            drop(admin);
             if let Some(api) = api {
                 api.shutdown().await;
             }
@@ -373,43 +377,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             net,
         } => {
-            let node = open(data_dir).await?;
-            let network = Network::start(node.clone(), net.config()?).await?;
-            let fetched = fetch(&network, manifest, &from).await;
-            network.shutdown().await;
-            let fetched = fetched?;
-            let body = fetched.body();
-            println!("fetched {}@{}", body.name, body.version);
-            println!("manifest  {}", fetched.hash());
-            println!("publisher {}", body.publisher);
-            println!(
-                "component {} ({} bytes)",
-                body.component.hash, body.component.size
-            );
-            Ok(ExitCode::SUCCESS)
+            let command = AdminCommand::Fetch { manifest, from };
+            on_data_dir(data_dir, command, net.config()?).await
         }
         Command::Receipts { agent, limit, json } => {
-            let node = open(data_dir).await?;
-            let receipts = match agent {
-                Some(agent) => {
-                    let manifest = node.resolve(&agent)?;
-                    node.registry()
-                        .receipts_page(&manifest.hash(), None, limit)?
-                        .parse()?
-                }
-                None => node.registry().receipts(limit)?,
-            };
-            let mut out = std::io::stdout().lock();
-            if json {
-                for receipt in &receipts {
-                    out.write_all(receipt.as_bytes())?;
-                    writeln!(out)?;
-                }
-            } else {
-                report::write_receipts(&mut out, node.registry(), &receipts)?;
-            }
-            node.shutdown().await?;
-            Ok(ExitCode::SUCCESS)
+            let command = AdminCommand::Receipts { agent, limit, json };
+            on_data_dir(data_dir, command, NetConfig::local()).await
         }
         Command::Demo { keep } => {
             let temp;
@@ -436,6 +409,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Runs a command on a data dir: in the host running on it if there is one (over the admin
+/// channel), otherwise here, opening the data dir (and starting `net` if it needs the network).
+async fn on_data_dir(
+    data_dir: DataDir,
+    command: AdminCommand,
+    net: NetConfig,
+) -> anyhow::Result<ExitCode> {
+    match admin::connect(&data_dir).await {
+        Some(host) => {
+            tracing::info!("a host runs on this data dir; the command runs in it");
+            let spinner = spinner(&command.doing());
+            let printed = admin::send(host, &command).await;
+            spinner.finish_and_clear();
+            printed?.emit()
+        }
+        None => commands::run_locally(data_dir, command, net).await,
     }
 }
 

@@ -92,6 +92,15 @@ impl ApiClient {
         self.exchange(hyper::Method::GET, path, None).await
     }
 
+    /// GETs `path` and returns the answer as text (for `/metrics`, `/healthz`). A non-2xx
+    /// status is an error carrying the message the host gave.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("http://{}{path}", self.authority);
+        let (status, body) = self.timed(&url, hyper::Method::GET, path, None).await?;
+        check_status(&url, status, &body)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// POSTs `body` as JSON to `path` and parses the JSON answer. A non-2xx status is an error
     /// carrying the message the host gave.
     pub async fn post_json(&self, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
@@ -105,9 +114,27 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<Value, ClientError> {
         let url = format!("http://{}{path}", self.authority);
-        match tokio::time::timeout(TIMEOUT, self.send(&url, method, path, body)).await {
+        let (status, body) = self.timed(&url, method, path, body).await?;
+        check_status(&url, status, &body)?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// One exchange under [`TIMEOUT`]: the status and the body.
+    async fn timed(
+        &self,
+        url: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(hyper::StatusCode, Bytes), ClientError> {
+        match tokio::time::timeout(TIMEOUT, self.send(url, method, path, body)).await {
             Ok(answer) => answer,
-            Err(_) => Err(ClientError::Timeout { url }),
+            Err(_) => Err(ClientError::Timeout {
+                url: url.to_owned(),
+            }),
         }
     }
 
@@ -117,7 +144,7 @@ impl ApiClient {
         method: hyper::Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<(hyper::StatusCode, Bytes), ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             url: url.to_owned(),
             reason,
@@ -151,24 +178,25 @@ impl ApiClient {
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         driver.abort();
-        let parsed: Result<Value, _> = serde_json::from_slice(&body);
-        if !status.is_success() {
-            let message = match &parsed {
-                Ok(value) => value["error"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| value.to_string()),
-                Err(_) => String::from_utf8_lossy(&body).chars().take(200).collect(),
-            };
-            return Err(ClientError::Status {
-                url: url.to_owned(),
-                status: status.as_u16(),
-                message,
-            });
-        }
-        parsed.map_err(|e| ClientError::Malformed {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })
+        Ok((status, body))
     }
+}
+
+/// A non-2xx status as the error naming what the host said.
+fn check_status(url: &str, status: hyper::StatusCode, body: &[u8]) -> Result<(), ClientError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let message = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => value["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string()),
+        Err(_) => String::from_utf8_lossy(body).chars().take(200).collect(),
+    };
+    Err(ClientError::Status {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        message,
+    })
 }

@@ -60,10 +60,12 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         text.push_str(&format!(
             "# TYPE agora_gossip_accepted_total counter\nagora_gossip_accepted_total {}\n\
              # TYPE agora_gossip_dropped_total counter\nagora_gossip_dropped_total {}\n\
-             # TYPE agora_gossip_over_quota_total counter\nagora_gossip_over_quota_total {}\n",
+             # TYPE agora_gossip_over_quota_total counter\nagora_gossip_over_quota_total {}\n\
+             # TYPE agora_gossip_neighbours gauge\nagora_gossip_neighbours {}\n",
             gossip.accepted(),
             gossip.dropped(),
             gossip.over_quota(),
+            gossip.neighbours(),
         ));
     }
     (

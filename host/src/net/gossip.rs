@@ -51,9 +51,15 @@ pub struct GossipStats {
     accepted: AtomicU64,
     dropped: AtomicU64,
     over_quota: AtomicU64,
+    neighbours: AtomicU64,
 }
 
 impl GossipStats {
+    /// Gossip neighbours this host has now.
+    pub fn neighbours(&self) -> u64 {
+        self.neighbours.load(Ordering::Relaxed)
+    }
+
     /// Announcements that verified and added a manifest, receipt or feedback to the registry.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
@@ -175,6 +181,7 @@ pub(super) async fn listen(
     mut receiver: iroh_gossip::api::GossipReceiver,
     stats: Arc<GossipStats>,
     catch_up: Arc<CatchUpState>,
+    book: Arc<super::peers::PeerBook>,
 ) {
     let mut budgets = PeerBudgets::default();
     while let Some(first) = receiver.next().await {
@@ -207,8 +214,25 @@ pub(super) async fn listen(
                     // learns of this host's catalogue goes to that neighbour only, in bounded
                     // rounds, instead of a broadcast to every neighbour.
                     tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; catching up on its evidence");
-                    let catch_up = catch_up.clone();
-                    tokio::spawn(async move { catch_up.with(EndpointAddr::new(peer)).await });
+                    stats.neighbours.fetch_add(1, Ordering::Relaxed);
+                    let (catch_up, book) = (catch_up.clone(), book.clone());
+                    tokio::spawn(async move {
+                        // Remembered where it was reached, for the next start.
+                        if let Some(info) = catch_up.endpoint.remote_info(peer).await {
+                            let addrs = info.into_addrs().map(|addr| addr.into_addr());
+                            book.remember(&EndpointAddr::from_parts(peer, addrs));
+                        }
+                        catch_up.with(EndpointAddr::new(peer)).await
+                    });
+                }
+                Ok(Event::NeighborDown(peer)) => {
+                    tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour down");
+                    let _ =
+                        stats
+                            .neighbours
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
                 }
                 Ok(_) => {}
                 Err(error) => {

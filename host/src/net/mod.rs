@@ -16,6 +16,7 @@ mod error;
 mod fetch;
 mod gossip;
 pub mod invoke;
+mod peers;
 
 pub use config::NetConfig;
 pub use error::{FetchError, NetError, PeerFailure};
@@ -40,6 +41,8 @@ use crate::node::Node;
 
 pub use gossip::{GossipStats, marketplace_topic};
 use gossip::{announce_new_releases, announcement, listen};
+use peers::PeerBook;
+pub use peers::{MAX_REMEMBERED, REJOIN_INTERVAL};
 
 /// Largest manifest a host accepts from a peer. Real manifests are a few hundred bytes.
 const MAX_MANIFEST_BYTES: u64 = 64 << 10;
@@ -60,6 +63,8 @@ pub struct Network {
     announcer: tokio::task::JoinHandle<()>,
     catch_up: Arc<CatchUpState>,
     admission: Arc<Admission>,
+    rejoiner: tokio::task::JoinHandle<()>,
+    remembered: Arc<PeerBook>,
 }
 
 /// Where this host is in each peer's evidence.
@@ -112,7 +117,19 @@ impl Network {
     /// Opens the endpoint with the node's key as its identity and serves the node's blobs.
     pub async fn start(node: Node, config: NetConfig) -> Result<Network, NetError> {
         let secret = iroh::SecretKey::from_bytes(&node.secret_key_bytes());
-        let endpoint = bind(&config, secret, &config.peers).await?;
+        // The peers given, then those remembered from earlier runs (see `peers`).
+        let book = Arc::new(PeerBook::load(&node.data_dir().peers_path()));
+        let own_id = secret.public();
+        let mut known = config.peers.clone();
+        for peer in book.addrs() {
+            if peer.id != own_id && !known.iter().any(|k| k.id == peer.id) {
+                known.push(peer);
+            }
+        }
+        for peer in config.peers.iter().rev() {
+            book.remember(peer);
+        }
+        let endpoint = bind(&config, secret, &known).await?;
         let admission = Admission::new(&HttpLimits::default());
         let blobs = BlobsProtocol::new(node.blobs().iroh_store(), None);
         let gossip = Gossip::builder()
@@ -139,7 +156,7 @@ impl Network {
             endpoint: endpoint.clone(),
             cursors: Default::default(),
         });
-        let bootstrap = config.peers.iter().map(|p| p.id).collect();
+        let bootstrap: Vec<iroh::EndpointId> = known.iter().map(|p| p.id).collect();
         let topic = gossip
             .subscribe(marketplace_topic(), bootstrap)
             .await
@@ -151,9 +168,22 @@ impl Network {
             receiver,
             stats.clone(),
             catch_up.clone(),
+            book.clone(),
         ));
+        let rejoiner = tokio::spawn(rejoin_while_alone(
+            announcements.clone(),
+            stats.clone(),
+            book.clone(),
+        ));
+        if !known.is_empty() {
+            tracing::info!(
+                given = config.peers.len(),
+                remembered = known.len() - config.peers.len(),
+                "joining the marketplace"
+            );
+        }
         // Catch up on the evidence the peers already hold; gossip brings what comes after.
-        for peer in &config.peers {
+        for peer in &known {
             let (catch_up, peer) = (catch_up.clone(), peer.clone());
             tokio::spawn(async move { catch_up.with(peer).await });
         }
@@ -168,8 +198,15 @@ impl Network {
             stats,
             listener,
             announcer,
+            rejoiner,
             admission,
+            remembered: book,
         })
+    }
+
+    /// How many peers this host remembers (see [`PeerBook`]): the ones it rejoins on restart.
+    pub fn remembered_peers(&self) -> usize {
+        self.remembered.len()
     }
 
     /// The admission of calls over iroh, to share with the HTTP API
@@ -240,6 +277,7 @@ impl Network {
     pub async fn shutdown(&self) {
         self.listener.abort();
         self.announcer.abort();
+        self.rejoiner.abort();
         if let Err(error) = self.router.shutdown().await {
             tracing::warn!(%error, "network shutdown");
         }
@@ -277,4 +315,32 @@ async fn bind(
         .bind()
         .await
         .map_err(|e| bind_error(e.to_string()))
+}
+
+/// While this host has no gossip neighbour, dials its remembered peers every
+/// [`REJOIN_INTERVAL`]: after a restart of them, or of the network, the swarm heals.
+async fn rejoin_while_alone(
+    announcements: GossipSender,
+    stats: Arc<GossipStats>,
+    book: Arc<PeerBook>,
+) {
+    let mut tick = tokio::time::interval(REJOIN_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if stats.neighbours() > 0 {
+            continue;
+        }
+        let peers: Vec<iroh::EndpointId> = book.addrs().iter().map(|p| p.id).collect();
+        if peers.is_empty() {
+            continue;
+        }
+        tracing::debug!(
+            peers = peers.len(),
+            "no gossip neighbour; rejoining remembered peers"
+        );
+        if let Err(error) = announcements.join_peers(peers).await {
+            tracing::debug!(%error, "rejoining remembered peers");
+        }
+    }
 }

@@ -46,6 +46,11 @@ impl DataDir {
         self.root.join("registry.db")
     }
 
+    /// The peers this host remembers across restarts (see [`crate::net::Network`]).
+    pub fn peers_path(&self) -> PathBuf {
+        self.root.join("peers.json")
+    }
+
     /// The compiled-code cache (see [`Limits::max_compiled_cache_bytes`]).
     pub fn compiled_path(&self) -> PathBuf {
         self.root.join("compiled")

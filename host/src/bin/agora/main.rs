@@ -303,6 +303,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )?;
             println!("host {}", node.public_key());
+            eprintln!(
+                "peers: {} remembered, rejoined at start (kept in {})",
+                network.remembered_peers(),
+                data_dir.peers_path().display()
+            );
             println!("ticket {}", network.ticket());
             let api = match api {
                 Some(listen) => {

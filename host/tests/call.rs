@@ -187,3 +187,52 @@ async fn over_iroh_a_replayed_request_and_an_unknown_agent_are_refused_as_over_h
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refused the call (404)"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_called_for_an_agent_it_only_heard_of_fetches_it_from_its_publisher_and_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (publisher_data, host_data, caller_data) = (
+        dir.path().join("publisher"),
+        dir.path().join("host"),
+        dir.path().join("caller"),
+    );
+    for data in [&publisher_data, &host_data, &caller_data] {
+        agora(data, &["keygen"]);
+    }
+    let publisher = start_host(&publisher_data, &[]);
+    let host = start_host(&host_data, &["--peer", &publisher.ticket]);
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, examples::RIDE_DRIVER).unwrap();
+    // Published through the running publisher host, which announces it.
+    let manifest: Hash = agora(&publisher_data, &["publish", component.to_str().unwrap()])
+        .lines()
+        .find_map(|line| line.strip_prefix("manifest  "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host_api = ApiClient::new(&host.api).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while host_api
+        .get_json(&format!("/v1/agents/{manifest}"))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host never heard of the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (fare, receipt) = call(&caller_data, &manifest.to_hex(), &host.ticket);
+    assert!(fare["fare_cents"].as_u64().unwrap() > 0, "{fare}");
+    let kept = Registry::open(&caller_data.join("registry.db")).unwrap();
+    let receipt = kept.receipt(&receipt).unwrap().unwrap();
+    let host_key: PublicKey =
+        agora_host::net::invoke::host_key(&Network::parse_ticket(&host.ticket).unwrap()).unwrap();
+    assert_eq!(
+        receipt.body().host,
+        host_key,
+        "the host that was called ran it"
+    );
+}

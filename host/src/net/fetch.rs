@@ -7,7 +7,8 @@ use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::store::mem::MemStore;
 use n0_future::StreamExt;
 
-use super::{CONNECT_TIMEOUT, FetchError, MAX_MANIFEST_BYTES, Network, PeerFailure, STALL_TIMEOUT};
+use super::{CONNECT_TIMEOUT, FetchError, MAX_MANIFEST_BYTES, PeerFailure, STALL_TIMEOUT};
+use crate::node::Node;
 
 /// Observes transfers, e.g. to draw a progress bar.
 pub trait FetchProgress: Send + Sync {
@@ -28,7 +29,39 @@ impl FetchProgress for NoProgress {
     fn finish(&self) {}
 }
 
-impl Network {
+/// What fetching needs of the network: the node to store into, the endpoint to dial from, and
+/// the gossip to announce what was fetched. Cheap to clone; also the node's source of components
+/// it knows only by manifest (see [`crate::node::ComponentSource`]).
+#[derive(Clone)]
+pub(crate) struct Fetcher {
+    pub(super) node: Node,
+    pub(super) endpoint: iroh::Endpoint,
+    pub(super) announcements: iroh_gossip::api::GossipSender,
+}
+
+impl crate::node::ComponentSource for Fetcher {
+    fn fetch(
+        &self,
+        manifest: SignedManifest,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            // The publisher's host announced it, and has it; its address is known if it is, or
+            // was, a neighbour.
+            let publisher = iroh::EndpointId::from_bytes(manifest.body().publisher.as_bytes())
+                .map_err(|e| e.to_string())?;
+            self.fetch_agent(
+                manifest.hash(),
+                &[EndpointAddr::new(publisher)],
+                &NoProgress,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl Fetcher {
     /// Fetches the agent whose manifest hash is `manifest` from the first of `peers` that has
     /// it, verifying everything before storing it. Blobs already present are not fetched again.
     pub async fn fetch_agent(
@@ -270,7 +303,7 @@ impl Network {
             .insert_manifest(&manifest)
             .map_err(|e| Attempt::Fatal(store_error(manifest_hash)(&e)))?;
         tracing::info!(%agent, manifest = %manifest_hash, peer = %peer.id.fmt_short(), "fetched");
-        self.announce(&manifest).await;
+        super::announce(&self.announcements, &manifest).await;
         Ok(manifest)
     }
 }

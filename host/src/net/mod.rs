@@ -54,7 +54,6 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_GOSSIP_MESSAGE: usize = MAX_MANIFEST_BYTES as usize + 1;
 /// A host's presence on the network.
 pub struct Network {
-    node: Node,
     endpoint: Endpoint,
     router: Router,
     announcements: GossipSender,
@@ -65,6 +64,8 @@ pub struct Network {
     admission: Arc<Admission>,
     rejoiner: tokio::task::JoinHandle<()>,
     remembered: Arc<PeerBook>,
+    /// Held here; the node holds it weakly, as where to fetch components it lacks.
+    fetcher: Arc<fetch::Fetcher>,
 }
 
 /// Where this host is in each peer's evidence.
@@ -188,9 +189,16 @@ impl Network {
             tokio::spawn(async move { catch_up.with(peer).await });
         }
         let announcer = tokio::spawn(announce_new_releases(node.clone(), announcements.clone()));
+        let fetcher = Arc::new(fetch::Fetcher {
+            node: node.clone(),
+            endpoint: endpoint.clone(),
+            announcements: announcements.clone(),
+        });
+        // An agent learned of by gossip is fetched from its publisher when first called.
+        let source: Arc<dyn crate::node::ComponentSource> = fetcher.clone();
+        node.set_component_source(Arc::downgrade(&source));
         tracing::info!(id = %endpoint.id(), addr = ?endpoint.addr(), "serving blobs and gossip");
         Ok(Network {
-            node,
             endpoint,
             router,
             catch_up,
@@ -201,6 +209,7 @@ impl Network {
             rejoiner,
             admission,
             remembered: book,
+            fetcher,
         })
     }
 
@@ -217,10 +226,32 @@ impl Network {
 
     /// Tells the marketplace about an agent this host has (after publishing or fetching it).
     pub async fn announce(&self, manifest: &SignedManifest) {
-        let message = announcement(manifest);
-        if let Err(error) = self.announcements.broadcast(message).await {
-            tracing::warn!(%error, manifest = %manifest.hash(), "announcing failed");
-        }
+        announce(&self.announcements, manifest).await;
+    }
+
+    /// Fetches the agent whose manifest hash is `manifest` from the first of `peers` that has
+    /// it, verifying everything before storing it. Blobs already present are not fetched again.
+    pub async fn fetch_agent(
+        &self,
+        manifest: agora_registry::Hash,
+        peers: &[EndpointAddr],
+        progress: &dyn FetchProgress,
+    ) -> Result<SignedManifest, FetchError> {
+        self.fetcher.fetch_agent(manifest, peers, progress).await
+    }
+
+    /// Fetches any blob by hash (at most `max_bytes`) from the first of `peers` that has it,
+    /// verified as it streams, and stores it. Present blobs are not fetched again.
+    pub async fn fetch_blob(
+        &self,
+        hash: agora_registry::Hash,
+        max_bytes: u64,
+        peers: &[EndpointAddr],
+        progress: &dyn FetchProgress,
+    ) -> Result<(), FetchError> {
+        self.fetcher
+            .fetch_blob(hash, max_bytes, peers, progress)
+            .await
     }
 
     /// Asks `peer` for the evidence it holds that this host has not asked it for before, and
@@ -342,5 +373,13 @@ async fn rejoin_while_alone(
         if let Err(error) = announcements.join_peers(peers).await {
             tracing::debug!(%error, "rejoining remembered peers");
         }
+    }
+}
+
+/// Tells the marketplace about an agent this host has.
+async fn announce(announcements: &GossipSender, manifest: &SignedManifest) {
+    let message = announcement(manifest);
+    if let Err(error) = announcements.broadcast(message).await {
+        tracing::warn!(%error, manifest = %manifest.hash(), "announcing failed");
     }
 }

@@ -14,7 +14,7 @@ pub use run::Execution;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agora_registry::{ComponentRef, Hash, PublicKey, Registry, SecretKey, SignedManifest};
+use agora_registry::{Hash, PublicKey, Registry, SecretKey, SignedManifest};
 
 use crate::blobs::BlobStore;
 use crate::error::{OpenError, RunError};
@@ -36,6 +36,19 @@ struct NodeInner {
     /// Manifests looked up by hash, so a warm call reads nothing from the registry. Manifests
     /// are immutable; bounded like the loaded agents.
     manifests: std::sync::Mutex<std::collections::HashMap<Hash, SignedManifest>>,
+    /// Where to fetch the component of an agent known only by its manifest: the network, while
+    /// the node is on one (held weakly: the network holds the node).
+    component_source: std::sync::RwLock<Option<std::sync::Weak<dyn ComponentSource>>>,
+}
+
+/// Where a node gets the component of an agent it knows only by its manifest (learned from
+/// gossip): the network it is on. A component fetched is verified like any other.
+pub(crate) trait ComponentSource: Send + Sync {
+    /// Fetches and stores `manifest`'s component, or says why not.
+    fn fetch(
+        &self,
+        manifest: SignedManifest,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 impl std::fmt::Debug for Node {
@@ -85,6 +98,7 @@ impl Node {
             blobs,
             sandbox,
             manifests: Default::default(),
+            component_source: std::sync::RwLock::new(None),
         })))
     }
 
@@ -97,6 +111,24 @@ impl Node {
     /// operator trusts.
     pub fn trusted_publishers(&self) -> &[PublicKey] {
         &self.0.trusted
+    }
+
+    /// Sets where to fetch components this node lacks (see [`ComponentSource`]).
+    pub(crate) fn set_component_source(&self, source: std::sync::Weak<dyn ComponentSource>) {
+        *self
+            .0
+            .component_source
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    fn component_source(&self) -> Option<Arc<dyn ComponentSource>> {
+        self.0
+            .component_source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()?
+            .upgrade()
     }
 
     /// The secret key's bytes, for deriving the host's network identity from the same key.
@@ -153,8 +185,9 @@ impl Node {
     async fn load_component(
         &self,
         agent: &str,
-        component: &ComponentRef,
+        manifest: &SignedManifest,
     ) -> Result<Arc<crate::sandbox::CheckedComponent>, RunError> {
+        let component = &manifest.body().component;
         if let Some(checked) = self.0.sandbox.cached(&component.hash) {
             return Ok(checked);
         }
@@ -165,16 +198,34 @@ impl Node {
         if let Some(checked) = blocking(move || node.0.sandbox.load_compiled(&hash)).await {
             return Ok(checked);
         }
-        let bytes = self
-            .0
-            .blobs
-            .get(&component.hash)
-            .await
-            .map_err(|e| RunError::Blobs(e.to_string()))?
-            .ok_or_else(|| RunError::MissingComponent {
-                agent: agent.to_owned(),
-                hash: component.hash,
-            })?;
+        let stored = |node: Node| async move {
+            node.0
+                .blobs
+                .get(&component.hash)
+                .await
+                .map_err(|e| RunError::Blobs(e.to_string()))
+        };
+        let bytes = match stored(self.clone()).await? {
+            Some(bytes) => bytes,
+            None => {
+                // Known from gossip, never fetched: fetched from its publisher now, once.
+                let Some(source) = self.component_source() else {
+                    return Err(RunError::MissingComponent {
+                        agent: agent.to_owned(),
+                        hash: component.hash,
+                    });
+                };
+                if let Err(reason) = source.fetch(manifest.clone()).await {
+                    tracing::info!(%agent, %reason, "fetching the component of a called agent");
+                }
+                stored(self.clone())
+                    .await?
+                    .ok_or_else(|| RunError::MissingComponent {
+                        agent: agent.to_owned(),
+                        hash: component.hash,
+                    })?
+            }
+        };
         let actual = Hash::of(&bytes);
         if actual != component.hash {
             return Err(RunError::ComponentMismatch {

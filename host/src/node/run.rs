@@ -241,7 +241,7 @@ impl Node {
     ) -> Result<Execution, RunError> {
         let body = manifest.body();
         let agent = format!("{}@{}", body.name, body.version);
-        let component = self.load_component(&agent, &body.component).await?;
+        let component = self.load_component(&agent, &manifest).await?;
         let limits = self.0.sandbox.limits().for_call(&body.limits);
         let fuel_limit = fuel
             .unwrap_or(self.0.sandbox.limits().default_fuel)

@@ -60,6 +60,14 @@ fuzz seconds="30":
         AGORA_GUEST_TOOLCHAIN=stable cargo +nightly fuzz run --fuzz-dir tests/fuzz --sanitizer none -O $t -- -max_total_time={{seconds}} -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|panicked' ; \
     done
 
+# Reach figures against the release binary: a release spreading to ten hosts and healing after
+# the bootstrap restarts, `agora call` over HTTP and iroh beside `agora run`, MCP tools/call.
+reach-figures:
+    cargo build --release --quiet --bin agora
+    cargo rustc --quiet --locked --lib --crate-type cdylib -p ride-driver --target wasm32-wasip2 --profile guest --target-dir target/guests
+    tests/clients/install.sh
+    python3 tests/reach/figures.py target/release/agora target/guests/wasm32-wasip2/guest/ride_driver.wasm target/toolchains/mcp-2.3.0/bin/python
+
 # Hostile-input figures against the release binary: peak RSS of `agora run` under each memory
 # attack, and the HTTP edge under slowloris and overload (default limits).
 attack-figures:

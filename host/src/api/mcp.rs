@@ -7,8 +7,8 @@
 //! in every request's `_meta`) and the `initialize` handshake of 2025-11-25 and before — since
 //! clients lag behind the specification.
 //!
-//! - **Tools**: the newest release of each agent by this host's own or an operator-trusted
-//!   publisher (agents gossiped by strangers are never offered: a tool's description is read by a
+//! - **Tools**: the newest release of each agent by this host's own key or a publisher the
+//!   node trusts ([`crate::NodeConfig::trust_publishers`]; agents gossiped by strangers are never offered: a tool's description is read by a
 //!   model, and a stranger's is untrusted text). A tool is named `<agent>.<8 hex of the manifest
 //!   hash>`, described by the manifest, and takes `{action, payload}` with the manifest's actions.
 //! - **Admission**: an MCP client signs nothing, so it is told apart by its address and held to

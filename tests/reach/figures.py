@@ -77,7 +77,9 @@ def timed(command, runs=CALLS):
     times = []
     for _ in range(runs):
         started = time.monotonic()
-        subprocess.run(command, capture_output=True, check=True)
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"{' '.join(command[:5])}…: {run.stderr}")
         times.append((time.monotonic() - started) * 1000)
     return statistics.median(times), sorted(times)[int(len(times) * 0.9) - 1]
 
@@ -112,8 +114,11 @@ try:
           f"{healed * 1000:8.1f} ms from the restart")
 
     print(f"\n== one call of ride-driver quote, whole processes, median / p90 of {CALLS} ==")
-    caller = os.path.join(work, "caller")
+    # One caller per transport: a caller's rate (20/s, bursts of 40) counts both, and these
+    # whole-process calls come faster than that.
+    caller, iroh_caller = os.path.join(work, "caller"), os.path.join(work, "iroh-caller")
     cli(caller, "keygen")
+    cli(iroh_caller, "keygen")
     # The same agent on the host (to call) and in the caller's own data dir (to run locally).
     local = os.path.join(work, "local")
     cli(local, "keygen")
@@ -121,7 +126,7 @@ try:
     cli(local, "run", "ride-driver", "-a", "quote", "-p", QUOTE)
     run = timed([agora, "--data-dir", local, "run", "ride-driver", "-a", "quote", "-p", QUOTE])
     http = timed([agora, "--data-dir", caller, "call", manifest, "-a", "quote", "-p", QUOTE, "--on", api])
-    iroh = timed([agora, "--data-dir", caller, "call", manifest, "-a", "quote", "-p", QUOTE, "--on", new_ticket])
+    iroh = timed([agora, "--data-dir", iroh_caller, "call", manifest, "-a", "quote", "-p", QUOTE, "--on", new_ticket])
     print(f"  {'agora run (anchor)':<26} {run[0]:7.1f} ms  p90 {run[1]:7.1f} ms   1.00x")
     for label, (median, p90) in [("agora call over HTTP", http), ("agora call over iroh", iroh)]:
         print(f"  {label:<26} {median:7.1f} ms  p90 {p90:7.1f} ms   {median / run[0]:.2f}x")

@@ -70,8 +70,12 @@ pub struct HttpLimits {
     /// Most requests handled at once, over all endpoints together. Default 256. Over it: 503
     /// at once, with `Retry-After`; nothing queues.
     pub max_concurrent_requests: usize,
-    /// Most invocations (`POST /v1/invoke`) running at once; each runs an agent on a core.
-    /// Default 32. Over it: 503 at once, with `Retry-After`.
+    /// Most invocations running at once; each runs an agent on a core. Default 32. Over it: 503
+    /// at once, with `Retry-After` (over iroh, the same refusal in the reply).
+    ///
+    /// This and the three knobs after it size the host's [`crate::invoke::Admission`], which
+    /// counts calls over every transport together: `POST /v1/invoke`, iroh (`agora/invoke/1`)
+    /// and MCP `tools/call` (whose unsigned clients are counted by address instead of key).
     pub max_concurrent_invocations: usize,
     /// Invocations one caller key may start per second, on average. Default 20. Over it: 429,
     /// with `Retry-After` saying when the next one would be admitted.

@@ -21,6 +21,19 @@ const MANIFESTS_PER_PEER_BURST: f64 = 256.0;
 
 const MANIFESTS_PER_PEER_PER_SECOND: f64 = 2.0;
 
+/// Receipts and feedback one gossip neighbour may deliver in a burst, and per second after it.
+/// Beyond that they are dropped unread and counted ([`GossipStats::over_quota`]), and the
+/// neighbour is owed a catch-up ([`OWED_CATCH_UP_INTERVAL`]): what an honest neighbour relays
+/// faster than this still arrives, later, through the bounded catch-up, while a neighbour
+/// relaying a flood from fresh keys is held to this rate.
+pub const EVIDENCE_PER_PEER_BURST: f64 = 1024.0;
+
+/// See [`EVIDENCE_PER_PEER_BURST`].
+pub const EVIDENCE_PER_PEER_PER_SECOND: f64 = 256.0;
+
+/// At most this often, a neighbour whose evidence was dropped over its budget is caught up on.
+pub const OWED_CATCH_UP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often the host looks for releases published by other processes to announce.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -183,8 +196,22 @@ pub(super) async fn listen(
     catch_up: Arc<CatchUpState>,
     book: Arc<super::peers::PeerBook>,
 ) {
-    let mut budgets = PeerBudgets::default();
-    while let Some(first) = receiver.next().await {
+    let mut budgets = PeerBudgets::new(MANIFESTS_PER_PEER_BURST, MANIFESTS_PER_PEER_PER_SECOND);
+    let mut evidence_budgets =
+        PeerBudgets::new(EVIDENCE_PER_PEER_BURST, EVIDENCE_PER_PEER_PER_SECOND);
+    let mut owed = OwedCatchUps::default();
+    let mut owed_tick = tokio::time::interval(OWED_CATCH_UP_INTERVAL);
+    loop {
+        let first = tokio::select! {
+            next = receiver.next() => match next {
+                Some(event) => event,
+                None => break,
+            },
+            _ = owed_tick.tick() => {
+                owed.start_due(&catch_up);
+                continue;
+            }
+        };
         // Take whatever else has already arrived, so that a burst of evidence is verified and
         // stored as one batch. A zero timeout polls the stream once without waiting.
         let mut events = vec![first];
@@ -199,7 +226,14 @@ pub(super) async fn listen(
         for event in events {
             match event {
                 Ok(Event::Received(message)) => match message.content.first() {
-                    Some(&ANNOUNCE_RECEIPT | &ANNOUNCE_FEEDBACK) => evidence.push(message),
+                    Some(&ANNOUNCE_RECEIPT | &ANNOUNCE_FEEDBACK) => {
+                        if evidence_budgets.take(message.delivered_from) {
+                            evidence.push(message);
+                        } else {
+                            stats.over_quota.fetch_add(1, Ordering::Relaxed);
+                            owed.owe(message.delivered_from);
+                        }
+                    }
                     _ => {
                         if !budgets.take(message.delivered_from) {
                             stats.over_quota.fetch_add(1, Ordering::Relaxed);
@@ -262,33 +296,88 @@ pub(super) async fn listen(
                 Err(error) => tracing::error!(%error, "recording gossiped evidence"),
             }
         }
+        owed.start_due(&catch_up);
         if closed {
             break;
         }
     }
 }
 
-/// A token bucket of manifest announcements per gossip neighbour.
+/// Neighbours owed a catch-up for evidence dropped over their budget, at most one catch-up per
+/// [`OWED_CATCH_UP_INTERVAL`] each.
 #[derive(Default)]
-struct PeerBudgets(std::collections::HashMap<iroh::EndpointId, (f64, std::time::Instant)>);
+struct OwedCatchUps(std::collections::HashMap<iroh::EndpointId, Owed>);
+
+struct Owed {
+    due: bool,
+    last: Option<std::time::Instant>,
+}
+
+impl OwedCatchUps {
+    fn owe(&mut self, peer: iroh::EndpointId) {
+        // Bounded like the budgets: neighbours are few, and a full table only delays.
+        if self.0.len() < 1024 || self.0.contains_key(&peer) {
+            self.0
+                .entry(peer)
+                .or_insert(Owed {
+                    due: true,
+                    last: None,
+                })
+                .due = true;
+        }
+    }
+
+    /// Starts the catch-ups that are due and whose interval has passed; forgets neighbours
+    /// owed nothing whose interval has passed.
+    fn start_due(&mut self, catch_up: &Arc<CatchUpState>) {
+        let now = std::time::Instant::now();
+        self.0.retain(|peer, owed| {
+            let waited = owed
+                .last
+                .is_none_or(|at| now.duration_since(at) >= OWED_CATCH_UP_INTERVAL);
+            if !waited {
+                return true;
+            }
+            if !owed.due {
+                return false;
+            }
+            let (catch_up, peer) = (catch_up.clone(), *peer);
+            tokio::spawn(async move { catch_up.with(EndpointAddr::new(peer)).await });
+            owed.due = false;
+            owed.last = Some(now);
+            true
+        });
+    }
+}
+
+/// A token bucket of announcements per gossip neighbour.
+struct PeerBudgets {
+    burst: f64,
+    per_second: f64,
+    buckets: std::collections::HashMap<iroh::EndpointId, (f64, std::time::Instant)>,
+}
 
 impl PeerBudgets {
+    fn new(burst: f64, per_second: f64) -> PeerBudgets {
+        PeerBudgets {
+            burst,
+            per_second,
+            buckets: Default::default(),
+        }
+    }
+
     /// Takes one announcement from `peer`'s budget; false if it has none left.
     fn take(&mut self, peer: iroh::EndpointId) -> bool {
         let now = std::time::Instant::now();
+        let (burst, per_second) = (self.burst, self.per_second);
         // Neighbours come and go; forget the ones whose budget has filled up again.
-        if self.0.len() > 1024 {
-            self.0.retain(|_, (tokens, at)| {
-                *tokens + at.elapsed().as_secs_f64() * MANIFESTS_PER_PEER_PER_SECOND
-                    < MANIFESTS_PER_PEER_BURST
+        if self.buckets.len() > 1024 {
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + at.elapsed().as_secs_f64() * per_second < burst
             });
         }
-        let (tokens, at) = self
-            .0
-            .entry(peer)
-            .or_insert((MANIFESTS_PER_PEER_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * MANIFESTS_PER_PEER_PER_SECOND)
-            .min(MANIFESTS_PER_PEER_BURST);
+        let (tokens, at) = self.buckets.entry(peer).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;

@@ -24,6 +24,10 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REPLY_BYTES: usize = 8 << 20;
 /// Longest a caller waits for a reply: the host's own wall-clock limit and then some.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most connections served at once: each may hold a stream open for [`MESSAGE_TIMEOUT`] before
+/// sending anything, so without a cap a peer could hold any number. Beyond it a connection is
+/// closed at once, saying why; calls that run are bounded by the [`Admission`] besides.
+pub const MAX_INVOKE_CONNECTIONS: usize = 256;
 
 /// Serves calls from peers.
 #[derive(Debug, Clone)]
@@ -32,10 +36,19 @@ pub(crate) struct InvokeProtocol {
     pub admission: Arc<Admission>,
     /// The largest message read, as for an HTTP body.
     pub max_message_bytes: usize,
+    /// One permit per connection served ([`MAX_INVOKE_CONNECTIONS`]).
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProtocolHandler for InvokeProtocol {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            connection.close(
+                1u32.into(),
+                b"too many invoke connections; try again shortly",
+            );
+            return Ok(());
+        };
         while let Ok((mut send, mut recv)) = connection.accept_bi().await {
             let read =
                 tokio::time::timeout(MESSAGE_TIMEOUT, recv.read_to_end(self.max_message_bytes))

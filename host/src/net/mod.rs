@@ -39,7 +39,10 @@ use crate::api::HttpLimits;
 use crate::invoke::Admission;
 use crate::node::Node;
 
-pub use gossip::{GossipStats, marketplace_topic};
+pub use gossip::{
+    EVIDENCE_PER_PEER_BURST, EVIDENCE_PER_PEER_PER_SECOND, GossipStats, OWED_CATCH_UP_INTERVAL,
+    marketplace_topic,
+};
 use gossip::{announce_new_releases, announcement, listen};
 use peers::PeerBook;
 pub use peers::{MAX_REMEMBERED, REJOIN_INTERVAL};
@@ -72,8 +75,13 @@ pub struct Network {
 struct CatchUpState {
     node: Node,
     endpoint: Endpoint,
-    cursors: tokio::sync::Mutex<
-        std::collections::HashMap<iroh::EndpointId, agora_registry::EvidenceCursor>,
+    /// Each peer's cursor, behind a lock of its own: a slow peer holds up only its own
+    /// catch-ups.
+    cursors: std::sync::Mutex<
+        std::collections::HashMap<
+            iroh::EndpointId,
+            Arc<tokio::sync::Mutex<agora_registry::EvidenceCursor>>,
+        >,
     >,
 }
 
@@ -81,8 +89,16 @@ impl CatchUpState {
     /// Catches up on `peer`'s evidence from where the last catch-up with it ended. One
     /// catch-up per peer runs at a time.
     async fn with(&self, peer: EndpointAddr) -> Result<crate::sync::CatchUp, String> {
-        let mut cursors = self.cursors.lock().await;
-        let cursor = cursors.get(&peer.id).copied().unwrap_or_default();
+        let slot = {
+            let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded by the peers this host has dealt with; forget idle ones past a thousand.
+            if cursors.len() > 1024 {
+                cursors.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            cursors.entry(peer.id).or_default().clone()
+        };
+        let mut cursor_slot = slot.lock().await;
+        let cursor = *cursor_slot;
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.endpoint.connect(peer.clone(), crate::sync::ALPN),
@@ -94,7 +110,7 @@ impl CatchUpState {
         connection.close(0u32.into(), b"done");
         match result {
             Ok((caught, next)) => {
-                cursors.insert(peer.id, next);
+                *cursor_slot = next;
                 tracing::info!(peer = %peer.id.fmt_short(), ?caught, "caught up on a peer's evidence");
                 Ok(caught)
             }
@@ -149,6 +165,9 @@ impl Network {
                     node: node.clone(),
                     admission: admission.clone(),
                     max_message_bytes: HttpLimits::default().max_body_bytes,
+                    connections: Arc::new(tokio::sync::Semaphore::new(
+                        invoke::MAX_INVOKE_CONNECTIONS,
+                    )),
                 },
             )
             .spawn();

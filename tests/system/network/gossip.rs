@@ -266,3 +266,81 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
     router.shutdown().await.unwrap();
     b_net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_evidence_from_one_neighbour_is_held_to_its_budget_and_counted() {
+    use agora_host::net::{EVIDENCE_PER_PEER_BURST, EVIDENCE_PER_PEER_PER_SECOND};
+
+    let b = TestHost::new().await;
+    let b_net = online(&b).await;
+    let (router, mut topic) = raw_gossip_peer(&b_net).await;
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 5_000;
+    for i in 0..FLOOD {
+        // Receipt messages that would fail verification: only the budget decides what is read.
+        let mut message = vec![2u8];
+        message.extend_from_slice(format!("not a receipt {i}").as_bytes());
+        topic.broadcast(bytes::Bytes::from(message)).await.unwrap();
+    }
+    eventually("the whole flood being accounted for", || {
+        let stats = b_net.gossip_stats();
+        stats.dropped() + stats.over_quota() >= FLOOD as u64
+    })
+    .await;
+    let read = b_net.gossip_stats().dropped();
+    let allowed = EVIDENCE_PER_PEER_BURST
+        + (EVIDENCE_PER_PEER_PER_SECOND * started.elapsed().as_secs_f64()).ceil();
+    assert!(
+        (read as f64) <= allowed,
+        "{read} evidence messages read from one neighbour; at most {allowed} allowed"
+    );
+    assert!(b_net.gossip_stats().over_quota() > 0);
+    router.shutdown().await.unwrap();
+    b_net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn evidence_an_honest_neighbour_relays_past_its_budget_still_arrives_by_catch_up() {
+    use agora_host::net::EVIDENCE_PER_PEER_BURST;
+
+    let (a, b) = (TestHost::new().await, TestHost::new().await);
+    let driver = a.publish(examples::RIDE_DRIVER).await;
+    let a_net = online(&a).await;
+    let b_net = online_with_peers(&b, &[&a_net]).await;
+    learns_of(&b, &driver).await;
+    // More receipts than one neighbour's burst, announced together at A's next tick.
+    let calls = EVIDENCE_PER_PEER_BURST as usize + 500;
+    let quote = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let (node, agent) = (a.node.clone(), driver.hash().to_hex());
+        runs.spawn(async move { node.run(&agent, "quote", quote, None).await.map(|_| ()) });
+    }
+    while let Some(run) = runs.join_next().await {
+        run.unwrap().unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = b
+            .node
+            .registry()
+            .receipt_chain(&a.node.public_key())
+            .unwrap()
+            .len();
+        if held == calls {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B holds {held} of A's {calls} receipts (over quota: {})",
+            b_net.gossip_stats().over_quota()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        b_net.gossip_stats().over_quota() > 0,
+        "the burst was exceeded, so some receipts came by catch-up"
+    );
+    a_net.shutdown().await;
+    b_net.shutdown().await;
+}

@@ -4,6 +4,7 @@
 mod evidence;
 mod fetch;
 mod gossip;
+mod invoke;
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -330,7 +330,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 "serving {} agents; Ctrl-C to stop",
                 node.registry().manifests()?.len()
             );
+            // Say how connected the host is whenever that changes.
+            let stats = network.gossip_stats_handle();
+            let watch = tokio::spawn(async move {
+                let mut shown = None;
+                loop {
+                    let now = stats.neighbours();
+                    if shown != Some(now) {
+                        eprintln!("peers: {now} connected");
+                        shown = Some(now);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            });
             shutdown_signal().await?;
+            watch.abort();
             eprintln!("stopping");
             drop(admin);
             if let Some(api) = api {

@@ -308,16 +308,23 @@ async fn evidence_an_honest_neighbour_relays_past_its_budget_still_arrives_by_ca
     let a_net = online(&a).await;
     let b_net = online_with_peers(&b, &[&a_net]).await;
     learns_of(&b, &driver).await;
-    // More receipts than one neighbour's burst, announced together at A's next tick.
-    let calls = EVIDENCE_PER_PEER_BURST as usize + 500;
+    // Twice one neighbour's burst of receipts, signed by A at once (copies of one real call's
+    // receipt, each in A's chain), so that A's next announcements overrun B's budget for A.
     let quote = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
-    let mut runs = tokio::task::JoinSet::new();
-    for _ in 0..calls {
-        let (node, agent) = (a.node.clone(), driver.hash().to_hex());
-        runs.spawn(async move { node.run(&agent, "quote", quote, None).await.map(|_| ()) });
+    let first = a
+        .node
+        .run(&driver.hash().to_hex(), "quote", quote, None)
+        .await
+        .unwrap();
+    let key = agora_registry::SecretKey::load(&a.node.data_dir().key_path()).unwrap();
+    let calls = 2 * EVIDENCE_PER_PEER_BURST as usize;
+    let mut appends = tokio::task::JoinSet::new();
+    for _ in 1..calls {
+        let body = first.receipt.body().clone();
+        appends.spawn(a.node.registry().append_receipt_async(&key, body));
     }
-    while let Some(run) = runs.join_next().await {
-        run.unwrap().unwrap();
+    while let Some(append) = appends.join_next().await {
+        append.unwrap().unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -295,13 +295,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let node = open(data_dir.clone()).await?;
             let network = std::sync::Arc::new(Network::start(node.clone(), net.config()?).await?);
             // From here the CLI's commands on this data dir run in this host.
-            let admin = admin::serve(
-                &data_dir,
-                Work {
-                    node: node.clone(),
-                    network: Some(network.clone()),
-                },
-            )?;
+            let work = Work {
+                node: node.clone(),
+                network: Some(network.clone()),
+            };
+            // Without the socket the host still serves; only the CLI cannot reach it.
+            let admin = match admin::serve(&data_dir, work) {
+                Ok(admin) => Some(admin),
+                Err(error) => {
+                    eprintln!(
+                        "warning: no admin socket ({error:#}); the CLI cannot act through this \
+                         host, so stop it to use the CLI on its data dir"
+                    );
+                    None
+                }
+            };
             println!("host {}", node.public_key());
             eprintln!(
                 "peers: {} remembered, rejoined at start (kept in {})",

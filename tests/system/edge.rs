@@ -286,6 +286,34 @@ async fn a_caller_over_its_rate_gets_429_with_when_to_retry_and_others_do_not() 
 }
 
 #[tokio::test]
+async fn a_client_sending_records_over_its_rate_gets_429_before_they_are_checked() {
+    let host = TestHost::new().await;
+    let server = serve_limited(
+        &host,
+        HttpLimits {
+            records_per_client_per_second: 1,
+            record_burst_per_client: 2,
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let addr = server.addr();
+    let post = |path: &'static str| {
+        let request = raw_http::post_json(path, b"{\"not\": \"a record\"}");
+        async move { raw_http::exchange(addr, &request).await }
+    };
+    // Receipts and feedback draw on one budget per client; within it, junk is checked (400).
+    assert_eq!(post("/v1/receipts").await.status, 400);
+    assert_eq!(post("/v1/feedback").await.status, 400);
+    let limited = post("/v1/receipts").await;
+    assert_eq!(limited.status, 429, "{}", limited.error());
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert!(limited.error().contains("127.0.0.1"), "{}", limited.error());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(post("/v1/feedback").await.status, 400);
+}
+
+#[tokio::test]
 async fn a_body_over_the_limit_is_refused_with_413_without_being_read() {
     let host = TestHost::new().await;
     let limit = 1024;

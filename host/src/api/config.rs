@@ -86,6 +86,12 @@ pub struct HttpLimits {
     /// called for a full burst interval is forgotten (it is owed nothing); when every tracked
     /// caller is recent, a new caller gets 429 until one is forgotten.
     pub max_tracked_callers: usize,
+    /// Signed records (`POST /v1/receipts`, `POST /v1/feedback`) one client address may send
+    /// per second, on average. Default 200. Over it: 429, with `Retry-After`. Each record is
+    /// verified and checked before it is stored, so this bounds the work a client can cause.
+    pub records_per_client_per_second: u32,
+    /// Signed records one client address may send in a burst. Default 2,000.
+    pub record_burst_per_client: u32,
 }
 
 impl Default for HttpLimits {
@@ -101,6 +107,8 @@ impl Default for HttpLimits {
             invocations_per_caller_per_second: 20,
             invocation_burst_per_caller: 40,
             max_tracked_callers: 10_000,
+            records_per_client_per_second: 200,
+            record_burst_per_client: 2_000,
         }
     }
 }
@@ -139,6 +147,14 @@ impl HttpLimits {
                 self.invocation_burst_per_caller as usize,
             ),
             ("max_tracked_callers", self.max_tracked_callers),
+            (
+                "records_per_client_per_second",
+                self.records_per_client_per_second as usize,
+            ),
+            (
+                "record_burst_per_client",
+                self.record_burst_per_client as usize,
+            ),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(InvalidLimits {

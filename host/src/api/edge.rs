@@ -28,6 +28,8 @@ pub(crate) struct Edge {
     loopback_names: Option<Vec<String>>,
     max_body_bytes: usize,
     requests: Arc<Semaphore>,
+    /// Signed records sent per client address.
+    records: crate::invoke::CallerRates<std::net::IpAddr>,
 }
 
 impl Edge {
@@ -49,6 +51,11 @@ impl Edge {
             loopback_names,
             max_body_bytes: limits.max_body_bytes,
             requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            records: crate::invoke::CallerRates::with_rate(
+                limits.records_per_client_per_second,
+                limits.record_burst_per_client,
+                limits.max_tracked_callers,
+            ),
         }
     }
 
@@ -99,6 +106,22 @@ impl Edge {
             ));
         }
         Ok(())
+    }
+}
+
+impl Edge {
+    /// Admits one signed record from the client at `client`, or 429 saying when the next would
+    /// be admitted.
+    pub(crate) fn admit_record(&self, client: std::net::IpAddr) -> Result<(), ApiError> {
+        self.records
+            .admit(&client, std::time::Instant::now())
+            .map_err(|wait| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{client} is sending records faster than this host admits"),
+                )
+                .retry_after(wait)
+            })
     }
 }
 

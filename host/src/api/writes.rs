@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use agora_registry::{Hash, Inserted, ReceiptMessage, Registry, SignedFeedback};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::net::SocketAddr;
 
 use super::error::ApiError;
 use super::extract::ApiBody;
@@ -18,8 +19,10 @@ use super::{ApiState, Shared};
 
 pub(crate) async fn post_receipt(
     State(state): State<Shared>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
+    admit_record(&state, client)?;
     use agora_registry::Error as E;
     let refusal = |e: &E| match e {
         E::Invalid { .. } | E::Malformed { .. } => Some(StatusCode::UNPROCESSABLE_ENTITY),
@@ -44,8 +47,10 @@ pub(crate) async fn post_receipt(
 
 pub(crate) async fn post_feedback(
     State(state): State<Shared>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
+    admit_record(&state, client)?;
     use agora_registry::Error as E;
     let refusal = |e: &E| match e {
         E::UnknownReceipt(_) | E::UnknownAgent { .. } => Some(StatusCode::NOT_FOUND),
@@ -65,6 +70,13 @@ pub(crate) async fn post_feedback(
         },
     )
     .await
+}
+
+/// Charges one signed record to its client's rate (the address the server recorded).
+fn admit_record(state: &ApiState, client: SocketAddr) -> Result<(), ApiError> {
+    state.edge.admit_record(client.ip()).inspect_err(|_| {
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+    })
 }
 
 /// What verifying and storing one record gave: its hash and the registry's answer, or the

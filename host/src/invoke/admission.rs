@@ -59,7 +59,7 @@ impl Admission {
 }
 
 /// Token buckets, one per caller (a key, or an address), in a bounded table.
-struct CallerRates<K> {
+pub(crate) struct CallerRates<K> {
     per_second: f64,
     burst: f64,
     max_tracked: usize,
@@ -79,10 +79,19 @@ struct Bucket {
 
 impl<K: std::hash::Hash + Eq + Copy> CallerRates<K> {
     fn new(limits: &HttpLimits) -> CallerRates<K> {
+        CallerRates::with_rate(
+            limits.invocations_per_caller_per_second,
+            limits.invocation_burst_per_caller,
+            limits.max_tracked_callers,
+        )
+    }
+
+    /// Buckets of `burst` tokens refilled at `per_second`, for at most `max_tracked` callers.
+    pub(crate) fn with_rate(per_second: u32, burst: u32, max_tracked: usize) -> CallerRates<K> {
         CallerRates {
-            per_second: f64::from(limits.invocations_per_caller_per_second),
-            burst: f64::from(limits.invocation_burst_per_caller),
-            max_tracked: limits.max_tracked_callers,
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+            max_tracked,
             table: Mutex::new(RateTable {
                 buckets: HashMap::new(),
                 no_sweep_before: None,
@@ -97,7 +106,7 @@ impl<K: std::hash::Hash + Eq + Copy> CallerRates<K> {
     }
 
     /// Takes a token from `caller`'s bucket, or returns how long until one is there.
-    fn admit(&self, caller: &K, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, caller: &K, now: Instant) -> Result<(), Duration> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if !table.buckets.contains_key(caller) && table.buckets.len() >= self.max_tracked {
             self.sweep(&mut table, now)?;

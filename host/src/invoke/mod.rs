@@ -25,6 +25,7 @@
 mod admission;
 
 pub use admission::Admission;
+pub(crate) use admission::CallerRates;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -46,6 +46,8 @@ fn api() -> &'static Api {
                     // The fuzzer is one caller sending as fast as it can.
                     invocations_per_caller_per_second: 1_000_000,
                     invocation_burst_per_caller: 1_000_000,
+                    records_per_client_per_second: 1_000_000,
+                    record_burst_per_client: 1_000_000,
                     ..HttpLimits::default()
                 },
                 ..ApiConfig::default()

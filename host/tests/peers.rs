@@ -34,7 +34,7 @@ async fn joined(apis: &[String]) {
 }
 
 /// Waits until every API in `apis` lists `manifest`, for at most `limit`; how long it took.
-async fn reached(apis: &[String], manifest: Hash, limit: Duration) -> Duration {
+async fn reached(apis: &[String], manifest: Hash, stage: &str, limit: Duration) -> Duration {
     let started = Instant::now();
     let path = format!("/v1/agents/{manifest}");
     for api in apis {
@@ -42,7 +42,7 @@ async fn reached(apis: &[String], manifest: Hash, limit: Duration) -> Duration {
         while client.get_json(&path).await.is_err() {
             assert!(
                 started.elapsed() < limit,
-                "{api} never learned of {manifest} within {limit:?}"
+                "{stage}: {api} never learned of {manifest} within {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -81,7 +81,7 @@ async fn a_restarted_bootstrap_host_rejoins_its_remembered_peers_at_its_new_addr
         .unwrap()
     };
     let before = publish("before-restart");
-    let spread = reached(&apis, before, Duration::from_secs(30)).await;
+    let spread = reached(&apis, before, "before the restart", Duration::from_secs(30)).await;
 
     // The bootstrap restarts on a new port, given no peer: it rejoins those it remembers.
     let old_ticket = first.ticket.clone();
@@ -90,7 +90,7 @@ async fn a_restarted_bootstrap_host_rejoins_its_remembered_peers_at_its_new_addr
     let second = start_host(&bootstrap, &[]);
     assert_ne!(second.ticket, old_ticket, "the bootstrap's address changed");
     let after = publish("after-restart");
-    let healed = reached(&apis, after, Duration::from_secs(30)).await;
+    let healed = reached(&apis, after, "after the restart", Duration::from_secs(30)).await;
     println!(
         "a release through the bootstrap reached {OTHERS} hosts in {spread:?}; after its restart \
          on a new port, in {:?} from the restart ({healed:?} from the publish)",

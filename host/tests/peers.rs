@@ -85,7 +85,7 @@ async fn a_restarted_bootstrap_host_rejoins_its_remembered_peers_at_its_new_addr
 
     // The bootstrap restarts on a new port, given no peer: it rejoins those it remembers.
     let old_ticket = first.ticket.clone();
-    drop(first);
+    first.stop();
     let restarted_at = Instant::now();
     let second = start_host(&bootstrap, &[]);
     assert_ne!(second.ticket, old_ticket, "the bootstrap's address changed");

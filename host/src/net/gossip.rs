@@ -304,7 +304,7 @@ pub(super) async fn listen(
 }
 
 /// Neighbours owed a catch-up for evidence dropped over their budget, at most one catch-up per
-/// [`OWED_CATCH_UP_INTERVAL`] each.
+/// [`OWED_CATCH_UP_INTERVAL`] each, and only when no other catch-up runs or waits.
 #[derive(Default)]
 struct OwedCatchUps(std::collections::HashMap<iroh::EndpointId, Owed>);
 
@@ -341,10 +341,11 @@ impl OwedCatchUps {
             if !owed.due {
                 return false;
             }
-            let (catch_up, peer) = (catch_up.clone(), *peer);
-            tokio::spawn(async move { catch_up.with(EndpointAddr::new(peer)).await });
-            owed.due = false;
-            owed.last = Some(now);
+            // Busy with another catch-up: still owed, tried at the next batch or tick.
+            if catch_up.start_if_idle(EndpointAddr::new(*peer)) {
+                owed.due = false;
+                owed.last = Some(now);
+            }
             true
         });
     }

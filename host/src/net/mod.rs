@@ -75,30 +75,40 @@ pub struct Network {
 struct CatchUpState {
     node: Node,
     endpoint: Endpoint,
-    /// Each peer's cursor, behind a lock of its own: a slow peer holds up only its own
-    /// catch-ups.
-    cursors: std::sync::Mutex<
-        std::collections::HashMap<
-            iroh::EndpointId,
-            Arc<tokio::sync::Mutex<agora_registry::EvidenceCursor>>,
-        >,
-    >,
+    /// Where this host is in each peer's evidence; held through a catch-up, so one runs at a
+    /// time.
+    cursors: Arc<tokio::sync::Mutex<Cursors>>,
 }
+
+type Cursors = std::collections::HashMap<iroh::EndpointId, agora_registry::EvidenceCursor>;
 
 impl CatchUpState {
     /// Catches up on `peer`'s evidence from where the last catch-up with it ended. One
-    /// catch-up per peer runs at a time.
+    /// catch-up runs at a time.
     async fn with(&self, peer: EndpointAddr) -> Result<crate::sync::CatchUp, String> {
-        let slot = {
-            let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded by the peers this host has dealt with; forget idle ones past a thousand.
-            if cursors.len() > 1024 {
-                cursors.retain(|_, slot| Arc::strong_count(slot) > 1);
-            }
-            cursors.entry(peer.id).or_default().clone()
+        let cursors = self.cursors.clone().lock_owned().await;
+        self.locked(cursors, peer).await
+    }
+
+    /// Starts [`CatchUpState::with`] unless a catch-up runs or waits, and says whether it did:
+    /// for catch-ups a peer's own traffic prompts (its evidence over budget), so that a peer
+    /// that stalls them cannot keep the catch-ups of others waiting (a waiter is served before
+    /// any later one of these).
+    fn start_if_idle(self: &Arc<Self>, peer: EndpointAddr) -> bool {
+        let Ok(cursors) = self.cursors.clone().try_lock_owned() else {
+            return false;
         };
-        let mut cursor_slot = slot.lock().await;
-        let cursor = *cursor_slot;
+        let this = self.clone();
+        tokio::spawn(async move { this.locked(cursors, peer).await });
+        true
+    }
+
+    async fn locked(
+        &self,
+        mut cursors: tokio::sync::OwnedMutexGuard<Cursors>,
+        peer: EndpointAddr,
+    ) -> Result<crate::sync::CatchUp, String> {
+        let cursor = cursors.get(&peer.id).copied().unwrap_or_default();
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.endpoint.connect(peer.clone(), crate::sync::ALPN),
@@ -110,7 +120,7 @@ impl CatchUpState {
         connection.close(0u32.into(), b"done");
         match result {
             Ok((caught, next)) => {
-                *cursor_slot = next;
+                cursors.insert(peer.id, next);
                 tracing::info!(peer = %peer.id.fmt_short(), ?caught, "caught up on a peer's evidence");
                 Ok(caught)
             }

@@ -38,6 +38,16 @@ pub struct HostProcess {
     pub ticket: String,
 }
 
+impl HostProcess {
+    /// Stops the host as an operator would (SIGTERM), and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

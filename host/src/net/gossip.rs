@@ -254,7 +254,9 @@ pub(super) async fn listen(
                         // Remembered where it was reached, for the next start.
                         if let Some(info) = catch_up.endpoint.remote_info(peer).await {
                             let addrs = info.into_addrs().map(|addr| addr.into_addr());
-                            book.remember(&EndpointAddr::from_parts(peer, addrs));
+                            let addr = EndpointAddr::from_parts(peer, addrs);
+                            // A file written and synced: off the executor.
+                            let _ = tokio::task::spawn_blocking(move || book.remember(&addr)).await;
                         }
                         catch_up.with(EndpointAddr::new(peer)).await
                     });

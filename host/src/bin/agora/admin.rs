@@ -14,7 +14,7 @@ use std::time::Duration;
 use agora_host::DataDir;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::commands::{Printed, Work};
@@ -168,7 +168,7 @@ async fn answer(stream: UnixStream, work: &Work) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut read = BufReader::new(read).take(MAX_COMMAND_BYTES as u64);
-    tokio::io::AsyncBufReadExt::read_until(&mut read, b'\n', &mut line).await?;
+    read.read_until(b'\n', &mut line).await?;
     let answer: Result<Printed, String> = match serde_json::from_slice::<AdminCommand>(&line) {
         Ok(command) => {
             tracing::info!(?command, "command from the admin channel");
@@ -181,5 +181,3 @@ async fn answer(stream: UnixStream, work: &Work) -> anyhow::Result<()> {
     write.write_all(&bytes).await?;
     Ok(())
 }
-
-use tokio::io::AsyncReadExt as _;

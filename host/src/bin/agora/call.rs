@@ -57,16 +57,28 @@ impl Caller {
     }
 }
 
-pub(crate) struct CallOptions {
+#[derive(clap::Args)]
+pub(crate) struct CallArgs {
+    /// The agent: its manifest hash (over HTTP also its name, or name@version).
     pub agent: String,
+    /// The action to perform.
+    #[arg(long, short)]
     pub action: String,
+    /// The payload, JSON; `@file` reads it from a file.
+    #[arg(long, short, default_value = "{}")]
     pub payload: String,
+    /// The host: its API URL (`http://127.0.0.1:7070`) or its ticket from `agora host`.
+    #[arg(long, value_name = "URL|TICKET")]
     pub on: String,
+    /// The most fuel this call may use (and be charged for).
+    #[arg(long, default_value_t = 1_000_000_000)]
     pub fuel: u64,
+    /// Reach the host through n0's relays and discovery (tickets only).
+    #[arg(long)]
     pub internet: bool,
 }
 
-pub(crate) async fn call(data_dir: DataDir, options: CallOptions) -> anyhow::Result<ExitCode> {
+pub(crate) async fn call(data_dir: DataDir, options: CallArgs) -> anyhow::Result<ExitCode> {
     let payload = match options.payload.strip_prefix('@') {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading payload file {path}"))?
@@ -149,15 +161,25 @@ pub(crate) async fn call(data_dir: DataDir, options: CallOptions) -> anyhow::Res
     Ok(code)
 }
 
-pub(crate) struct RateOptions {
+#[derive(clap::Args)]
+pub(crate) struct RateArgs {
+    /// The receipt's hash, as `agora call` printed it.
     pub receipt: Hash,
+    /// 0 (useless) to 100 (excellent).
+    #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
     pub score: u8,
+    /// A short label (`fair-price`, `slow`); repeatable.
+    #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// The host that ran the call: its API URL or its ticket.
+    #[arg(long, value_name = "URL|TICKET")]
     pub on: String,
+    /// Reach the host through n0's relays and discovery (tickets only).
+    #[arg(long)]
     pub internet: bool,
 }
 
-pub(crate) async fn rate(data_dir: DataDir, options: RateOptions) -> anyhow::Result<ExitCode> {
+pub(crate) async fn rate(data_dir: DataDir, options: RateArgs) -> anyhow::Result<ExitCode> {
     let caller = Caller::open(&data_dir)?;
     let feedback: SignedFeedback = agora_registry::Signed::sign(
         agora_registry::Feedback {

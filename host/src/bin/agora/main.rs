@@ -74,43 +74,10 @@ enum Command {
     },
     /// Call an agent on a host, by its API URL (HTTP) or its ticket (iroh), signed by this data
     /// dir's key; print the output and keep the verified receipt. Exits non-zero if the call fails.
-    Call {
-        /// The agent: its manifest hash (over HTTP also its name, or name@version).
-        agent: String,
-        /// The action to perform.
-        #[arg(long, short)]
-        action: String,
-        /// The payload, JSON; `@file` reads it from a file.
-        #[arg(long, short, default_value = "{}")]
-        payload: String,
-        /// The host: its API URL (`http://127.0.0.1:7070`) or its ticket from `agora host`.
-        #[arg(long, value_name = "URL|TICKET")]
-        on: String,
-        /// The most fuel this call may use (and be charged for).
-        #[arg(long, default_value_t = 1_000_000_000)]
-        fuel: u64,
-        /// Reach the host through n0's relays and discovery (tickets only).
-        #[arg(long)]
-        internet: bool,
-    },
+    Call(call::CallArgs),
     /// Rate a call made with `agora call`: sign feedback on its receipt and send it to the host
     /// that ran it.
-    Rate {
-        /// The receipt's hash, as `agora call` printed it.
-        receipt: Hash,
-        /// 0 (useless) to 100 (excellent).
-        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
-        score: u8,
-        /// A short label (`fair-price`, `slow`); repeatable.
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// The host that ran the call: its API URL or its ticket.
-        #[arg(long, value_name = "URL|TICKET")]
-        on: String,
-        /// Reach the host through n0's relays and discovery (tickets only).
-        #[arg(long)]
-        internet: bool,
-    },
+    Rate(call::RateArgs),
     /// Show an agent's reputation as a host's HTTP API reports it.
     Reputation {
         /// The agent: manifest hash, or name (name@version) as the host lists it.
@@ -361,40 +328,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             network.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Call {
-            agent,
-            action,
-            payload,
-            on,
-            fuel,
-            internet,
-        } => {
-            let options = call::CallOptions {
-                agent,
-                action,
-                payload,
-                on,
-                fuel,
-                internet,
-            };
-            call::call(data_dir, options).await
-        }
-        Command::Rate {
-            receipt,
-            score,
-            tags,
-            on,
-            internet,
-        } => {
-            let options = call::RateOptions {
-                receipt,
-                score,
-                tags,
-                on,
-                internet,
-            };
-            call::rate(data_dir, options).await
-        }
+        Command::Call(args) => call::call(data_dir, args).await,
+        Command::Rate(args) => call::rate(data_dir, args).await,
         Command::Reputation { agent, api, json } => {
             reputation(&agent, &api, json).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,8 @@
 //! The Beta distribution's quantile, for lower bounds: the regularised incomplete beta function
 //! by continued fraction and ln Γ by Lanczos, in plain `f64` arithmetic so that every host
-//! computes the same bits from the same evidence (on the same libm).
+//! computes the same bits from the same evidence. The transcendental functions come from the
+//! `libm` crate (musl's, in Rust), not the platform's C library, whose last bits differ
+//! between glibc, macOS and Windows; `+ − × ÷` and `sqrt` are exact in IEEE 754 everywhere.
 
 /// The `p` quantile of `Beta(a, b)`, by bisection on the regularised incomplete beta function.
 pub(super) fn beta_quantile(p: f64, a: f64, b: f64) -> f64 {
@@ -25,7 +27,7 @@ fn incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
         return 1.0;
     }
     let front =
-        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+        libm::exp(ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * ln(x) + b * ln(1.0 - x));
     if x < (a + 1.0) / (a + b + 2.0) {
         front * beta_fraction(x, a, b) / a
     } else {
@@ -81,8 +83,8 @@ fn ln_gamma(x: f64) -> f64 {
         1.505_632_735_149_311_6e-7,
     ];
     if x < 0.5 {
-        return std::f64::consts::PI.ln()
-            - (std::f64::consts::PI * x).sin().ln()
+        return ln(std::f64::consts::PI)
+            - ln(libm::sin(std::f64::consts::PI * x))
             - ln_gamma(1.0 - x);
     }
     let x = x - 1.0;
@@ -93,7 +95,11 @@ fn ln_gamma(x: f64) -> f64 {
         .fold(COEFFICIENTS[0], |sum, (i, c)| {
             sum + c / (x + i as f64 + 1.0)
         });
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
+    0.5 * ln(2.0 * std::f64::consts::PI) + (x + 0.5) * ln(t) - t + ln(series)
+}
+
+fn ln(x: f64) -> f64 {
+    libm::log(x)
 }
 
 #[cfg(test)]
@@ -124,6 +130,47 @@ mod tests {
         assert!((few.quality() - 0.75).abs() < 1e-12);
         assert!((Reputation::NONE.uncertainty() - 1.0).abs() < 1e-12);
     }
+
+    /// Hosts that hold the same evidence must agree on scores exactly, on any platform. These
+    /// are the bits this code computes (x86-64 Linux, `libm` as locked); a change to the
+    /// formulas, the iteration counts or the math library that moves a single bit fails here,
+    /// and must be a deliberate, announced change of every host's scores.
+    #[test]
+    fn lower_bounds_and_decay_are_pinned_to_the_bit() {
+        let bounds: Vec<u64> = [
+            (1.0, 1.0),
+            (201.0, 1.0),
+            (8.0, 3.0),
+            (37.5, 12.25),
+            (0.3, 0.7),
+        ]
+        .iter()
+        .map(|&(a, b)| beta_quantile(0.05, a, b).to_bits())
+        .collect();
+        assert_eq!(bounds, PINNED_BOUNDS, "{bounds:x?}");
+        let day = 24 * 3_600_000;
+        let params = crate::reputation::ScoreParams::new(vec![], 100 * day);
+        let decays: Vec<u64> = [0, 1, day, 7 * day + 12_345, 99 * day]
+            .iter()
+            .map(|&t| crate::reputation::decay(t, &params).to_bits())
+            .collect();
+        assert_eq!(decays, PINNED_DECAYS, "{decays:x?}");
+    }
+
+    const PINNED_BOUNDS: [u64; 5] = [
+        4587366580439587216,
+        4607049169683699458,
+        4602554496385060476,
+        4604017699628318132,
+        4545281051361287200,
+    ];
+    const PINNED_DECAYS: [u64; 5] = [
+        4591813439449296444,
+        4591813439451208220,
+        4591980539842286398,
+        4593068462473182090,
+        4606976694084720087,
+    ];
 
     #[test]
     fn ln_gamma_matches_factorials() {

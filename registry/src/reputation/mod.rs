@@ -414,7 +414,8 @@ fn decay(timestamp_ms: u64, params: &ScoreParams) -> f64 {
         return 0.0;
     }
     let age = (params.now_ms - timestamp_ms) as f64;
-    0.5_f64.powf(age / params.half_life_ms.max(1) as f64)
+    // The platform's `powf` differs in its last bits between C libraries; see `beta`.
+    libm::pow(0.5, age / params.half_life_ms.max(1) as f64)
 }
 
 /// Personalised EigenTrust over the local-trust graph. Its only edges are callers' ratings of

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agora_registry::{KvQuota, ManifestLimits};
+use agora_registry::{KvQuota, ManifestLimits, StrangerQuotas};
 
 /// Everything a host bounds. A call runs under the lower of these and its manifest's limits.
 #[derive(Clone, Debug)]
@@ -67,6 +67,10 @@ pub struct Limits {
     pub max_call_depth: u32,
     /// Each agent's persistent memory on this host.
     pub kv: KvQuota,
+    /// What keys this host does not trust may have stored here: manifests, waiting records,
+    /// receipts and feedback, per key and in all. Defaults and what happens at each limit:
+    /// [`StrangerQuotas`].
+    pub strangers: StrangerQuotas,
 }
 
 impl Default for Limits {
@@ -92,6 +96,7 @@ impl Default for Limits {
             max_log_message_bytes: 1 << 10,
             max_call_depth: 4,
             kv: KvQuota::default(),
+            strangers: StrangerQuotas::default(),
         }
     }
 }

@@ -65,8 +65,9 @@ pub use receipt::{
 pub use signed::{Record, Signed};
 pub use store::{
     Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota,
-    MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY, Misbehaviour, ReceiptCursor, ReceiptPage,
-    Registry, WAL_SYNC_INTERVAL,
+    MAX_FEEDBACK_PER_STRANGER, MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY,
+    MAX_RECEIPTS_PER_STRANGER, MAX_STRANGER_FEEDBACK, MAX_STRANGER_RECEIPTS, Misbehaviour,
+    ReceiptCursor, ReceiptPage, Registry, StrangerQuotas, StrangerUsage, WAL_SYNC_INTERVAL,
 };
 
 #[cfg(test)]

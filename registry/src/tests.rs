@@ -600,3 +600,4 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
 
 mod attacks;
 mod crash;
+mod quotas;

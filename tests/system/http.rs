@@ -506,3 +506,62 @@ async fn agents_are_listed_in_pages_best_first_without_repeats() {
     assert!(error_of(&body).contains("not a cursor"));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stranger_posting_receipts_stores_at_most_its_quota_and_the_rest_are_refused_and_counted()
+{
+    let limits = agora_host::Limits {
+        strangers: agora_registry::StrangerQuotas {
+            receipts_per_key: 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let host = TestHost::with_limits(limits).await;
+    let server = ApiServer::start(host.node.clone(), ApiConfig::default())
+        .await
+        .unwrap();
+    let stranger = TestHost::new().await;
+    let trader = stranger.publish(examples::ENERGY_TRADER).await;
+    host.node.registry().insert_manifest(&trader).unwrap();
+    let offer = br#"{"household": "h", "net_wh": 10, "reserve_cents_per_kwh": 9, "slot": "s"}"#;
+    let mut statuses = Vec::new();
+    let mut last_error = String::new();
+    for _ in 0..25 {
+        let receipt = stranger
+            .node
+            .run("energy-trader", "offer", offer, None)
+            .await
+            .unwrap()
+            .receipt;
+        let (status, body) = http(&server, "POST", "/v1/receipts", receipt.as_bytes()).await;
+        if status != 201 {
+            last_error = error_of(&body);
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses[..20], [201; 20]);
+    assert_eq!(statuses[20..], [429; 5]);
+    assert!(
+        last_error.contains("20 receipts from a host this host does not trust"),
+        "{last_error}"
+    );
+    let (_, metrics) = http(&server, "GET", "/metrics", b"").await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("agora_refused_over_quota_total 5\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agora_stranger_receipts 20\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        host.node
+            .registry()
+            .receipt_chain(&stranger.node.public_key())
+            .unwrap()
+            .len(),
+        20
+    );
+}

@@ -31,6 +31,18 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         state.node.registry().refused_over_quota(),
     );
     let mut text = text;
+    // What the quotas on strangers bound, read off the executor like every registry read.
+    let node = state.node.clone();
+    let strangers = tokio::task::spawn_blocking(move || node.registry().stranger_usage())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    text.push_str(&format!(
+        "# TYPE agora_stranger_receipts gauge\nagora_stranger_receipts {}\n\
+         # TYPE agora_stranger_feedback gauge\nagora_stranger_feedback {}\n",
+        strangers.receipts, strangers.feedback
+    ));
     text.push_str(&format!(
         "# TYPE agora_sqlite_memory_bytes gauge\nagora_sqlite_memory_bytes {}\n",
         agora_registry::Registry::sqlite_memory_bytes()

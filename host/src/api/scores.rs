@@ -74,6 +74,14 @@ pub(crate) async fn score(
         // a minute; evidence ages by a half-life of days, so nothing is lost.
         let now = (unix_ms() / SCORE_CLOCK_MS + 1) * SCORE_CLOCK_MS;
         let scores = compute(evidence, &ScoreParams::new(anchors, now));
+        // A key that earned trust is no longer a stranger whose evidence is held to quotas.
+        node.registry().set_earned_trust(
+            scores
+                .trust
+                .iter()
+                .filter(|(_, trust)| **trust > 0.0)
+                .map(|(key, _)| *key),
+        );
         let took = started.elapsed();
         tracing::debug!(calls = evidence.calls().len(), ?took, "scores computed");
         let snapshot = ScoreSnapshot {

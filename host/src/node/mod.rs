@@ -76,6 +76,7 @@ impl Node {
         }
         let key = SecretKey::load(&key_path)?;
         let registry = Registry::open(&data_dir.registry_path())?;
+        registry.set_stranger_quotas(config.limits.strangers);
         let blobs =
             BlobStore::open(&data_dir.blobs_path())
                 .await

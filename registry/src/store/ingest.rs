@@ -22,6 +22,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chain::record_misbehaviour;
+use super::quota::{Evidence, Strangers};
 use super::records::insert_receipt_row;
 use super::{Inserted, Registry, db_error, parse_stored};
 use crate::evidence::{SignedFeedback, SignedRequest};
@@ -30,10 +31,6 @@ use crate::receipt::SignedReceipt;
 use crate::rules::{MAX_WALL_MS, charge_for, now_ms};
 use crate::signed::Signed;
 use crate::{Error, Hash};
-
-/// Most records one key may have waiting for what they refer to. Beyond it, more are refused:
-/// a stranger cannot fill the table with records about things that never arrive.
-pub const MAX_PENDING_PER_KEY: i64 = 1_000;
 
 /// A manifest's component hash, max fuel, price, signed bytes and max memory (the numbers are
 /// NULL in rows stored before they were bounded).
@@ -79,6 +76,7 @@ impl Registry {
         batch: Vec<(SignedReceipt, Option<SignedRequest>)>,
     ) -> Result<Vec<Result<Inserted, Error>>, Error> {
         let now = now_ms();
+        let strangers = self.strangers();
         self.write(move |conn, path| {
             let mut arrived = Vec::new();
             let mut answers = Vec::with_capacity(batch.len());
@@ -93,14 +91,20 @@ impl Registry {
                     answers.push(Err(refused));
                     continue;
                 }
-                let answer =
-                    admit_receipt(conn, path, receipt, request.as_ref(), now, &mut arrived)?;
+                let answer = admit_receipt(
+                    conn,
+                    path,
+                    &strangers,
+                    receipt,
+                    request.as_ref(),
+                    now,
+                    &mut arrived,
+                )?;
                 answers.push(answer);
             }
-            retry_pending(conn, path, now, arrived)?;
+            retry_pending(conn, path, &strangers, now, arrived)?;
             Ok(answers)
         })
-        .map(|answers| self.count_quota(answers))
     }
 
     /// Stores a caller's feedback if it counts: the receipt is known, the rater is its caller
@@ -119,14 +123,14 @@ impl Registry {
         batch: Vec<SignedFeedback>,
     ) -> Result<Vec<Result<Inserted, Error>>, Error> {
         let now = now_ms();
+        let strangers = self.strangers();
         self.write(move |conn, path| {
             let mut answers = Vec::with_capacity(batch.len());
             for feedback in &batch {
-                answers.push(admit_feedback(conn, path, feedback, now)?);
+                answers.push(admit_feedback(conn, path, &strangers, feedback, now)?);
             }
             Ok(answers)
         })
-        .map(|answers| self.count_quota(answers))
     }
 }
 
@@ -135,12 +139,13 @@ impl Registry {
 fn admit_receipt(
     conn: &Connection,
     path: &std::path::Path,
+    strangers: &Strangers,
     receipt: &SignedReceipt,
     request: Option<&SignedRequest>,
     now: u64,
     arrived: &mut Vec<Hash>,
 ) -> Result<Result<Inserted, Error>, Error> {
-    match check_and_store(conn, path, receipt, request, now)? {
+    match check_and_store(conn, path, strangers, receipt, request, now)? {
         Ok(Stored::Done(Inserted::New)) => {
             arrived.push(receipt.hash());
             Ok(Ok(Inserted::New))
@@ -149,6 +154,7 @@ fn admit_receipt(
         Ok(Stored::Waiting(on)) => wait(
             conn,
             path,
+            strangers,
             "pending_receipts",
             &receipt.body().host,
             on,
@@ -162,6 +168,7 @@ fn admit_receipt(
 fn check_and_store(
     conn: &Connection,
     path: &std::path::Path,
+    strangers: &Strangers,
     receipt: &SignedReceipt,
     came_with: Option<&SignedRequest>,
     now: u64,
@@ -380,6 +387,9 @@ fn check_and_store(
         )?;
         tracing::warn!(host = %body.host, seq = body.seq, "host broke its receipt chain");
     }
+    if let Err(refused) = strangers.count(conn, path, Evidence::Receipt, &body.host)? {
+        return Ok(Err(refused));
+    }
     if insert_receipt_row(conn, receipt, came_with.map(|r| r.as_bytes())).map_err(db)? == 0 {
         return Ok(Ok(Stored::Done(Inserted::AlreadyPresent)));
     }
@@ -455,10 +465,13 @@ fn chain_break(
     Ok(None)
 }
 
-/// Keeps `record` until the record `on` arrives, within [`MAX_PENDING_PER_KEY`] per signer.
+/// Keeps `record` until the record `on` arrives, within the quota of waiting records per
+/// signer ([`MAX_PENDING_PER_KEY`](super::MAX_PENDING_PER_KEY) by default).
+#[allow(clippy::too_many_arguments)]
 fn wait<T: crate::Record>(
     conn: &Connection,
     path: &std::path::Path,
+    strangers: &Strangers,
     table: &str,
     signer: &PublicKey,
     on: Hash,
@@ -470,14 +483,12 @@ fn wait<T: crate::Record>(
         .prepare_cached(&format!("SELECT COUNT(*) FROM {table} WHERE signer = ?1"))
         .and_then(|mut stmt| stmt.query_row(params![signer.to_hex()], |row| row.get(0)))
         .map_err(db)?;
-    if waiting >= MAX_PENDING_PER_KEY {
-        return Ok(Err(Error::Quota {
-            key: *signer,
-            what: format!(
-                "{MAX_PENDING_PER_KEY} {} records waiting for what they refer to",
-                T::KIND
-            ),
-        }));
+    let quota = strangers.quotas().pending_per_key;
+    if waiting >= quota {
+        return Ok(Err(strangers.refuse(
+            signer,
+            format!("{quota} {} records waiting for what they refer to", T::KIND),
+        )));
     }
     let stored = match request {
         // Only a waiting receipt has a request with it.
@@ -517,6 +528,7 @@ fn wait<T: crate::Record>(
 pub(super) fn retry_pending(
     conn: &Connection,
     path: &std::path::Path,
+    strangers: &Strangers,
     now: u64,
     mut arrived: Vec<Hash>,
 ) -> Result<(), Error> {
@@ -536,9 +548,15 @@ pub(super) fn retry_pending(
             let request = request
                 .map(|r| SignedRequest::from_stored(&r))
                 .transpose()?;
-            if let Err(refused) =
-                admit_receipt(conn, path, &receipt, request.as_ref(), now, &mut arrived)?
-            {
+            if let Err(refused) = admit_receipt(
+                conn,
+                path,
+                strangers,
+                &receipt,
+                request.as_ref(),
+                now,
+                &mut arrived,
+            )? {
                 tracing::debug!(receipt = %receipt.hash(), %refused, "a waiting receipt was refused");
             }
         }
@@ -546,7 +564,7 @@ pub(super) fn retry_pending(
             take("DELETE FROM pending_feedback WHERE waiting_for = ?1 RETURNING signed, NULL")?
         {
             let feedback = SignedFeedback::from_stored(&bytes)?;
-            if let Err(refused) = admit_feedback(conn, path, &feedback, now)? {
+            if let Err(refused) = admit_feedback(conn, path, strangers, &feedback, now)? {
                 tracing::debug!(feedback = %feedback.hash(), %refused, "waiting feedback was refused");
             }
         }
@@ -557,6 +575,7 @@ pub(super) fn retry_pending(
 fn admit_feedback(
     conn: &Connection,
     path: &std::path::Path,
+    strangers: &Strangers,
     feedback: &SignedFeedback,
     now: u64,
 ) -> Result<Result<Inserted, Error>, Error> {
@@ -588,6 +607,7 @@ fn admit_feedback(
         return wait(
             conn,
             path,
+            strangers,
             "pending_feedback",
             &body.rater,
             body.receipt,
@@ -627,6 +647,9 @@ fn admit_feedback(
             return Ok(Err(Error::DuplicateFeedback(body.receipt)));
         }
         None => {}
+    }
+    if let Err(refused) = strangers.count(conn, path, Evidence::Feedback, &body.rater)? {
+        return Ok(Err(refused));
     }
     conn.prepare_cached(
         "INSERT INTO feedback (receipt_hash, hash, rater, score, created_at_ms, signed)

@@ -30,6 +30,7 @@ mod chain;
 mod evidence;
 mod ingest;
 mod kv;
+mod quota;
 mod records;
 mod schema;
 mod writer;
@@ -45,9 +46,12 @@ use crate::Error;
 
 pub use chain::{Fork, HostRecord, Misbehaviour};
 pub use evidence::{Evidence, EvidenceCursor};
-pub use ingest::MAX_PENDING_PER_KEY;
 pub use kv::{KvNamespace, KvQuota};
-pub use records::MAX_MANIFESTS_PER_STRANGER;
+pub use quota::{
+    MAX_FEEDBACK_PER_STRANGER, MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY,
+    MAX_RECEIPTS_PER_STRANGER, MAX_STRANGER_FEEDBACK, MAX_STRANGER_RECEIPTS, StrangerQuotas,
+    StrangerUsage,
+};
 pub use records::{ReceiptCursor, ReceiptPage};
 
 /// Most writes committed in one transaction.
@@ -82,11 +86,10 @@ pub struct Registry {
     readers: Mutex<Vec<Connection>>,
     writer: Option<mpsc::Sender<Box<dyn writer::WriteJob>>>,
     writer_thread: Option<JoinHandle<()>>,
-    /// Keys whose records are not held to the quotas on strangers: this host's own and those
-    /// its operator trusts.
-    trusted: std::sync::RwLock<Vec<crate::PublicKey>>,
+    /// Keys whose records are not held to the quotas on strangers, and those quotas.
+    trust: std::sync::RwLock<quota::Trust>,
     /// Records refused because their signer was over a quota.
-    over_quota: std::sync::atomic::AtomicU64,
+    over_quota: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Times the writer flushed the WAL to the disk.
     wal_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -157,8 +160,8 @@ impl Registry {
             readers: Mutex::new(Vec::new()),
             writer: Some(writer),
             writer_thread: Some(writer_thread),
-            trusted: std::sync::RwLock::new(Vec::new()),
-            over_quota: std::sync::atomic::AtomicU64::new(0),
+            trust: std::sync::RwLock::default(),
+            over_quota: std::sync::Arc::default(),
             wal_flushes,
         })
     }
@@ -171,23 +174,39 @@ impl Registry {
     /// Exempts these keys (this host's own, its operator's trusted publishers and anchors) from
     /// the quotas on strangers, as well as any exempted before.
     pub fn trust(&self, keys: impl IntoIterator<Item = crate::PublicKey>) {
-        let mut trusted = self.trusted.write().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
-            if !trusted.contains(&key) {
-                trusted.push(key);
-            }
-        }
+        self.trust
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_operator(keys);
     }
 
-    fn is_trusted(&self, key: &crate::PublicKey) -> bool {
-        self.trusted
+    /// Exempts these keys, which earned trust in the latest score computation, from the quotas
+    /// on strangers, in place of the ones that had earned it before.
+    pub fn set_earned_trust(&self, keys: impl IntoIterator<Item = crate::PublicKey>) {
+        self.trust
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_earned(keys);
+    }
+
+    /// Replaces the quotas on strangers (by default [`StrangerQuotas::default`]).
+    pub fn set_stranger_quotas(&self, quotas: StrangerQuotas) {
+        self.trust
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_quotas(quotas);
+    }
+
+    /// The trusted keys and quotas for a write about to be queued.
+    fn strangers(&self) -> quota::Strangers {
+        self.trust
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(key)
+            .strangers(&self.over_quota)
     }
 
     /// How many records were refused since the registry opened because their signer was over
-    /// a quota ([`MAX_MANIFESTS_PER_STRANGER`], [`MAX_PENDING_PER_KEY`]).
+    /// a quota on strangers (see [`StrangerQuotas`]).
     pub fn refused_over_quota(&self) -> u64 {
         self.over_quota.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -206,18 +225,6 @@ impl Registry {
         // bundled build); it takes no pointers and is safe from any thread.
         let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
         u64::try_from(used).unwrap_or(0)
-    }
-
-    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
-        if let Err(Error::Quota { .. }) = &result {
-            self.over_quota
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn count_quota<T>(&self, answers: Vec<Result<T, Error>>) -> Vec<Result<T, Error>> {
-        answers.into_iter().map(|a| self.counted(a)).collect()
     }
 
     fn db_error(&self, source: rusqlite::Error) -> Error {

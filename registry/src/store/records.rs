@@ -61,28 +61,27 @@ impl std::str::FromStr for ReceiptCursor {
     }
 }
 
-/// Most manifests one key that this host does not trust may have stored here.
-pub const MAX_MANIFESTS_PER_STRANGER: i64 = 64;
-
+/// Whether `publisher`, a stranger, is at its quota of stored manifests: the refusal if so.
 fn over_manifest_quota(
     conn: &Connection,
     path: &std::path::Path,
+    strangers: &super::quota::Strangers,
     publisher: &PublicKey,
-) -> Result<bool, Error> {
+) -> Result<Option<Error>, Error> {
+    if !strangers.is_stranger(publisher) {
+        return Ok(None);
+    }
     let stored: i64 = conn
         .prepare_cached("SELECT COUNT(*) FROM manifests WHERE publisher = ?1")
         .and_then(|mut stmt| stmt.query_row(params![publisher.to_hex()], |row| row.get(0)))
         .map_err(|e| db_error(path, e))?;
-    Ok(stored >= MAX_MANIFESTS_PER_STRANGER)
-}
-
-fn manifest_quota(publisher: &PublicKey) -> Error {
-    Error::Quota {
-        key: *publisher,
-        what: format!(
-            "{MAX_MANIFESTS_PER_STRANGER} manifests from a publisher this host does not trust"
-        ),
-    }
+    let quota = strangers.quotas().manifests_per_key;
+    Ok((stored >= quota).then(|| {
+        strangers.refuse(
+            publisher,
+            format!("{quota} manifests from a publisher this host does not trust"),
+        )
+    }))
 }
 
 /// Stores a signed request unless one with its (caller, host, nonce) is stored; returns the
@@ -167,14 +166,9 @@ impl Registry {
     /// The manifest must pass [`Manifest::check`](crate::Manifest::check) first, whichever way
     /// it arrived. Receipts that were waiting for it are checked again.
     pub fn insert_manifest(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
-        let result = self.insert_manifest_checked(manifest);
-        self.counted(result)
-    }
-
-    fn insert_manifest_checked(&self, manifest: &SignedManifest) -> Result<Inserted, Error> {
         let now = crate::rules::now_ms();
         manifest.body().check(now)?;
-        let stranger = !self.is_trusted(&manifest.body().publisher);
+        let strangers = self.strangers();
         let manifest = manifest.clone();
         self.write(move |conn, path| {
             let db = |e| db_error(path, e);
@@ -192,8 +186,9 @@ impl Registry {
                 if existing_hash == manifest.hash().to_hex() {
                     return Ok(Ok(Inserted::AlreadyPresent));
                 }
-                if stranger && over_manifest_quota(conn, path, &body.publisher)? {
-                    return Ok(Err(manifest_quota(&body.publisher)));
+                if let Some(refused) = over_manifest_quota(conn, path, &strangers, &body.publisher)?
+                {
+                    return Ok(Err(refused));
                 }
                 let existing: Hash = parse_stored(path, &existing_hash)?;
                 super::chain::record_misbehaviour(
@@ -217,8 +212,8 @@ impl Registry {
                     existing: existing_hash,
                 }));
             }
-            if stranger && over_manifest_quota(conn, path, &body.publisher)? {
-                return Ok(Err(manifest_quota(&body.publisher)));
+            if let Some(refused) = over_manifest_quota(conn, path, &strangers, &body.publisher)? {
+                return Ok(Err(refused));
             }
             conn.execute(
                 "INSERT OR IGNORE INTO publishers (key, first_seen) VALUES (?1, ?2)",
@@ -245,7 +240,7 @@ impl Registry {
                 ],
             )
             .map_err(db)?;
-            super::ingest::retry_pending(conn, path, now, vec![manifest.hash()])?;
+            super::ingest::retry_pending(conn, path, &strangers, now, vec![manifest.hash()])?;
             Ok(Ok(Inserted::New))
         })?
     }

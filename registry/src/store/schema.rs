@@ -156,6 +156,17 @@ const MIGRATIONS: &[&str] = &[
          resume_at      INTEGER NOT NULL,
          reserved_until INTEGER NOT NULL
      ) STRICT;",
+    // 12: how many receipts and feedback records each key has stored here, kept as they are
+    // inserted so the quotas on strangers need no count over the evidence (see `quota`). The
+    // row with the empty key holds the strangers' totals, which start at zero.
+    "CREATE TABLE key_usage (
+         key      TEXT PRIMARY KEY,
+         receipts INTEGER NOT NULL DEFAULT 0,
+         feedback INTEGER NOT NULL DEFAULT 0
+     ) STRICT, WITHOUT ROWID;
+     INSERT INTO key_usage (key, receipts) SELECT host, COUNT(*) FROM receipts GROUP BY host;
+     INSERT INTO key_usage (key, feedback) SELECT rater, COUNT(*) FROM feedback WHERE true GROUP BY rater
+         ON CONFLICT (key) DO UPDATE SET feedback = excluded.feedback;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

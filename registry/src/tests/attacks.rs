@@ -783,35 +783,6 @@ fn a_strangers_same_named_manifest_can_neither_break_nor_hijack_a_name() {
 }
 
 #[test]
-fn a_stranger_stores_a_bounded_number_of_manifests_and_trusted_keys_are_not_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
-    let (stranger, own) = (SecretKey::generate(), SecretKey::generate());
-    registry.trust([own.public()]);
-    let release = |key: &SecretKey, i: i64| {
-        let mut body = super::manifest(key, &format!("1.0.{i}"), format!("code {i}").as_bytes());
-        body.name = "flood".into();
-        Signed::sign(body, key).unwrap()
-    };
-    for i in 0..MAX_MANIFESTS_PER_STRANGER {
-        registry.insert_manifest(&release(&stranger, i)).unwrap();
-        registry.insert_manifest(&release(&own, i)).unwrap();
-    }
-    let refused = registry
-        .insert_manifest(&release(&stranger, MAX_MANIFESTS_PER_STRANGER))
-        .unwrap_err();
-    assert!(matches!(refused, Error::Quota { .. }), "{refused}");
-    assert_eq!(registry.refused_over_quota(), 1);
-    registry
-        .insert_manifest(&release(&own, MAX_MANIFESTS_PER_STRANGER))
-        .unwrap();
-    assert_eq!(
-        registry.manifests_by(&stranger.public()).unwrap().len() as i64,
-        MAX_MANIFESTS_PER_STRANGER
-    );
-}
-
-#[test]
 fn a_refused_receipt_leaves_no_request_behind() {
     let market = Market::new(3, 10);
     let host = &market.hosts[0];

@@ -22,6 +22,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chain::record_misbehaviour;
+use super::pending::{retry_pending, wait};
 use super::quota::{Evidence, Strangers};
 use super::records::insert_receipt_row;
 use super::{Inserted, Registry, db_error, parse_stored};
@@ -29,15 +30,11 @@ use crate::evidence::{SignedFeedback, SignedRequest};
 use crate::identity::PublicKey;
 use crate::receipt::SignedReceipt;
 use crate::rules::{MAX_WALL_MS, charge_for, now_ms};
-use crate::signed::Signed;
 use crate::{Error, Hash};
 
 /// A manifest's component hash, max fuel, price, signed bytes and max memory (the numbers are
 /// NULL in rows stored before they were bounded).
 type ManifestRow = (String, Option<i64>, Option<i64>, Vec<u8>, Option<i64>);
-
-/// A waiting record's signed bytes, and the request a waiting receipt came with.
-type WaitingRow = (Vec<u8>, Option<Vec<u8>>);
 
 /// A receipt's hash, `prev` and signed bytes.
 type ChainRow = (String, Option<String>, Vec<u8>);
@@ -136,7 +133,7 @@ impl Registry {
 
 /// Checks and stores one receipt; the outer error is a database failure, the inner one the
 /// receipt's refusal. Hashes of receipts stored are pushed on `arrived`.
-fn admit_receipt(
+pub(super) fn admit_receipt(
     conn: &Connection,
     path: &std::path::Path,
     strangers: &Strangers,
@@ -465,114 +462,7 @@ fn chain_break(
     Ok(None)
 }
 
-/// Keeps `record` until the record `on` arrives, within the quota of waiting records per
-/// signer ([`MAX_PENDING_PER_KEY`](super::MAX_PENDING_PER_KEY) by default).
-#[allow(clippy::too_many_arguments)]
-fn wait<T: crate::Record>(
-    conn: &Connection,
-    path: &std::path::Path,
-    strangers: &Strangers,
-    table: &str,
-    signer: &PublicKey,
-    on: Hash,
-    record: &Signed<T>,
-    request: Option<&[u8]>,
-) -> Result<Result<Inserted, Error>, Error> {
-    let db = |e| db_error(path, e);
-    let waiting: i64 = conn
-        .prepare_cached(&format!("SELECT COUNT(*) FROM {table} WHERE signer = ?1"))
-        .and_then(|mut stmt| stmt.query_row(params![signer.to_hex()], |row| row.get(0)))
-        .map_err(db)?;
-    let quota = strangers.quotas().pending_per_key;
-    if waiting >= quota {
-        return Ok(Err(strangers.refuse(
-            signer,
-            format!("{quota} {} records waiting for what they refer to", T::KIND),
-        )));
-    }
-    let stored = match request {
-        // Only a waiting receipt has a request with it.
-        Some(request) => conn
-            .prepare_cached(&format!(
-                "INSERT OR IGNORE INTO {table} (hash, signer, waiting_for, signed, request)
-                 VALUES (?1, ?2, ?3, ?4, ?5)"
-            ))
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    record.hash().to_hex(),
-                    signer.to_hex(),
-                    on.to_hex(),
-                    record.as_bytes(),
-                    request
-                ])
-            }),
-        None => conn
-            .prepare_cached(&format!(
-                "INSERT OR IGNORE INTO {table} (hash, signer, waiting_for, signed)
-                 VALUES (?1, ?2, ?3, ?4)"
-            ))
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    record.hash().to_hex(),
-                    signer.to_hex(),
-                    on.to_hex(),
-                    record.as_bytes()
-                ])
-            }),
-    };
-    stored.map_err(db)?;
-    Ok(Ok(Inserted::Pending))
-}
-
-/// Checks again the records waiting for any of `arrived` (and for what they in turn bring).
-pub(super) fn retry_pending(
-    conn: &Connection,
-    path: &std::path::Path,
-    strangers: &Strangers,
-    now: u64,
-    mut arrived: Vec<Hash>,
-) -> Result<(), Error> {
-    let db = |e| db_error(path, e);
-    while let Some(hash) = arrived.pop() {
-        let take = |sql: &str| -> Result<Vec<WaitingRow>, Error> {
-            let mut stmt = conn.prepare_cached(sql).map_err(db)?;
-            let rows = stmt
-                .query_map(params![hash.to_hex()], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)
-        };
-        for (bytes, request) in
-            take("DELETE FROM pending_receipts WHERE waiting_for = ?1 RETURNING signed, request")?
-        {
-            let receipt = SignedReceipt::from_stored(&bytes)?;
-            let request = request
-                .map(|r| SignedRequest::from_stored(&r))
-                .transpose()?;
-            if let Err(refused) = admit_receipt(
-                conn,
-                path,
-                strangers,
-                &receipt,
-                request.as_ref(),
-                now,
-                &mut arrived,
-            )? {
-                tracing::debug!(receipt = %receipt.hash(), %refused, "a waiting receipt was refused");
-            }
-        }
-        for (bytes, _) in
-            take("DELETE FROM pending_feedback WHERE waiting_for = ?1 RETURNING signed, NULL")?
-        {
-            let feedback = SignedFeedback::from_stored(&bytes)?;
-            if let Err(refused) = admit_feedback(conn, path, strangers, &feedback, now)? {
-                tracing::debug!(feedback = %feedback.hash(), %refused, "waiting feedback was refused");
-            }
-        }
-    }
-    Ok(())
-}
-
-fn admit_feedback(
+pub(super) fn admit_feedback(
     conn: &Connection,
     path: &std::path::Path,
     strangers: &Strangers,

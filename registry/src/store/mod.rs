@@ -21,7 +21,9 @@
 
 //!
 //! The parts: [`schema`] (migrations), [`records`] (storing and reading signed records),
-//! [`ingest`] (checking evidence from other keys against what it refers to), [`chain`]
+//! [`ingest`] (checking evidence from other keys against what it refers to), [`pending`]
+//! (evidence waiting for what it refers to), [`quota`] (bounds on keys this host does not
+//! trust), [`chain`]
 //! (appending to this host's receipt chain; every host's chain and the evidence against keys),
 //! [`evidence`] (reading evidence back for peers and for scores), [`kv`] (agents' memory) and
 //! [`writer`] (the writer thread: group commit and the WAL flush schedule).
@@ -30,6 +32,7 @@ mod chain;
 mod evidence;
 mod ingest;
 mod kv;
+mod pending;
 mod quota;
 mod records;
 mod schema;

@@ -240,7 +240,7 @@ impl Registry {
                 ],
             )
             .map_err(db)?;
-            super::ingest::retry_pending(conn, path, &strangers, now, vec![manifest.hash()])?;
+            super::pending::retry_pending(conn, path, &strangers, now, vec![manifest.hash()])?;
             Ok(Ok(Inserted::New))
         })?
     }

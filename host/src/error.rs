@@ -48,6 +48,22 @@ pub enum CheckError {
         /// The host's limit ([`Limits::max_compile_time`](crate::Limits::max_compile_time)).
         limit: std::time::Duration,
     },
+    /// Compiling needed more memory than the host allows; the component is refused from now on.
+    #[error("component needs more than {limit} bytes of memory to compile; this host refuses it")]
+    CompileMemory {
+        /// The host's limit
+        /// ([`Limits::max_compile_memory_bytes`](crate::Limits::max_compile_memory_bytes)).
+        limit: u64,
+    },
+    /// The compiler process ended without a result (a crash in the compiler, not in the host);
+    /// the component is refused from now on.
+    #[error("compiling the component crashed the compiler process ({status}): {message}")]
+    CompilerCrashed {
+        /// How the process ended.
+        status: String,
+        /// What it printed, cut to a bound.
+        message: String,
+    },
 }
 
 /// A call that ran and did not produce output. Each names the agent and, for limits, the limit.

@@ -55,8 +55,8 @@ pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};
 pub use limits::Limits;
 pub use node::{DataDir, Execution, Node, NodeConfig, PublishOptions, Published};
 pub use sandbox::{
-    AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, LogLevel, LogLine, Request,
-    Sandbox, SandboxStats,
+    AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, Compiler, LogLevel, LogLine,
+    Request, Sandbox, SandboxStats, serve_compile_worker,
 };
 
 /// The runtime named in receipts: fuel counts compare only under the same wasmtime.

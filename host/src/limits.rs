@@ -14,8 +14,17 @@ pub struct Limits {
     /// Longest one component may take to compile. Default 120 s (a 12 MiB componentize-js
     /// component takes about 9 s on one core). A component that takes longer is refused with
     /// [`CheckError::CompileTimeout`](crate::CheckError::CompileTimeout) and remembered as bad, so
-    /// it is never compiled again by this process; the compiler thread finishes in the background.
+    /// it is never compiled again by this process; a compiler process is killed, an in-process
+    /// compiler thread finishes in the background.
     pub max_compile_time: Duration,
+    /// Memory one compile may use, in bytes, when components are compiled in a child process
+    /// ([`Compiler::Process`](crate::Compiler::Process), what the `agora` command does): the
+    /// compiler's heap, mappings and thread stacks together (`RLIMIT_DATA`). Default 2 GiB (the
+    /// componentize-js and componentize-py example agents, 12 and 18 MiB, peak at about 450 MB
+    /// resident). A component that needs more is
+    /// refused with [`CheckError::CompileMemory`](crate::CheckError::CompileMemory) and
+    /// remembered as bad; the host is untouched. Not enforced for in-process compiles.
+    pub max_compile_memory_bytes: u64,
     /// Compiled agents kept loaded in memory, least recently used evicted first. Default 1,000.
     /// A warm call of a loaded agent does no disk I/O and no compilation; an evicted one is
     /// loaded again from the compiled-code cache on disk (milliseconds).
@@ -78,6 +87,7 @@ impl Default for Limits {
         Limits {
             max_component_bytes: 64 << 20,
             max_compile_time: Duration::from_secs(120),
+            max_compile_memory_bytes: 2 << 30,
             max_loaded_agents: 1_000,
             max_compiled_cache_bytes: 4 << 30,
             pooled_instances: 1_000,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use agora_registry::{PublicKey, SecretKey};
 
 use crate::limits::Limits;
+use crate::sandbox::Compiler;
 
 /// Where a host keeps its state, and how it is laid out.
 #[derive(Clone, Debug)]
@@ -93,6 +94,9 @@ pub struct NodeConfig {
     /// may resolve to (see [`Registry::resolve`](agora_registry::Registry::resolve)). Default:
     /// none, so names resolve only to this host's own releases.
     pub trusted_publishers: Vec<PublicKey>,
+    /// Where components are compiled. Default: in this process (see [`Compiler`]); the `agora`
+    /// command compiles in a child process of itself, bounded in memory.
+    pub compiler: Compiler,
 }
 
 impl NodeConfig {
@@ -102,12 +106,19 @@ impl NodeConfig {
             data_dir,
             limits: Limits::default(),
             trusted_publishers: Vec::new(),
+            compiler: Compiler::InProcess,
         }
     }
 
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Compiles components as `compiler` says.
+    pub fn compiler(mut self, compiler: Compiler) -> Self {
+        self.compiler = compiler;
         self
     }
 

@@ -85,7 +85,8 @@ impl Node {
                     message: e.to_string(),
                 })?;
         let sandbox = Sandbox::with_compiled_cache(config.limits, &data_dir.compiled_path(), &key)
-            .map_err(|e| OpenError::Engine(format!("{e:#}")))?;
+            .map_err(|e| OpenError::Engine(format!("{e:#}")))?
+            .with_compiler(config.compiler);
         tracing::debug!(allocation = ?sandbox.stats().allocation, "sandbox ready");
         let trusted: Vec<PublicKey> = std::iter::once(key.public())
             .chain(config.trusted_publishers)

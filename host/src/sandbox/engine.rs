@@ -50,6 +50,12 @@ pub(crate) fn build(limits: &Limits) -> wasmtime::Result<(Engine, Allocation)> {
     Ok((Engine::new(&base_config(limits))?, Allocation::OnDemand))
 }
 
+/// The configuration a compile-only engine uses (a compiler process): everything that shapes
+/// compiled code, without an instance pool, whose address space a compiler does not need.
+pub(crate) fn compile_config(limits: &Limits) -> Config {
+    base_config(limits)
+}
+
 fn base_config(limits: &Limits) -> Config {
     let mut config = Config::new();
     // Fuel is the deterministic meter every receipt reports; epochs stop a guest on the wall

@@ -215,26 +215,9 @@ impl Sandbox {
         Ok(Arc::new(checked))
     }
 
-    /// Compiles `bytes` on a thread of its own, waiting at most `max_compile_time`. A compile
-    /// past the deadline keeps its thread until Cranelift is done, but nothing waits for it.
     fn compile(&self, bytes: &[u8]) -> Result<Vec<u8>, CheckError> {
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let engine = self.engine.clone();
-        let bytes = bytes.to_vec();
-        std::thread::Builder::new()
-            .name("agora-compile".into())
-            .spawn(move || {
-                let _ = done.send(engine.precompile_component(&bytes));
-            })
-            .map_err(|e| CheckError::Invalid(format!("cannot start a compiler thread: {e}")))?;
-        match result.recv_timeout(self.limits.max_compile_time) {
-            Ok(Ok(artifact)) => Ok(artifact),
-            Ok(Err(error)) => Err(CheckError::Invalid(truncate(&format!("{error:#}"), 2048))),
-            Err(_) => Err(CheckError::CompileTimeout {
-                limit: self.limits.max_compile_time,
-            }),
-        }
+        super::compile::compile(&self.engine, &self.compiler, &self.limits, bytes)
     }
 
     /// Checks a compiled component's imports and exports and links it against this host.

@@ -8,7 +8,8 @@
 //! stops), a limiter that counts all memories and tables of the instance together, a bounded
 //! wasm stack, and bounds on output and logs.
 //!
-//! The parts: [`load`] (checking and compiling once, the loaded agents), [`engine`] (the one
+//! The parts: [`load`] (checking and compiling once, the loaded agents), [`compile`] (the
+//! compiler, bounded in time and, in a child process, in memory), [`engine`] (the one
 //! wasmtime configuration, pooling and its fallback), [`cache`] (compiled code on disk,
 //! authenticated), [`limiter`] (memory and tables of one call) and [`host_fns`] (the
 //! `agora:agent/host` interface).
@@ -27,6 +28,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 mod cache;
+mod compile;
 mod engine;
 mod host_fns;
 mod limiter;
@@ -37,6 +39,7 @@ use crate::limits::{CallLimits, Limits};
 use crate::node::CallServices;
 pub use cache::CacheStats;
 use cache::CompiledCache;
+pub use compile::{Compiler, serve_compile_worker};
 pub use engine::Allocation;
 pub(crate) use host_fns::CallState;
 use host_fns::add_host_interface;
@@ -112,7 +115,8 @@ impl std::fmt::Debug for CheckedComponent {
 /// recently used evicted); the compiled-code cache on disk (authenticated: only code this host
 /// compiled is ever loaded); and
 /// compiling, once per component however many callers ask at once, under
-/// [`Limits::max_compile_time`]. Components that fail are remembered and refused without
+/// [`Limits::max_compile_time`] and, with [`Compiler::Process`],
+/// [`Limits::max_compile_memory_bytes`]. Components that fail are remembered and refused without
 /// compiling again.
 pub struct Sandbox {
     engine: Engine,
@@ -125,6 +129,7 @@ pub struct Sandbox {
     /// Components refused, so they are not compiled again.
     refused: Mutex<HashMap<Hash, CheckError>>,
     disk: Option<CompiledCache>,
+    compiler: Compiler,
     compiles: AtomicU64,
     /// Bounds top-level calls so that a call and its nested calls always find pool slots.
     slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -214,10 +219,17 @@ impl Sandbox {
             refused: Mutex::new(HashMap::new()),
             guest_memory,
             disk,
+            compiler: Compiler::InProcess,
             compiles: AtomicU64::new(0),
             slots,
             _ticker: ticker,
         })
+    }
+
+    /// Compiles components as `compiler` says from now on (default: in this process).
+    pub fn with_compiler(mut self, compiler: Compiler) -> Self {
+        self.compiler = compiler;
+        self
     }
 
     /// The host limits this sandbox enforces.

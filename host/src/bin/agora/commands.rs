@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agora_host::net::{NetConfig, Network};
-use agora_host::{DataDir, Limits, Node, NodeConfig, PublishOptions, report};
+use agora_host::{Compiler, DataDir, Limits, Node, NodeConfig, PublishOptions, report};
 use agora_registry::{Hash, ManifestLimits};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminCommand;
 use crate::ui::{TransferBar, spinner};
 
+/// Opens the data dir's node. Components are compiled in a child process of this binary, so a
+/// component that needs too much memory to compile is refused without touching the host.
 pub(crate) async fn open(data_dir: DataDir) -> anyhow::Result<Node> {
-    Ok(Node::open(NodeConfig::new(data_dir)).await?)
+    let compiler = Compiler::this_executable().context("finding the agora executable")?;
+    Ok(Node::open(NodeConfig::new(data_dir).compiler(compiler)).await?)
 }
 
 /// What a command printed: its standard output and error, and its exit code.

@@ -110,6 +110,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile one component read from stdin and write the compiled code to stdout, under a
+    /// memory bound: the child process a host compiles in (see `agora_host::Compiler`).
+    #[command(hide = true)]
+    CompileWorker {
+        /// The memory bound (`RLIMIT_DATA`), in bytes.
+        #[arg(long)]
+        memory_bytes: u64,
+        /// The engine's wasm stack limit, in bytes, as the parent host has it.
+        #[arg(long)]
+        max_wasm_stack: usize,
+    },
     /// Publish the example agents into a temporary data dir, run a ride negotiation and an
     /// energy auction, and print the receipts.
     Demo {
@@ -201,6 +212,21 @@ impl NetArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The compiler child starts no runtime and no logging: it compiles and exits.
+    if let Command::CompileWorker {
+        memory_bytes,
+        max_wasm_stack,
+    } = cli.command
+    {
+        let limits = agora_host::Limits {
+            max_compile_memory_bytes: memory_bytes,
+            max_wasm_stack,
+            ..agora_host::Limits::default()
+        };
+        return ExitCode::from(
+            u8::try_from(agora_host::serve_compile_worker(&limits)).unwrap_or(1),
+        );
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -346,6 +372,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let command = AdminCommand::Receipts { agent, limit, json };
             on_data_dir(data_dir, command, NetConfig::local()).await
         }
+        Command::CompileWorker { .. } => bail!("compile-worker runs before the async runtime"),
         Command::Demo { keep } => {
             let temp;
             let dir = match keep {

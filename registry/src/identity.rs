@@ -125,10 +125,11 @@ impl SecretKey {
         PublicKey(self.0.verifying_key().to_bytes())
     }
 
-    /// Signs `tag ‖ 0x00 ‖ message`, so a signature over one kind of record can never be
-    /// replayed as another kind.
-    pub(crate) fn sign(&self, tag: &str, message: &[u8]) -> [u8; 64] {
-        self.0.sign(&domain_separated(tag, message)).to_bytes()
+    /// RFC 8032's signature over bytes already domain-separated (`tag ‖ 0x00 ‖ message`, see
+    /// [`domain_separated`]), so a signature over one kind of record can never be replayed as
+    /// another kind.
+    pub(crate) fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
     }
 
     /// Loads a key written by [`SecretKey::write_new`]. Refuses a key file that anyone but its
@@ -191,7 +192,8 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-fn domain_separated(tag: &str, message: &[u8]) -> Vec<u8> {
+/// `tag ‖ 0x00 ‖ message`: what every signature in agora is over.
+pub(crate) fn domain_separated(tag: &str, message: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(tag.len() + 1 + message.len());
     bytes.extend_from_slice(tag.as_bytes());
     bytes.push(0);

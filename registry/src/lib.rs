@@ -44,6 +44,7 @@ mod evidence;
 mod hash;
 mod identity;
 mod manifest;
+mod nonces;
 mod receipt;
 pub mod reputation;
 pub mod rules;

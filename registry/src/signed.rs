@@ -10,7 +10,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{PublicKey, SecretKey};
+use crate::identity::{PublicKey, SecretKey, domain_separated};
+use crate::nonces::NoncePool;
 use crate::{Error, Hash};
 
 /// A record type that travels signed.
@@ -53,15 +54,28 @@ struct EnvelopeIn<T> {
 impl<T: Record> Signed<T> {
     /// Signs `body` with `key`, which must be the key the body names as its signer.
     pub fn sign(body: T, key: &SecretKey) -> Result<Self, Error> {
-        if key.public() != *body.signer() {
+        Self::sign_by(body, key.public(), |message| key.sign_raw(message))
+    }
+
+    /// Signs `body` with the pool's key and one of its precomputed nonces (see [`NoncePool`]).
+    pub(crate) fn sign_with_pool(body: T, pool: &NoncePool) -> Result<Self, Error> {
+        Self::sign_by(body, pool.public(), |message| pool.sign(message))
+    }
+
+    fn sign_by(
+        body: T,
+        signer: PublicKey,
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
+    ) -> Result<Self, Error> {
+        if signer != *body.signer() {
             return Err(Error::WrongSigner {
                 kind: T::KIND,
                 expected: *body.signer(),
-                found: key.public(),
+                found: signer,
             });
         }
         let body_bytes = canonical(&body, T::KIND)?;
-        let signature = key.sign(T::TAG, &body_bytes);
+        let signature = sign(&domain_separated(T::TAG, &body_bytes));
         let bytes = canonical(
             &EnvelopeOut {
                 tag: T::TAG,

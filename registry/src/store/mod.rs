@@ -95,6 +95,8 @@ pub struct Registry {
     over_quota: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Times the writer flushed the WAL to the disk.
     wal_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Precomputed signing nonces for the key this registry's host signs receipts with.
+    nonces: Mutex<Option<std::sync::Arc<crate::nonces::NoncePool>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -166,6 +168,7 @@ impl Registry {
             trust: std::sync::RwLock::default(),
             over_quota: std::sync::Arc::default(),
             wal_flushes,
+            nonces: Mutex::new(None),
         })
     }
 

@@ -45,11 +45,20 @@ bench-reputation:
     command -v wrk >/dev/null || sudo apt-get install -y wrk || apt-get install -y wrk
     cargo bench -p agora-tests --bench reputation
 
-# The fast path: warm calls against raw wasmtime, metering cost, process start, loaded agents.
+# The fast path: warm calls against raw wasmtime, metering cost, process start, loaded agents,
+# HTTP invocation against `wasmtime serve`.
 bench: guests-interpreted
     cargo bench -p agora-tests --bench fast_path
     cargo bench -p agora-host --bench start
     cargo bench -p agora-host --bench calls
+    just bench-http
+
+# HTTP invocation under wrk beside `wasmtime serve` of the same wasmtime (installs wrk from
+# Debian and wasmtime-cli 48.0.8 with cargo into target/toolchains, once: about 15 min on 2 cores).
+bench-http:
+    command -v wrk >/dev/null || sudo apt-get install -y wrk || apt-get install -y wrk
+    test -x target/toolchains/wasmtime-48.0.8/bin/wasmtime || cargo install --locked wasmtime-cli --version 48.0.8 --root target/toolchains/wasmtime-48.0.8
+    cargo bench -p agora-tests --bench http_invoke
 
 # Fuzz every decoder of untrusted bytes (records, catch-up frames, HTTP bodies against a live
 # host, component pre-checks) for `seconds` each with cargo-fuzz (nightly, libFuzzer; installs

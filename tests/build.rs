@@ -22,7 +22,7 @@ fn main() {
     for (package, path) in built {
         let constant = package.to_uppercase().replace('-', "_");
         code.push_str(&format!(
-            "/// The hostile guest `tests/guests/{package}`, built as a component.\n\
+            "/// The test guest `tests/guests/{package}`, built as a component.\n\
              pub const {constant}: &[u8] = include_bytes!({path:?});\n"
         ));
     }

@@ -16,8 +16,7 @@
 //! deterministic signature: the pool only ever saves time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::{EdwardsPoint, Scalar};
@@ -28,6 +27,10 @@ use crate::identity::{PublicKey, SecretKey};
 
 /// Nonces kept ready: a burst of this many receipts signs without waiting for one.
 const POOL_SIZE: usize = 1024;
+/// The pool is refilled, in one go, once it holds fewer than this: waking the thread for every
+/// nonce taken would cost the signer a system call each time, and the refill would contend for
+/// a core with the calls at every receipt rather than now and then.
+const REFILL_BELOW: usize = POOL_SIZE / 2;
 /// Separates nonce derivation from every other use of SHA-512 with the key's prefix.
 const NONCE_DOMAIN: &[u8] = b"agora 2026-12 ed25519 hedged nonce";
 
@@ -37,15 +40,27 @@ struct Nonce {
     big_r: CompressedEdwardsY,
 }
 
+/// What the signer and the refilling thread share.
+struct Shared {
+    nonces: Mutex<Ready>,
+    /// Signalled when the pool runs low, and when it is dropped.
+    low: Condvar,
+    /// Nonces the thread has put in the pool so far (tests wait for a full pool).
+    made: AtomicU64,
+}
+
+struct Ready {
+    nonces: Vec<Nonce>,
+    /// The pool is gone: the thread stops.
+    closed: bool,
+}
+
 /// One key's precomputed nonces, refilled by a thread that stops when the pool is dropped.
 pub(crate) struct NoncePool {
     key: SecretKey,
     expanded: ExpandedSecretKey,
     verifying: VerifyingKey,
-    ready: Mutex<Receiver<Nonce>>,
-    /// Nonces the thread has put in the pool so far (tests wait for a full pool).
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests"))]
-    made: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl NoncePool {
@@ -54,19 +69,24 @@ impl NoncePool {
         let seed = key.to_bytes();
         let signing = SigningKey::from_bytes(&seed);
         let expanded = ExpandedSecretKey::from(&seed);
-        let (sender, ready) = sync_channel(POOL_SIZE);
+        let shared = Arc::new(Shared {
+            nonces: Mutex::new(Ready {
+                nonces: Vec::with_capacity(POOL_SIZE),
+                closed: false,
+            }),
+            low: Condvar::new(),
+            made: AtomicU64::new(0),
+        });
         let prefix = expanded.hash_prefix;
-        let made = Arc::new(AtomicU64::new(0));
-        let counter = made.clone();
+        let filling = shared.clone();
         std::thread::Builder::new()
             .name("agora-nonces".into())
-            .spawn(move || fill(&prefix, &sender, &counter))?;
+            .spawn(move || fill(&prefix, &filling))?;
         Ok(NoncePool {
             key: key.clone(),
             expanded,
             verifying: signing.verifying_key(),
-            ready: Mutex::new(ready),
-            made,
+            shared,
         })
     }
 
@@ -78,12 +98,14 @@ impl NoncePool {
     /// The key's Ed25519 signature over `message` (already domain-separated), with a
     /// precomputed nonce when one is ready.
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
-        let nonce = self
-            .ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_recv()
-            .ok();
+        let nonce = {
+            let mut ready = self.shared.lock();
+            let nonce = ready.nonces.pop();
+            if ready.nonces.len() == REFILL_BELOW.saturating_sub(1) || nonce.is_none() {
+                self.shared.low.notify_one();
+            }
+            nonce
+        };
         let Some(Nonce { r, big_r }) = nonce else {
             return self.key.sign_raw(message);
         };
@@ -100,31 +122,88 @@ impl NoncePool {
     }
 }
 
-/// Computes nonces into `sender` until the pool is dropped.
-fn fill(prefix: &[u8; 32], sender: &SyncSender<Nonce>, made: &AtomicU64) {
-    for counter in 0u64.. {
-        let random: [u8; 32] = rand::random();
-        let mut h = Sha512::new();
-        h.update(NONCE_DOMAIN);
-        h.update(prefix);
-        h.update(random);
-        h.update(counter.to_le_bytes());
-        let r = Scalar::from_hash(h);
-        let nonce = Nonce {
-            r,
-            big_r: EdwardsPoint::mul_base(&r).compress(),
-        };
-        // Blocks while the pool is full; fails once nobody will take from it.
-        match sender.try_send(nonce) {
-            Ok(()) => {}
-            Err(TrySendError::Full(nonce)) => {
-                if sender.send(nonce).is_err() {
-                    return;
-                }
+impl Drop for NoncePool {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.low.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Ready> {
+        self.nonces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Refills the pool whenever it runs low, until it is dropped. Nonces are computed outside the
+/// lock, so the signer never waits for one.
+fn fill(prefix: &[u8; 32], shared: &Shared) {
+    lowest_priority();
+    let mut counter = 0u64;
+    loop {
+        let missing = {
+            let mut ready = shared.lock();
+            while !ready.closed && ready.nonces.len() >= REFILL_BELOW {
+                ready = shared.low.wait(ready).unwrap_or_else(|p| p.into_inner());
             }
-            Err(TrySendError::Disconnected(_)) => return,
+            if ready.closed {
+                return;
+            }
+            POOL_SIZE - ready.nonces.len()
+        };
+        // In slices, so a signer that drained the pool gets nonces back soon.
+        for _ in 0..missing.div_ceil(64) {
+            let slice: Vec<Nonce> = (0..64)
+                .map(|_| {
+                    counter += 1;
+                    nonce(prefix, counter)
+                })
+                .collect();
+            let mut ready = shared.lock();
+            if ready.closed {
+                return;
+            }
+            let room = POOL_SIZE.saturating_sub(ready.nonces.len());
+            let added = slice.len().min(room);
+            ready.nonces.extend(slice.into_iter().take(added));
+            shared.made.fetch_add(added as u64, Ordering::Relaxed);
         }
-        made.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs this thread at the lowest priority: it only ever saves the signer time, so it takes the
+/// cores the calls and the writer leave idle and never delays them (at normal priority a refill
+/// took its share of a core for milliseconds, and a call's wait for the writer with it).
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read their arguments; on Linux a thread id
+        // names this thread alone.
+        let lowered = unsafe {
+            let thread = libc::gettid() as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, thread, 19)
+        };
+        if lowered != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the nonce thread's priority"
+            );
+        }
+    }
+}
+
+/// The `counter`th nonce: `r` from the key's secret prefix, fresh randomness and the counter.
+fn nonce(prefix: &[u8; 32], counter: u64) -> Nonce {
+    let random: [u8; 32] = rand::random();
+    let mut h = Sha512::new();
+    h.update(NONCE_DOMAIN);
+    h.update(prefix);
+    h.update(random);
+    h.update(counter.to_le_bytes());
+    let r = Scalar::from_hash(h);
+    Nonce {
+        r,
+        big_r: EdwardsPoint::mul_base(&r).compress(),
     }
 }
 
@@ -140,7 +219,9 @@ mod tests {
     /// Waits until the pool's thread has filled it.
     fn filled(pool: &NoncePool) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while pool.made.load(Ordering::Relaxed) < POOL_SIZE as u64 && Instant::now() < deadline {
+        while pool.shared.made.load(Ordering::Relaxed) < POOL_SIZE as u64
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
     }

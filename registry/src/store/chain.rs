@@ -221,12 +221,21 @@ impl Registry {
         self.write_async(append(host_key.clone(), self.nonce_pool(host_key), receipt))
     }
 
-    /// The nonce pool for `key`, started on its first receipt. `None` if its thread cannot be
-    /// started: receipts are then signed the RFC 8032 way, only slower.
+    /// The nonce pool for `key`, started once this registry has signed
+    /// [`NONCE_POOL_AFTER`] receipts: a host that signs many gains, a command that signs one and
+    /// exits would only pay for filling it. `None` before, or if its thread cannot be started:
+    /// receipts are then signed the RFC 8032 way, only slower.
     fn nonce_pool(&self, key: &SecretKey) -> Option<Arc<NoncePool>> {
         let mut pool = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = pool.as_ref().filter(|pool| pool.public() == key.public()) {
             return Some(pool.clone());
+        }
+        if self
+            .receipts_signed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            < NONCE_POOL_AFTER
+        {
+            return None;
         }
         match NoncePool::start(key) {
             Ok(started) => Some(pool.insert(Arc::new(started)).clone()),
@@ -237,6 +246,9 @@ impl Registry {
         }
     }
 }
+
+/// Receipts a registry signs the RFC 8032 way before it starts a nonce pool.
+const NONCE_POOL_AFTER: u64 = 32;
 
 /// The write that signs `receipt` as `host_key`'s next receipt and stores it.
 ///

@@ -97,6 +97,8 @@ pub struct Registry {
     wal_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Precomputed signing nonces for the key this registry's host signs receipts with.
     nonces: Mutex<Option<std::sync::Arc<crate::nonces::NoncePool>>>,
+    /// Receipts signed without a nonce pool, until one starts.
+    receipts_signed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -169,6 +171,7 @@ impl Registry {
             over_quota: std::sync::Arc::default(),
             wal_flushes,
             nonces: Mutex::new(None),
+            receipts_signed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

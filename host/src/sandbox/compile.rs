@@ -186,11 +186,10 @@ pub fn serve_compile_worker(limits: &Limits) -> i32 {
         eprintln!("cannot bound the compiler's memory: {error}");
         return EXIT_NO_BOUND;
     }
+    // The parent checked the component's size against its own limit; the memory bound above
+    // holds whatever arrives.
     let mut bytes = Vec::new();
-    if let Err(error) = std::io::stdin()
-        .take(limits.max_component_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-    {
+    if let Err(error) = std::io::stdin().read_to_end(&mut bytes) {
         eprintln!("reading the component: {error}");
         return EXIT_INVALID;
     }

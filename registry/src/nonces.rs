@@ -216,22 +216,23 @@ mod tests {
 
     use super::*;
 
-    /// Waits until the pool's thread has filled it.
-    fn filled(pool: &NoncePool) {
+    /// A fresh key, its pool once the pool's thread has filled it, and its verifying key.
+    fn filled_pool() -> (SecretKey, NoncePool, VerifyingKey) {
+        let key = SecretKey::generate();
+        let pool = NoncePool::start(&key).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while pool.shared.made.load(Ordering::Relaxed) < POOL_SIZE as u64
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(5));
         }
+        let verifying = VerifyingKey::from_bytes(key.public().as_bytes()).unwrap();
+        (key, pool, verifying)
     }
 
     #[test]
     fn signatures_with_precomputed_nonces_verify_strictly_and_never_share_a_nonce() {
-        let key = SecretKey::generate();
-        let pool = NoncePool::start(&key).unwrap();
-        filled(&pool);
-        let verifying = VerifyingKey::from_bytes(key.public().as_bytes()).unwrap();
+        let (key, pool, verifying) = filled_pool();
         let mut nonces = HashSet::new();
         let mut precomputed = 0;
         for i in 0..3 * POOL_SIZE {
@@ -251,10 +252,7 @@ mod tests {
 
     #[test]
     fn a_signature_over_other_bytes_does_not_verify() {
-        let key = SecretKey::generate();
-        let pool = NoncePool::start(&key).unwrap();
-        filled(&pool);
-        let verifying = VerifyingKey::from_bytes(key.public().as_bytes()).unwrap();
+        let (_key, pool, verifying) = filled_pool();
         let signature = Signature::from_bytes(&pool.sign(b"agora/receipt/v1\0{\"fuel\":1}"));
         assert!(
             verifying

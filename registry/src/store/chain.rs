@@ -226,15 +226,13 @@ impl Registry {
     /// exits would only pay for filling it. `None` before, or if its thread cannot be started:
     /// receipts are then signed the RFC 8032 way, only slower.
     fn nonce_pool(&self, key: &SecretKey) -> Option<Arc<NoncePool>> {
-        let mut pool = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let (pool, signed_without) = &mut *nonces;
         if let Some(pool) = pool.as_ref().filter(|pool| pool.public() == key.public()) {
             return Some(pool.clone());
         }
-        if self
-            .receipts_signed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            < NONCE_POOL_AFTER
-        {
+        if *signed_without < NONCE_POOL_AFTER {
+            *signed_without += 1;
             return None;
         }
         match NoncePool::start(key) {

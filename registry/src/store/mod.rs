@@ -95,10 +95,9 @@ pub struct Registry {
     over_quota: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Times the writer flushed the WAL to the disk.
     wal_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Precomputed signing nonces for the key this registry's host signs receipts with.
-    nonces: Mutex<Option<std::sync::Arc<crate::nonces::NoncePool>>>,
-    /// Receipts signed without a nonce pool, until one starts.
-    receipts_signed: std::sync::atomic::AtomicU64,
+    /// Precomputed signing nonces for the key this registry's host signs receipts with, and
+    /// how many receipts it signed before the pool started.
+    nonces: Mutex<(Option<std::sync::Arc<crate::nonces::NoncePool>>, u64)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -170,8 +169,7 @@ impl Registry {
             trust: std::sync::RwLock::default(),
             over_quota: std::sync::Arc::default(),
             wal_flushes,
-            nonces: Mutex::new(None),
-            receipts_signed: std::sync::atomic::AtomicU64::new(0),
+            nonces: Mutex::new((None, 0)),
         })
     }
 

@@ -173,6 +173,7 @@ impl SigningHost {
             parent_call: None,
             host: self.key.public(),
             runtime: agora_host::RUNTIME_VERSION.into(),
+            profile: None,
             seq: self.head.map_or(0, |(seq, _)| seq + 1),
             prev: self.head.map(|(_, hash)| hash),
             timestamp_ms: now_ms(),
@@ -183,6 +184,43 @@ impl SigningHost {
         self.head = Some((receipt.body().seq, receipt.hash()));
         (receipt, request)
     }
+}
+
+/// Wraps a core module implementing `agora:agent/handler` (canonical ABI, legacy export names)
+/// into a component of the `agent` world: agents written as core WebAssembly by hand, for
+/// behaviour a compiler will not emit, or bytes no compiler version can change.
+///
+/// # Panics
+/// If `core_wat` is not a valid core module of the `agent` world.
+pub fn handmade_component(core_wat: &str) -> Vec<u8> {
+    let mut module = wat::parse_str(core_wat).expect("core module");
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve
+        .push_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/agent.wit"))
+        .expect("the agent world");
+    let world = resolve
+        .select_world(&[package], Some("agent"))
+        .expect("world agent");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .expect("embed metadata");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("module")
+        .validate(true)
+        .encode()
+        .expect("component")
+}
+
+/// The golden agent (`tests/golden/numeric.wat`): floating-point and SIMD kernels in core
+/// WebAssembly, whose outcome, output and fuel under the deterministic profile are pinned.
+pub fn golden_agent() -> Vec<u8> {
+    handmade_component(include_str!("golden/numeric.wat"))
 }
 
 /// An example agent written in Python or JavaScript, built by

@@ -81,12 +81,20 @@ pub enum ExecutionError {
         message: String,
     },
     /// The guest trapped.
-    #[error("agent {agent} trapped: {message}")]
+    #[error("agent {agent} trapped ({code}): {message}")]
     Trap {
         /// The agent.
         agent: String,
+        /// Which trap.
+        code: agora_registry::TrapCode,
         /// What wasmtime reported.
         message: String,
+    },
+    /// The guest's stack ran out (see [`Limits::max_wasm_stack`](crate::Limits::max_wasm_stack)).
+    #[error("agent {agent} ran out of stack")]
+    StackOverflow {
+        /// The agent.
+        agent: String,
     },
     /// The fuel budget ran out.
     #[error("agent {agent} ran out of fuel (limit {limit})")]
@@ -273,10 +281,12 @@ impl ExecutionError {
                 error: error.clone(),
                 message: message.clone(),
             },
-            Outcome::Trap { message } => ExecutionError::Trap {
+            Outcome::Trap { code, message } => ExecutionError::Trap {
                 agent,
+                code: code.unwrap_or(agora_registry::TrapCode::Other),
                 message: message.clone(),
             },
+            Outcome::StackOverflow => ExecutionError::StackOverflow { agent },
             Outcome::FuelExhausted => ExecutionError::FuelExhausted {
                 agent,
                 limit: fuel_limit,

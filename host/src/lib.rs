@@ -4,7 +4,9 @@
 //! - [`Sandbox`] checks components (a valid component under a size cap, exporting
 //!   `agora:agent/handler`, importing only `agora:agent/host` and WASI 0.2) and runs each call
 //!   in a fresh store, instantiated from a pool, under fuel, memory, stack, wall-clock, output
-//!   and log [`Limits`]. It compiles a component once and keeps this host's compiled code on
+//!   and log [`Limits`], under the deterministic execution profile [`AGORA_DET_1`] that every
+//!   receipt names (the same component on the same input spends the same fuel on any host).
+//!   It compiles a component once and keeps this host's compiled code on
 //!   disk, authenticated, so a restart never compiles again.
 //! - [`Node`] is a host: its key, its [`agora_registry::Registry`] and its [`BlobStore`].
 //!   [`Node::publish`] signs a manifest for a component; [`Node::run`] executes an agent and
@@ -55,8 +57,8 @@ pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};
 pub use limits::Limits;
 pub use node::{DataDir, Execution, Node, NodeConfig, PublishOptions, Published};
 pub use sandbox::{
-    AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, Compiler, LogLevel, LogLine,
-    Request, Sandbox, SandboxStats, serve_compile_worker,
+    AGORA_DET_1, AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, Compiler,
+    Feature, LogLevel, LogLine, Profile, Request, Sandbox, SandboxStats, serve_compile_worker,
 };
 
 /// The runtime named in receipts: fuel counts compare only under the same wasmtime.

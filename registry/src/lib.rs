@@ -61,7 +61,7 @@ pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
 pub use receipt::{
     AgentRef, CallLimits, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt, ReceiptMessage,
-    SignedReceipt, check_pair, request_hash,
+    SignedReceipt, TrapCode, check_pair, request_hash,
 };
 pub use signed::{Record, Signed};
 pub use store::{

@@ -54,6 +54,13 @@ pub struct Receipt {
     pub host: PublicKey,
     /// The wasmtime version, since fuel counts compare only under the same runtime.
     pub runtime: String,
+    /// The hash of the deterministic execution profile the call ran under (the engine
+    /// configuration, pinned to the exact wasmtime version and its fuel cost table), so that
+    /// anyone running the same component on the same input under that profile gets the same
+    /// outcome, output and fuel. Absent in receipts from hosts that did not record it: those
+    /// cannot be re-checked by re-execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Hash>,
     /// This host's receipt counter, starting at 0.
     pub seq: u64,
     /// Hash of this host's previous receipt; `None` only for `seq` 0.
@@ -113,9 +120,14 @@ pub enum Outcome {
         /// The agent's message, truncated.
         message: String,
     },
-    /// The guest trapped (a panic, an unreachable, a stack overflow, a denied host call…).
+    /// The guest trapped (a panic, an out-of-bounds access, a failed host call…).
     Trap {
-        /// What wasmtime reported, truncated.
+        /// Which trap, in a name that does not change between runtime versions; what a
+        /// re-execution compares. Absent in receipts from hosts that did not record it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<TrapCode>,
+        /// What the runtime reported, truncated: for people, never compared (its wording
+        /// changes between wasmtime versions).
         message: String,
     },
     /// The fuel budget ran out.
@@ -132,6 +144,74 @@ pub enum Outcome {
     /// The host's memory for all its calls together ran out while this call grew within its own
     /// limit: the host's load, never blamed on the agent.
     HostMemory,
+    /// The guest's stack ran out. How deep a guest gets within the stack bound depends on the
+    /// compiler and the CPU, so this is not reproducible on another host: never blamed on the
+    /// agent.
+    StackOverflow,
+}
+
+/// Why a guest trapped, as receipts name it: stable across runtime versions, unlike the
+/// runtime's messages, so a re-execution under a newer wasmtime compares like with like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrapCode {
+    /// An `unreachable` instruction: how Rust panics and C aborts end.
+    Unreachable,
+    /// A load or store outside linear memory.
+    MemoryOutOfBounds,
+    /// An atomic access at an unaligned address.
+    UnalignedAtomic,
+    /// A table access out of bounds.
+    TableOutOfBounds,
+    /// An indirect call through an uninitialised table element.
+    IndirectCallToNull,
+    /// An indirect call whose callee has another signature.
+    IndirectCallTypeMismatch,
+    /// Signed division overflowed.
+    IntegerOverflow,
+    /// Integer division or remainder by zero.
+    IntegerDivisionByZero,
+    /// A float converted to an integer it does not fit.
+    InvalidConversionToInteger,
+    /// A component instance entered again while it may not be (after an earlier trap).
+    CannotEnterComponent,
+    /// A value the guest handed the host was not valid for its type (a `char`, a string or
+    /// list out of bounds, a variant discriminant, an unaligned pointer).
+    InvalidValue,
+    /// An allocation request too large to satisfy.
+    AllocationTooLarge,
+    /// A host function failed the call (a resource handle limit, a malformed request).
+    HostError,
+    /// Any other trap.
+    Other,
+}
+
+impl TrapCode {
+    /// The code as written in receipts: `unreachable`, `memory-out-of-bounds`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            TrapCode::Unreachable => "unreachable",
+            TrapCode::MemoryOutOfBounds => "memory-out-of-bounds",
+            TrapCode::UnalignedAtomic => "unaligned-atomic",
+            TrapCode::TableOutOfBounds => "table-out-of-bounds",
+            TrapCode::IndirectCallToNull => "indirect-call-to-null",
+            TrapCode::IndirectCallTypeMismatch => "indirect-call-type-mismatch",
+            TrapCode::IntegerOverflow => "integer-overflow",
+            TrapCode::IntegerDivisionByZero => "integer-division-by-zero",
+            TrapCode::InvalidConversionToInteger => "invalid-conversion-to-integer",
+            TrapCode::CannotEnterComponent => "cannot-enter-component",
+            TrapCode::InvalidValue => "invalid-value",
+            TrapCode::AllocationTooLarge => "allocation-too-large",
+            TrapCode::HostError => "host-error",
+            TrapCode::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for TrapCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Outcome {
@@ -147,7 +227,19 @@ impl Outcome {
             Outcome::OutputLimit => "output-limit",
             Outcome::LogLimit => "log-limit",
             Outcome::HostMemory => "host-memory",
+            Outcome::StackOverflow => "stack-overflow",
         }
+    }
+
+    /// Whether another host running the same component on the same input under the same
+    /// profile must reach this outcome. A wall-clock timeout, the host's memory for all calls
+    /// and a stack overflow depend on the host, not on the agent: they are never blamed on it
+    /// and can never be the subject of a fraud proof.
+    pub fn is_reproducible(&self) -> bool {
+        !matches!(
+            self,
+            Outcome::Timeout | Outcome::HostMemory | Outcome::StackOverflow
+        )
     }
 
     /// Whether the call produced output.
@@ -160,7 +252,14 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::AgentError { error, message } => write!(f, "agent-error ({error}: {message})"),
-            Outcome::Trap { message } => write!(f, "trap ({message})"),
+            Outcome::Trap {
+                code: Some(code),
+                message,
+            } => write!(f, "trap ({code}: {message})"),
+            Outcome::Trap {
+                code: None,
+                message,
+            } => write!(f, "trap ({message})"),
             other => f.write_str(other.name()),
         }
     }
@@ -283,4 +382,79 @@ pub fn check_pair(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY_TRAP_CODE: [TrapCode; 14] = [
+        TrapCode::Unreachable,
+        TrapCode::MemoryOutOfBounds,
+        TrapCode::UnalignedAtomic,
+        TrapCode::TableOutOfBounds,
+        TrapCode::IndirectCallToNull,
+        TrapCode::IndirectCallTypeMismatch,
+        TrapCode::IntegerOverflow,
+        TrapCode::IntegerDivisionByZero,
+        TrapCode::InvalidConversionToInteger,
+        TrapCode::CannotEnterComponent,
+        TrapCode::InvalidValue,
+        TrapCode::AllocationTooLarge,
+        TrapCode::HostError,
+        TrapCode::Other,
+    ];
+
+    #[test]
+    fn a_trap_code_is_written_as_its_name_and_read_back() {
+        for code in EVERY_TRAP_CODE {
+            let written = serde_json::to_string(&code).unwrap();
+            assert_eq!(written, format!("\"{}\"", code.name()));
+            assert_eq!(serde_json::from_str::<TrapCode>(&written).unwrap(), code);
+        }
+    }
+
+    #[test]
+    fn a_trap_from_a_host_that_named_no_code_still_reads_and_an_unknown_code_does_not() {
+        let old: Outcome = serde_json::from_str(r#"{"kind":"trap","message":"boom"}"#).unwrap();
+        assert_eq!(
+            old,
+            Outcome::Trap {
+                code: None,
+                message: "boom".into()
+            }
+        );
+        let coded: Outcome =
+            serde_json::from_str(r#"{"kind":"trap","code":"unreachable","message":"boom"}"#)
+                .unwrap();
+        assert_eq!(coded.to_string(), "trap (unreachable: boom)");
+        assert!(
+            serde_json::from_str::<Outcome>(r#"{"kind":"trap","code":"nope","message":"boom"}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_host_bound_outcomes_are_not_reproducible() {
+        for outcome in [
+            Outcome::Timeout,
+            Outcome::HostMemory,
+            Outcome::StackOverflow,
+        ] {
+            assert!(!outcome.is_reproducible(), "{outcome}");
+        }
+        for outcome in [
+            Outcome::Ok,
+            Outcome::FuelExhausted,
+            Outcome::MemoryLimit,
+            Outcome::OutputLimit,
+            Outcome::LogLimit,
+            Outcome::Trap {
+                code: Some(TrapCode::Unreachable),
+                message: String::new(),
+            },
+        ] {
+            assert!(outcome.is_reproducible(), "{outcome}");
+        }
+    }
 }

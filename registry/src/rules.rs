@@ -288,7 +288,7 @@ impl Receipt {
         }
         let message_len = match &self.outcome {
             Outcome::AgentError { error, message } => error.len() + message.len(),
-            Outcome::Trap { message } => message.len(),
+            Outcome::Trap { message, .. } => message.len(),
             _ => 0,
         };
         at_most(

@@ -5,7 +5,11 @@
 //!    raw wasmtime on the same component in the same process (fresh store, pooled instantiate,
 //!    call, drop) — p50/p99 one call at a time, and calls/s with many callers on all cores;
 //! 2. metering: a CPU-bound guest (`cpu-kernel hash`) on raw wasmtime with fuel and epochs on,
-//!    each alone, and neither, as ratios to neither.
+//!    each alone, and neither, as ratios to neither;
+//! 3. the deterministic execution profile (`agora-det/1`: NaN canonicalisation, memory
+//!    initialised by code rather than copy-on-write mappings) against the configuration before
+//!    it, on raw wasmtime: an integer kernel, a float-heavy one, the ride negotiation's quote and
+//!    a JavaScript agent (whose interpreter's memory image is large).
 //!
 //! `cargo bench -p agora-tests --bench fast_path` (`-- --quick` for a short run).
 
@@ -13,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agora_host::{DataDir, Limits, Node, NodeConfig, examples};
-use agora_tests::CPU_KERNEL;
+use agora_host::{AGORA_DET_1, DataDir, Limits, Node, NodeConfig, Profile, examples};
+use agora_tests::{CPU_KERNEL, golden_agent, interpreted_agent};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -162,6 +166,56 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         sample.p50.as_secs_f64() * 1e3,
         ratio(sample.p50, neither.unwrap_or(sample.p50))
     );
+
+    println!();
+    println!("## 3. the deterministic profile's cost: raw wasmtime, pooled, fuel and epochs on");
+    // What agora ran before the profile: wasmtime's defaults for both.
+    let before = Profile {
+        nan_canonicalization: false,
+        memory_init_cow: true,
+        ..AGORA_DET_1
+    };
+    let mandelbrot = 96u32.to_le_bytes();
+    let golden = golden_agent();
+    let driver_js = interpreted_agent("js", "ride-driver-js");
+    let workloads: [(&str, &[u8], &str, &[u8]); 4] = [
+        ("cpu-kernel hash (integer)", CPU_KERNEL, "hash", rounds),
+        (
+            "golden mandelbrot (float)",
+            &golden,
+            "mandelbrot",
+            &mandelbrot,
+        ),
+        ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
+        ("ride-driver-js quote", &driver_js, "quote", QUOTE),
+    ];
+    println!("| call | before p50 | {} p50 | ratio |", AGORA_DET_1.name);
+    println!("|---|---|---|---|");
+    let engines = [
+        RawWasmtime::with_profile(&before)?,
+        RawWasmtime::with_profile(&AGORA_DET_1)?,
+    ];
+    for (name, component, action, payload) in workloads {
+        let mut p50 = Vec::new();
+        for engine in &engines {
+            let compiled = engine.load(component)?;
+            let sample = latencies(repeats * 4, || {
+                let (engine, compiled) = (engine.clone(), compiled.clone());
+                async move {
+                    engine.call(&compiled, action, payload).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .await?;
+            p50.push(sample.p50);
+        }
+        println!(
+            "| {name} | {} | {} | {:.2}× |",
+            us(p50[0]),
+            us(p50[1]),
+            ratio(p50[1], p50[0])
+        );
+    }
     node.shutdown().await?;
     Ok(())
 }
@@ -284,6 +338,17 @@ impl RawWasmtime {
         let mut config = Config::new();
         config.consume_fuel(fuel);
         config.epoch_interruption(epochs);
+        Self::build(config, fuel, epochs)
+    }
+
+    /// The engine configured by `profile` (which turns fuel and epochs on).
+    fn with_profile(profile: &Profile) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        profile.apply(&mut config);
+        Self::build(config, true, true)
+    }
+
+    fn build(mut config: Config, fuel: bool, epochs: bool) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(1_000)
             .total_core_instances(8_000)

@@ -330,6 +330,7 @@ fn sign_all(
                                 &callers[(mix(i ^ 0xca11) % callers.len() as u64) as usize];
                             let outcome = match mix(i ^ 0x0c) % 50 {
                                 0 => Outcome::Trap {
+                                    code: Some(agora_registry::TrapCode::Unreachable),
                                     message: "unreachable".into(),
                                 },
                                 1 => Outcome::Timeout,
@@ -371,6 +372,7 @@ fn sign_all(
                                 parent_call: None,
                                 host: hosts[host].public(),
                                 runtime: agora_host::RUNTIME_VERSION.into(),
+                                profile: None,
                                 seq,
                                 // Linked below, once the chain order is known.
                                 prev: None,

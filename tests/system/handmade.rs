@@ -4,34 +4,7 @@
 
 use agora_host::{CheckError, PublishError, PublishOptions};
 use agora_registry::Outcome;
-use agora_tests::TestHost;
-
-/// Wraps a core module implementing `agora:agent/handler` (canonical ABI, legacy export names)
-/// into a component of the `agent` world.
-fn component(core_wat: &str) -> Vec<u8> {
-    let mut module = wat::parse_str(core_wat).expect("core module");
-    let mut resolve = wit_parser::Resolve::default();
-    let package = resolve
-        .push_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/agent.wit"))
-        .expect("the agent world");
-    let world = resolve
-        .select_world(&[package], Some("agent"))
-        .expect("world agent");
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .expect("embed metadata");
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .expect("module")
-        .validate(true)
-        .encode()
-        .expect("component")
-}
+use agora_tests::{TestHost, handmade_component as component};
 
 /// A core module whose `info` returns `actions`' (pointer, length) array at 0x20000 with
 /// `count` entries, each naming the same `size` bytes (`a`s) at 0x10000, and whose `handle` runs

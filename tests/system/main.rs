@@ -1,6 +1,7 @@
 //! System tests: real hosts, real SQLite, real wasmtime running real components built from
 //! `guest-examples/` and `tests/guests/`. One binary, one module per area.
 
+mod determinism;
 mod edge;
 mod evidence;
 mod handmade;

@@ -223,7 +223,7 @@ async fn a_guest_hoarding_http_fields_is_stopped_at_its_handle_limit() {
     })
     .await;
     let execution = run(&host, &agent, "fields-hoard", b"", None).await;
-    let Outcome::Trap { message } = &execution.outcome else {
+    let Outcome::Trap { message, .. } = &execution.outcome else {
         panic!("{:?}: {}", execution.outcome, text(&execution));
     };
     assert!(message.contains("handle limit exceeded"), "{message}");

@@ -384,6 +384,10 @@ async fn this_host(State(state): State<Shared>) -> Json<Value> {
         "key": state.node.public_key(),
         "version": env!("CARGO_PKG_VERSION"),
         "runtime": crate::RUNTIME_VERSION,
+        "profile": {
+            "name": state.node.sandbox().profile().name,
+            "hash": state.node.sandbox().profile_hash(),
+        },
     }))
 }
 

@@ -57,6 +57,7 @@ impl Execution {
             (Some(error), _) => Err(error),
             (None, None) => Err(ExecutionError::Trap {
                 agent: self.agent,
+                code: agora_registry::TrapCode::Other,
                 message: "no output".into(),
             }),
         }
@@ -306,6 +307,7 @@ impl Node {
             parent_call: parent,
             host: self.0.key.public(),
             runtime: crate::RUNTIME_VERSION.into(),
+            profile: Some(self.0.sandbox.profile_hash()),
             // The registry sets these to follow the chain.
             seq: 0,
             prev: None,

@@ -8,6 +8,7 @@ use std::hash::{Hash as _, Hasher};
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::profile::AGORA_DET_1;
 use crate::limits::Limits;
 
 /// How instances are allocated, as decided at start-up.
@@ -58,68 +59,15 @@ pub(crate) fn compile_config(limits: &Limits) -> Config {
 
 fn base_config(limits: &Limits) -> Config {
     let mut config = Config::new();
-    // Fuel is the deterministic meter every receipt reports; epochs stop a guest on the wall
-    // clock when it still has fuel to spare.
-    config.consume_fuel(true);
-    config.epoch_interruption(true);
+    // Everything that decides what a guest computes and the fuel it spends, fixed and named.
+    AGORA_DET_1.apply(&mut config);
+    // How deep a guest may recurse: a stack overflow is not reproducible on another host
+    // whatever this is (the depth depends on the compiler and CPU), so it is a host limit and
+    // not part of the profile.
     config.max_wasm_stack(limits.max_wasm_stack);
-    enable_agent_features(&mut config);
     // wasmtime's own compile cache stays off (its default): it trusts whatever it finds in its
     // directory. agora's (see `cache`) authenticates every entry.
     config
-}
-
-/// The WebAssembly features agents may use: what the three toolchains agents are built with emit
-/// (Rust through LLVM for wasm32-wasip2, componentize-py's CPython built with wasi-sdk,
-/// componentize-js's SpiderMonkey), and nothing else. Every other proposal wasmtime 48 supports is
-/// off, so a component that uses one is refused when it is checked, naming the feature: each is
-/// attack surface no agent needs (new compiler and runtime code, much of it outside wasmtime's
-/// best-tested tier), and some would make fuel or results differ between hosts.
-fn enable_agent_features(config: &mut Config) {
-    // Needed: agents are components; the MVP's successors every toolchain above emits by default
-    // (multi-value returns, bulk memory operations, reference types for tables); SIMD, which
-    // CPython and SpiderMonkey builds may use and which is deterministic; extended constant
-    // expressions, which componentize-py's CPython uses in its data segment offsets.
-    config
-        .wasm_component_model(true)
-        .wasm_multi_value(true)
-        .wasm_bulk_memory(true)
-        .wasm_reference_types(true)
-        .wasm_simd(true)
-        .wasm_extended_const(true);
-    config
-        // Relaxed SIMD results differ between CPUs: a receipt's output would not be re-checkable.
-        .wasm_relaxed_simd(false)
-        // Shared memory and atomics waits; agents are single-threaded, calls are one store each.
-        .wasm_threads(false)
-        .wasm_shared_everything_threads(false)
-        // A garbage-collected heap is host memory outside the linear-memory limiter.
-        .wasm_gc(false)
-        .wasm_function_references(false)
-        // Exceptions, stack switching, tail calls: unwinding and stack machinery no agent needs.
-        .wasm_exceptions(false)
-        .wasm_stack_switching(false)
-        .wasm_tail_call(false)
-        // Memories beyond 4 GiB, several memories per module, custom page sizes: the memory
-        // limits and the pool's slots are sized for one 32-bit memory per module.
-        .wasm_memory64(false)
-        .wasm_multi_memory(false)
-        .wasm_custom_page_sizes(false)
-        // Newer instructions no toolchain above emits.
-        .wasm_wide_arithmetic(false)
-        .wasm_branch_hinting(false)
-        // The component model's async, threading and error-context extensions: agents export a
-        // synchronous handler.
-        .wasm_component_model_async(false)
-        .wasm_component_model_more_async_builtins(false)
-        .wasm_component_model_async_stackful(false)
-        .wasm_component_model_threading(false)
-        .wasm_component_model_error_context(false)
-        .wasm_component_model_gc(false)
-        .wasm_component_model_map(false)
-        .wasm_component_model_memory64(false)
-        .wasm_component_model_fixed_length_lists(false)
-        .wasm_component_model_implements(false);
 }
 
 fn pool(limits: &Limits) -> PoolingAllocationConfig {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use agora_registry::{Hash, Outcome};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -33,6 +33,8 @@ mod engine;
 mod host_fns;
 mod limiter;
 mod load;
+mod outcome;
+mod profile;
 
 use crate::error::CheckError;
 use crate::limits::{CallLimits, Limits};
@@ -45,6 +47,8 @@ pub(crate) use host_fns::CallState;
 use host_fns::add_host_interface;
 use limiter::{GuestMemory, InstanceLimiter};
 use load::{Compilation, Loaded};
+use outcome::{classify_trap, truncate};
+pub use profile::{AGORA_DET_1, Feature, Profile};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -120,6 +124,8 @@ impl std::fmt::Debug for CheckedComponent {
 /// compiling again.
 pub struct Sandbox {
     engine: Engine,
+    /// [`AGORA_DET_1`]'s hash, which every receipt names.
+    profile_hash: Hash,
     allocation: Allocation,
     linker: Linker<AgentState>,
     limits: Limits,
@@ -211,6 +217,7 @@ impl Sandbox {
         spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker));
         Ok(Sandbox {
             engine,
+            profile_hash: AGORA_DET_1.hash(),
             allocation,
             linker,
             loaded: Mutex::new(Loaded::new(limits.max_loaded_agents)),
@@ -230,6 +237,16 @@ impl Sandbox {
     pub fn with_compiler(mut self, compiler: Compiler) -> Self {
         self.compiler = compiler;
         self
+    }
+
+    /// The deterministic execution profile every call runs under.
+    pub fn profile(&self) -> &'static Profile {
+        &AGORA_DET_1
+    }
+
+    /// The hash of [`Sandbox::profile`], as receipts name it.
+    pub fn profile_hash(&self) -> Hash {
+        self.profile_hash
     }
 
     /// The host limits this sandbox enforces.
@@ -457,50 +474,6 @@ fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
         // Without the ticker every deadline is "never"; fuel still bounds every call.
         tracing::error!(%error, "could not start the epoch ticker; wall-clock deadlines are off");
     }
-}
-
-fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outcome {
-    if state.limiter.host_exhausted {
-        return Outcome::HostMemory;
-    }
-    if state.limiter.exceeded {
-        return Outcome::MemoryLimit;
-    }
-    if state.call.log.exceeded
-        || state.stdout.contents().len() >= state.call.log.max_total
-        || state.stderr.contents().len() >= state.call.log.max_total
-    {
-        return Outcome::LogLimit;
-    }
-    if error
-        .chain()
-        .any(|cause| cause.to_string().starts_with(TRANSFER_LIMIT_MESSAGE))
-    {
-        return Outcome::OutputLimit;
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
-        Some(Trap::Interrupt) => Outcome::Timeout,
-        // The cause, not wasmtime's context: its wasm backtrace would crowd out the reason.
-        Some(trap) => Outcome::Trap {
-            message: truncate(&trap.to_string(), MAX_MESSAGE_BYTES),
-        },
-        None => Outcome::Trap {
-            message: truncate(&error.root_cause().to_string(), MAX_MESSAGE_BYTES),
-        },
-    }
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-pub(crate) fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// What one call produced, before it is signed into a receipt.

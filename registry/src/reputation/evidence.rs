@@ -94,7 +94,7 @@ pub enum CallOutcome {
     /// It hit its memory limit: a failure only if that limit was the manifest's own.
     Memory,
     /// It hit a bound that depends on the host running it (a wall-clock timeout, the host's
-    /// memory for all calls): never blamed on the agent.
+    /// memory for all calls, the native stack): never blamed on the agent.
     HostBound,
 }
 
@@ -104,7 +104,9 @@ impl CallOutcome {
         match outcome {
             Outcome::Trap { .. } => CallOutcome::Trap,
             Outcome::MemoryLimit => CallOutcome::Memory,
-            Outcome::Timeout | Outcome::HostMemory => CallOutcome::HostBound,
+            Outcome::Timeout | Outcome::HostMemory | Outcome::StackOverflow => {
+                CallOutcome::HostBound
+            }
             Outcome::FuelExhausted => CallOutcome::OutOfFuel,
             Outcome::Ok | Outcome::AgentError { .. } | Outcome::OutputLimit | Outcome::LogLimit => {
                 CallOutcome::Returned
@@ -117,7 +119,7 @@ impl CallOutcome {
         Some(match name {
             "trap" => CallOutcome::Trap,
             "memory-limit" => CallOutcome::Memory,
-            "timeout" | "host-memory" => CallOutcome::HostBound,
+            "timeout" | "host-memory" | "stack-overflow" => CallOutcome::HostBound,
             "fuel-exhausted" => CallOutcome::OutOfFuel,
             "ok" | "agent-error" | "output-limit" | "log-limit" => CallOutcome::Returned,
             _ => return None,

@@ -88,7 +88,8 @@ impl Market {
             let trapped = rng.unit() < (1.0 - quality) / 10.0;
             let outcome = if trapped {
                 Outcome::Trap {
-                        message: "unreachable".into(),
+                    code: Some(TrapCode::Unreachable),
+                    message: "unreachable".into(),
                 }
             } else {
                 Outcome::Ok

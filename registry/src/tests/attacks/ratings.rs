@@ -52,6 +52,7 @@ fn a_perfect_agent_with_200_good_ratings_shows_a_high_lower_bound() {
         &agent,
         &raters[0],
         Outcome::Trap {
+            code: Some(TrapCode::Unreachable),
             message: "unreachable".into(),
         },
     );

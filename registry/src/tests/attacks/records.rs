@@ -45,7 +45,11 @@ fn a_stored_manifest_scores_cannot_read_is_skipped_and_counted() {
     let path = dir.path().join("registry.db");
     let registry = Registry::open(&path).unwrap();
     let publisher = SecretKey::generate();
-    let good = Signed::sign(crate::tests::manifest(&publisher, "1.0.0", b"good"), &publisher).unwrap();
+    let good = Signed::sign(
+        crate::tests::manifest(&publisher, "1.0.0", b"good"),
+        &publisher,
+    )
+    .unwrap();
     registry.insert_manifest(&good).unwrap();
     // A row as an older agora stored it, before fields were bounded: max_fuel ≥ 2^63 reads
     // back from JSON as a REAL, and migration 6 leaves the column NULL.
@@ -137,7 +141,11 @@ fn a_second_manifest_for_one_release_is_recorded_against_its_publisher() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(&dir.path().join("registry.db")).unwrap();
     let publisher = SecretKey::generate();
-    let first = Signed::sign(crate::tests::manifest(&publisher, "1.0.0", b"a"), &publisher).unwrap();
+    let first = Signed::sign(
+        crate::tests::manifest(&publisher, "1.0.0", b"a"),
+        &publisher,
+    )
+    .unwrap();
     let mut other = crate::tests::manifest(&publisher, "1.0.0", b"a");
     other.limits.max_fuel = 1;
     let other = Signed::sign(other, &publisher).unwrap();

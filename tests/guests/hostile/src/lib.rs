@@ -24,6 +24,16 @@ fn recurse_forever(depth: u64) -> u64 {
     recurse_forever(depth + 1) + frame[0]
 }
 
+/// Recursion whose frames hold only WebAssembly locals, never the shadow stack in linear memory:
+/// what runs out is the engine's stack (the host's `max_wasm_stack`), not the guest's memory.
+#[inline(never)]
+fn recurse_natively(depth: u64) -> u64 {
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    std::hint::black_box(recurse_natively(depth + 1)).wrapping_add(depth)
+}
+
 impl exports::agora::agent::handler::Guest for Hostile {
     fn info() -> AgentInfo {
         AgentInfo {
@@ -53,6 +63,7 @@ impl exports::agora::agent::handler::Guest for Hostile {
             "big-output" => Ok(vec![7u8; 100 << 20]),
             "panic" => panic!("the hostile guest panics on purpose"),
             "stack-overflow" => text(recurse_forever(0).to_string()),
+            "native-stack-overflow" => text(recurse_natively(0).to_string()),
             "open-file" => match std::fs::read(payload_str(&req)) {
                 Ok(bytes) => text(format!("read {} bytes", bytes.len())),
                 Err(e) => text(format!("denied: {e}")),

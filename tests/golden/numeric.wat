@@ -1,0 +1,160 @@
+;; The golden agent: floating-point and SIMD kernels written as core WebAssembly, so that its
+;; bytes do not depend on any compiler's version (the system tests wrap it into a component of
+;; the `agent` world with wit-component). Under a deterministic execution profile each action
+;; gives one outcome, one output and one fuel figure on every host; tests/system/determinism.rs
+;; pins them.
+;;
+;; Actions (payloads are little-endian):
+;;   nan         a: f32, b: f32   a/b, sqrt(a - 1), (f64) a/b, and the same as f32x4 lanes;
+;;                                with a = b = 0 every value is a NaN, whose bits the profile fixes
+;;   mandelbrot  n: u32           escape counts (at most 64) over an n-by-n grid, and the sum of
+;;                                the final |z|: float-heavy
+;;   simd        n: u32           n rounds of f32x4 and i32x4 multiply-add, then sqrt(-|v|) lanes
+;;   divide      a: i32, b: i32   a / b as i32: traps on b = 0 (integer-division-by-zero)
+(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+                           (i32.xor (i32.sub (local.get 2) (i32.const 1)) (i32.const -1))))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (block $fits
+      (br_if $fits (i32.le_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
+      (drop (memory.grow (i32.add (i32.shr_u (i32.sub (global.get $heap)
+                                                      (i32.mul (memory.size) (i32.const 65536)))
+                                             (i32.const 16))
+                                  (i32.const 1)))))
+    (local.get $p))
+
+  (data (i32.const 1024) "golden")
+  (data (i32.const 1040) "1.0.0")
+  (data (i32.const 1056) "float and SIMD kernels from fixed bytes")
+  (data (i32.const 1104) "nan")
+  (data (i32.const 1112) "mandelbrot")
+  (data (i32.const 1128) "simd")
+  (data (i32.const 1136) "divide")
+  (data (i32.const 1144) "unknown action or short payload")
+
+  ;; agent-info at 1232: name, version, description, actions (a list of four strings at 1200).
+  (func (export "agora:agent/handler@0.1.0#info") (result i32)
+    (i32.store (i32.const 1200) (i32.const 1104)) (i32.store (i32.const 1204) (i32.const 3))
+    (i32.store (i32.const 1208) (i32.const 1112)) (i32.store (i32.const 1212) (i32.const 10))
+    (i32.store (i32.const 1216) (i32.const 1128)) (i32.store (i32.const 1220) (i32.const 4))
+    (i32.store (i32.const 1224) (i32.const 1136)) (i32.store (i32.const 1228) (i32.const 6))
+    (i32.store (i32.const 1232) (i32.const 1024)) (i32.store (i32.const 1236) (i32.const 6))
+    (i32.store (i32.const 1240) (i32.const 1040)) (i32.store (i32.const 1244) (i32.const 5))
+    (i32.store (i32.const 1248) (i32.const 1056)) (i32.store (i32.const 1252) (i32.const 39))
+    (i32.store (i32.const 1256) (i32.const 1200)) (i32.store (i32.const 1260) (i32.const 4))
+    (i32.const 1232))
+
+  (func $nan (param $p i32) (result i32)
+    (local $a f32) (local $b f32)
+    (local.set $a (f32.load (local.get $p)))
+    (local.set $b (f32.load offset=4 (local.get $p)))
+    (f32.store (i32.const 4096) (f32.div (local.get $a) (local.get $b)))
+    (f32.store (i32.const 4100) (f32.sqrt (f32.sub (local.get $a) (f32.const 1))))
+    (f64.store (i32.const 4104) (f64.div (f64.promote_f32 (local.get $a))
+                                         (f64.promote_f32 (local.get $b))))
+    (v128.store (i32.const 4112) (f32x4.div (f32x4.splat (local.get $a))
+                                            (f32x4.splat (local.get $b))))
+    (v128.store (i32.const 4128) (f64x2.sqrt (f64x2.sub (f64x2.splat (f64.promote_f32 (local.get $a)))
+                                                        (f64x2.splat (f64.const 1)))))
+    (i32.const 48))
+
+  (func $mandelbrot (param $n i32) (result i32)
+    (local $i i32) (local $j i32) (local $k i32)
+    (local $cx f64) (local $cy f64) (local $x f64) (local $y f64) (local $t f64)
+    (local $total i64) (local $sum f64)
+    (block $rows_done (loop $rows
+      (br_if $rows_done (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $j (i32.const 0))
+      (block $columns_done (loop $columns
+        (br_if $columns_done (i32.ge_u (local.get $j) (local.get $n)))
+        (local.set $cx (f64.add (f64.const -2)
+          (f64.div (f64.mul (f64.const 3) (f64.convert_i32_u (local.get $i)))
+                   (f64.convert_i32_u (local.get $n)))))
+        (local.set $cy (f64.add (f64.const -1.5)
+          (f64.div (f64.mul (f64.const 3) (f64.convert_i32_u (local.get $j)))
+                   (f64.convert_i32_u (local.get $n)))))
+        (local.set $x (f64.const 0))
+        (local.set $y (f64.const 0))
+        (local.set $k (i32.const 0))
+        (block $escaped (loop $iterate
+          (br_if $escaped (i32.ge_u (local.get $k) (i32.const 64)))
+          (br_if $escaped (f64.gt (f64.add (f64.mul (local.get $x) (local.get $x))
+                                           (f64.mul (local.get $y) (local.get $y)))
+                                  (f64.const 4)))
+          (local.set $t (f64.add (f64.sub (f64.mul (local.get $x) (local.get $x))
+                                          (f64.mul (local.get $y) (local.get $y)))
+                                 (local.get $cx)))
+          (local.set $y (f64.add (f64.mul (f64.const 2) (f64.mul (local.get $x) (local.get $y)))
+                                 (local.get $cy)))
+          (local.set $x (local.get $t))
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (br $iterate)))
+        (local.set $total (i64.add (local.get $total) (i64.extend_i32_u (local.get $k))))
+        (local.set $sum (f64.add (local.get $sum)
+          (f64.sqrt (f64.add (f64.mul (local.get $x) (local.get $x))
+                             (f64.mul (local.get $y) (local.get $y))))))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $columns)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $rows)))
+    (i64.store (i32.const 4096) (local.get $total))
+    (f64.store (i32.const 4104) (local.get $sum))
+    (i32.const 16))
+
+  (func $simd (param $n i32) (result i32)
+    (local $v v128) (local $w v128) (local $k i32)
+    (local.set $v (v128.const f32x4 0.5 1.5 -2.25 3.125))
+    (local.set $w (v128.const i32x4 1 2 3 4))
+    (block $done (loop $round
+      (br_if $done (i32.ge_u (local.get $k) (local.get $n)))
+      (local.set $v (f32x4.add (f32x4.mul (local.get $v) (v128.const f32x4 0.999 1.001 0.5 -1.0001))
+                               (v128.const f32x4 0.25 -0.125 1.0 0.0625)))
+      (local.set $w (i32x4.add (i32x4.mul (local.get $w)
+                                          (v128.const i32x4 1664525 22695477 1103515245 134775813))
+                               (v128.const i32x4 1013904223 1 12345 2531011)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $round)))
+    (v128.store (i32.const 4096) (local.get $v))
+    (v128.store (i32.const 4112) (local.get $w))
+    (v128.store (i32.const 4128) (f32x4.sqrt (f32x4.neg (f32x4.abs (local.get $v)))))
+    (i32.const 48))
+
+  (func $divide (param $p i32) (result i32)
+    (i32.store (i32.const 4096) (i32.div_s (i32.load (local.get $p)) (i32.load offset=4 (local.get $p))))
+    (i32.const 4))
+
+  ;; result<list<u8>, agent-error> at 2048: ok's list at 2052, or the error's case at 2052 and
+  ;; its string at 2056.
+  (func (export "agora:agent/handler@0.1.0#handle") (param $action i32) (param $action_len i32)
+                                                     (param $payload i32) (param $payload_len i32)
+                                                     (result i32)
+    (local $len i32)
+    (local.set $len (i32.const -1))
+    (block $dispatched
+      (if (i32.and (i32.eq (local.get $action_len) (i32.const 3))
+                   (i32.ge_u (local.get $payload_len) (i32.const 8)))
+        (then (local.set $len (call $nan (local.get $payload))) (br $dispatched)))
+      (if (i32.and (i32.eq (local.get $action_len) (i32.const 10))
+                   (i32.ge_u (local.get $payload_len) (i32.const 4)))
+        (then (local.set $len (call $mandelbrot (i32.load (local.get $payload)))) (br $dispatched)))
+      (if (i32.and (i32.eq (local.get $action_len) (i32.const 4))
+                   (i32.ge_u (local.get $payload_len) (i32.const 4)))
+        (then (local.set $len (call $simd (i32.load (local.get $payload)))) (br $dispatched)))
+      (if (i32.and (i32.eq (local.get $action_len) (i32.const 6))
+                   (i32.ge_u (local.get $payload_len) (i32.const 8)))
+        (then (local.set $len (call $divide (local.get $payload))) (br $dispatched))))
+    (if (i32.eq (local.get $len) (i32.const -1))
+      (then
+        (i32.store8 (i32.const 2048) (i32.const 1))
+        (i32.store8 (i32.const 2052) (i32.const 0))
+        (i32.store (i32.const 2056) (i32.const 1144))
+        (i32.store (i32.const 2060) (i32.const 31)))
+      (else
+        (i32.store8 (i32.const 2048) (i32.const 0))
+        (i32.store (i32.const 2052) (i32.const 4096))
+        (i32.store (i32.const 2056) (local.get $len))))
+    (i32.const 2048)))

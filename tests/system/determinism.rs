@@ -1,0 +1,201 @@
+//! The deterministic execution profile: the same component on the same input reaches the same
+//! outcome, output and fuel on every host, and every receipt names the profile it ran under.
+//!
+//! The golden agent (`tests/golden/numeric.wat`) is core WebAssembly written by hand, so its
+//! bytes do not change with a compiler; its vectors below are pinned. A wasmtime upgrade or a
+//! profile change that moves any of them must come with a new profile version.
+
+use agora_host::{AGORA_DET_1, ExecutionError, Limits};
+use agora_registry::{Outcome, TrapCode};
+use agora_tests::{HOSTILE, TestHost, golden_agent as golden};
+
+fn le(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// One golden vector: an action and payload, and what every host must answer.
+struct Vector {
+    action: &'static str,
+    payload: Vec<u8>,
+    outcome: Outcome,
+    /// BLAKE3 of the output, hex; empty when there is none.
+    output: &'static str,
+    fuel: u64,
+}
+
+fn vectors() -> Vec<Vector> {
+    vec![
+        Vector {
+            action: "nan",
+            payload: le(&[0f32.to_bits(), 0f32.to_bits()]),
+            outcome: Outcome::Ok,
+            output: "8c5ed0dc0839210e24a804155f76114cb51a9abc1c2852cb06b34ebbc62f3658",
+            fuel: 232,
+        },
+        Vector {
+            action: "mandelbrot",
+            payload: le(&[64]),
+            outcome: Outcome::Ok,
+            output: "851c2ce2346e0d187c0741f31397f3cbad53743b6724ab66b589e3e8f4105e8a",
+            fuel: 2_645_225,
+        },
+        Vector {
+            action: "simd",
+            payload: le(&[10_000]),
+            outcome: Outcome::Ok,
+            output: "f24a3bf91d16e5861c54e1cbf764afb32f1bbd4e064a91a68ad2c0f74200b762",
+            fuel: 210_229,
+        },
+        Vector {
+            action: "divide",
+            payload: le(&[7, 0]),
+            outcome: Outcome::Trap {
+                code: Some(TrapCode::IntegerDivisionByZero),
+                message: "wasm trap: integer divide by zero".into(),
+            },
+            output: "",
+            fuel: 198,
+        },
+    ]
+}
+
+/// Runs every golden vector on `host` and returns what each gave.
+async fn run_vectors(host: &TestHost) -> Vec<(Outcome, String, u64)> {
+    let agent = host.publish(&golden()).await.hash().to_hex();
+    let mut got = Vec::new();
+    for vector in vectors() {
+        let execution = host
+            .node
+            .run(&agent, vector.action, &vector.payload, None)
+            .await
+            .expect("the call starts");
+        let receipt = execution.receipt.body();
+        assert_eq!(receipt.profile, Some(AGORA_DET_1.hash()));
+        let output = receipt.output_hash.map(|h| h.to_hex()).unwrap_or_default();
+        got.push((execution.outcome.clone(), output, execution.fuel_used));
+    }
+    got
+}
+
+fn trap_code(outcome: &Outcome) -> Option<TrapCode> {
+    match outcome {
+        Outcome::Trap { code, .. } => *code,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_golden_agent_gives_the_pinned_outcome_output_and_fuel() {
+    let host = TestHost::new().await;
+    let got = run_vectors(&host).await;
+    let mut wrong = Vec::new();
+    for (vector, (outcome, output, fuel)) in vectors().iter().zip(&got) {
+        // A trap is compared by its stable code; its message is wasmtime's wording.
+        let same_outcome = outcome.name() == vector.outcome.name()
+            && trap_code(outcome) == trap_code(&vector.outcome);
+        if !same_outcome || output != vector.output || *fuel != vector.fuel {
+            wrong.push(format!(
+                "{}: {outcome} output {output:?} fuel {fuel} (pinned: {} output {:?} fuel {})",
+                vector.action, vector.outcome, vector.output, vector.fuel
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "golden vectors moved under {} — a new profile version is due:\n{}",
+        AGORA_DET_1.name,
+        wrong.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_nan_has_the_same_bits_on_every_cpu() {
+    let host = TestHost::new().await;
+    let agent = host.publish(&golden()).await.hash().to_hex();
+    let output = host
+        .node
+        .run(&agent, "nan", &le(&[0f32.to_bits(), 0f32.to_bits()]), None)
+        .await
+        .unwrap()
+        .into_output()
+        .unwrap();
+    let word = |at: usize| u32::from_le_bytes(output[at..at + 4].try_into().unwrap());
+    let double = |at: usize| u64::from_le_bytes(output[at..at + 8].try_into().unwrap());
+    // x86-64 makes 0/0 and sqrt(-1) a NaN with the sign bit set, aarch64 one with it clear: the
+    // profile makes every NaN the canonical one, on scalars and on SIMD lanes alike.
+    const F32: u32 = 0x7fc0_0000;
+    const F64: u64 = 0x7ff8_0000_0000_0000;
+    assert_eq!(
+        [word(0), word(4), word(16), word(20), word(24), word(28)],
+        [F32; 6],
+        "f32 NaNs: {output:02x?}"
+    );
+    assert_eq!(
+        [double(8), double(32), double(40)],
+        [F64; 3],
+        "f64 NaNs: {output:02x?}"
+    );
+}
+
+#[tokio::test]
+async fn pooled_and_on_demand_hosts_agree_on_every_outcome_output_and_fuel() {
+    let pooled = TestHost::new().await;
+    let on_demand = TestHost::with_limits(Limits {
+        pooled_instances: 0,
+        ..Limits::default()
+    })
+    .await;
+    assert_eq!(run_vectors(&pooled).await, run_vectors(&on_demand).await);
+    // A Rust example agent, built by today's compiler: the same on both hosts too.
+    let quote = br#"{"trip":{"distance_m":12500,"duration_s":1500,"demand_pct":120}}"#;
+    let mut runs = Vec::new();
+    for host in [&pooled, &on_demand] {
+        let agent = host
+            .publish(agora_host::examples::RIDE_DRIVER)
+            .await
+            .hash()
+            .to_hex();
+        let execution = host.node.run(&agent, "quote", quote, None).await.unwrap();
+        assert_eq!(execution.outcome, Outcome::Ok);
+        runs.push((execution.receipt.body().output_hash, execution.fuel_used));
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[tokio::test]
+async fn a_native_stack_overflow_is_marked_not_reproducible() {
+    let host = TestHost::new().await;
+    let agent = host.publish(HOSTILE).await.hash().to_hex();
+    let execution = host
+        .node
+        .run(&agent, "native-stack-overflow", b"", None)
+        .await
+        .unwrap();
+    assert_eq!(execution.outcome, Outcome::StackOverflow);
+    assert!(!execution.outcome.is_reproducible());
+    assert!(
+        matches!(
+            execution.error(),
+            Some(ExecutionError::StackOverflow { .. })
+        ),
+        "{:?}",
+        execution.error()
+    );
+    // Running off the shadow stack the guest keeps in its own memory is the guest's doing, and
+    // the same everywhere: an out-of-bounds access.
+    let shadow = host
+        .node
+        .run(&agent, "stack-overflow", b"", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        trap_code(&shadow.outcome),
+        Some(TrapCode::MemoryOutOfBounds),
+        "{}",
+        shadow.outcome
+    );
+    assert!(shadow.outcome.is_reproducible());
+    // A panic is an `unreachable`.
+    let panic = host.node.run(&agent, "panic", b"", None).await.unwrap();
+    assert_eq!(trap_code(&panic.outcome), Some(TrapCode::Unreachable));
+}

@@ -362,6 +362,7 @@ fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
                 host: third.public(),
                 runtime: agora_host::RUNTIME_VERSION.into(),
                 profile: None,
+                environment: None,
                 seq: seq as u64,
                 prev,
                 timestamp_ms: at,

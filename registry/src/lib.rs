@@ -60,8 +60,8 @@ pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
 pub use receipt::{
-    AgentRef, CallLimits, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt, ReceiptMessage,
-    SignedReceipt, TrapCode, check_pair, request_hash,
+    AgentRef, CallEnvironment, CallLimits, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt,
+    ReceiptMessage, SignedReceipt, TrapCode, check_pair, request_hash,
 };
 pub use signed::{Record, Signed};
 pub use store::{

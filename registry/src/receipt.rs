@@ -61,6 +61,11 @@ pub struct Receipt {
     /// cannot be re-checked by re-execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Hash>,
+    /// What the guest saw of the world that its input does not decide: where its virtual clocks
+    /// started and the salt of its randomness. Absent in receipts from hosts that gave guests
+    /// real clocks and randomness: those cannot be re-checked by re-execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<CallEnvironment>,
     /// This host's receipt counter, starting at 0.
     pub seq: u64,
     /// Hash of this host's previous receipt; `None` only for `seq` 0.
@@ -84,6 +89,39 @@ pub struct CallLimits {
     pub wall_ms: u64,
     /// Output bytes.
     pub output_bytes: u64,
+}
+
+/// The clocks and randomness of one call, as its receipt records them: everything a
+/// re-execution needs to show the guest the same world.
+///
+/// The wall clock starts at `clock_ms` and the monotonic clock at zero, and each read advances
+/// either by one microsecond, so a guest sees time pass but never the host's. Randomness, both
+/// `wasi:random` streams, is BLAKE3 in extendable-output mode keyed by [`CallEnvironment::seed`],
+/// which mixes the host's salt with the caller's signed request: reproducible by anyone holding
+/// the receipt, so an agent must not use it for secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallEnvironment {
+    /// What the guest's wall clock read first, in milliseconds since the Unix epoch: when the
+    /// call started.
+    pub clock_ms: u64,
+    /// Random bytes the host chose for this call.
+    pub salt: Hash,
+}
+
+impl CallEnvironment {
+    /// The seed of the call's randomness: the salt, the request the call answers (its hash when
+    /// the caller signed one, else the input hash) and the wall clock's start.
+    pub fn seed(&self, input_hash: &Hash, request: Option<&Hash>) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("agora 2026-12 call randomness seed");
+        hasher.update(self.salt.as_bytes());
+        match request {
+            Some(request) => hasher.update(b"request").update(request.as_bytes()),
+            None => hasher.update(b"input").update(input_hash.as_bytes()),
+        };
+        hasher.update(&self.clock_ms.to_le_bytes());
+        *hasher.finalize().as_bytes()
+    }
 }
 
 /// The agent a receipt is about.

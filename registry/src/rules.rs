@@ -22,6 +22,7 @@
 //! | component size | at most 1 GiB |
 //! | `price_per_mfuel` | at most [`MAX_PRICE_PER_MFUEL`] (10¹²), so a charge always fits in 63 bits |
 //! | timestamps | no later than [`MAX_CLOCK_SKEW_MS`] (5 minutes) past the checking host's clock |
+//! | a receipt's virtual clock start | not after its timestamp, at most an hour before it |
 //! | a receipt's nested calls | at most 256 |
 //! | a request's time to live | at most [`MAX_REQUEST_TTL_MS`] (10 minutes) |
 
@@ -313,6 +314,24 @@ impl Receipt {
             return Err(invalid(KIND, "a nested call answers no caller's request"));
         }
         not_in_future(KIND, "timestamp_ms", self.timestamp_ms, now_ms)?;
+        if let Some(environment) = &self.environment {
+            // The call started before it finished, and lasted no longer than a call may.
+            let Some(lasted_ms) = self.timestamp_ms.checked_sub(environment.clock_ms) else {
+                return Err(invalid(
+                    KIND,
+                    format!(
+                        "environment.clock_ms {} is after the receipt's timestamp_ms {}",
+                        environment.clock_ms, self.timestamp_ms
+                    ),
+                ));
+            };
+            at_most(
+                KIND,
+                "timestamp_ms - environment.clock_ms",
+                lasted_ms,
+                MAX_WALL_TIME_US / 1000,
+            )?;
+        }
         if let Some(limits) = &self.limits {
             at_most(
                 KIND,

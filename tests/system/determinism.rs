@@ -5,9 +5,9 @@
 //! bytes do not change with a compiler; its vectors below are pinned. A wasmtime upgrade or a
 //! profile change that moves any of them must come with a new profile version.
 
-use agora_host::{AGORA_DET_1, ExecutionError, Limits};
-use agora_registry::{Outcome, TrapCode};
-use agora_tests::{HOSTILE, TestHost, golden_agent as golden};
+use agora_host::{AGORA_DET_1, ExecutionError, Limits, ReexecuteError, Verdict, examples};
+use agora_registry::{Outcome, Receipt, SecretKey, Signed, TrapCode};
+use agora_tests::{HOSTILE, TestHost, golden_agent as golden, interpreted_agent};
 
 fn le(values: &[u32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -151,7 +151,7 @@ async fn pooled_and_on_demand_hosts_agree_on_every_outcome_output_and_fuel() {
     let mut runs = Vec::new();
     for host in [&pooled, &on_demand] {
         let agent = host
-            .publish(agora_host::examples::RIDE_DRIVER)
+            .publish(examples::RIDE_DRIVER)
             .await
             .hash()
             .to_hex();
@@ -198,4 +198,110 @@ async fn a_native_stack_overflow_is_marked_not_reproducible() {
     // A panic is an `unreachable`.
     let panic = host.node.run(&agent, "panic", b"", None).await.unwrap();
     assert_eq!(trap_code(&panic.outcome), Some(TrapCode::Unreachable));
+}
+
+/// A host that runs only on demand, started apart from the one whose receipts it re-checks.
+async fn second_host() -> TestHost {
+    TestHost::with_limits(Limits {
+        pooled_instances: 0,
+        ..Limits::default()
+    })
+    .await
+}
+
+const TRIP: &[u8] = br#"{"trip":{"distance_m":12500,"duration_s":1500,"demand_pct":120}}"#;
+const OFFER: &[u8] =
+    br#"{"household":"solar-house","net_wh":3000,"reserve_cents_per_kwh":12,"slot":"t18"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_re_executed_on_a_second_host_matches_for_rust_python_and_javascript_agents() {
+    let (first, second) = (TestHost::new().await, second_host().await);
+    let python = interpreted_agent("py", "energy-trader-py");
+    let javascript = interpreted_agent("js", "ride-driver-js");
+    let golden = golden();
+    // Python and JavaScript interpreters read the clock and `wasi:random` as they start (CPython
+    // seeds its string hashing from it): the receipt's virtual clocks and seeded randomness make
+    // their calls reproducible too.
+    let calls: [(&str, &[u8], &str, &[u8]); 5] = [
+        ("rust", examples::RIDE_DRIVER, "quote", TRIP),
+        ("python", &python, "offer", OFFER),
+        ("javascript", &javascript, "quote", TRIP),
+        ("golden", &golden, "mandelbrot", &le(&[32])),
+        ("golden trap", &golden, "divide", &le(&[1, 0])),
+    ];
+    for (what, component, action, payload) in calls {
+        let agent = first.publish(component).await.hash().to_hex();
+        let execution = first.node.run(&agent, action, payload, None).await.unwrap();
+        let receipt = execution.receipt;
+        let again = second
+            .node
+            .reexecute(&receipt, component, action, payload)
+            .await
+            .unwrap();
+        assert_eq!(again.verdict, Verdict::Matches, "{what}: {again:?}");
+        assert_eq!(again.fuel_used, receipt.body().fuel_used, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
+    let (first, second) = (TestHost::new().await, second_host().await);
+    let agent = first.publish(examples::RIDE_DRIVER).await.hash().to_hex();
+    let honest = first.node.run(&agent, "quote", TRIP, None).await.unwrap();
+    let liar = SecretKey::generate();
+    let altered = |change: fn(&mut Receipt)| {
+        let mut body = honest.receipt.body().clone();
+        body.host = liar.public();
+        change(&mut body);
+        Signed::sign(body, &liar).unwrap()
+    };
+    let cases: [(fn(&mut Receipt), &[&str]); 3] = [
+        (|r| r.fuel_used -= 1, &["fuel_used"]),
+        (|r| r.output_hash = Some(agora_registry::Hash::of(b"a higher fare")), &["output_hash"]),
+        (
+            |r| {
+                r.outcome = Outcome::Trap {
+                    code: Some(TrapCode::Unreachable),
+                    message: "the agent crashed".into(),
+                };
+                r.output_hash = None;
+            },
+            &["outcome", "output_hash"],
+        ),
+    ];
+    for (change, differing) in cases {
+        let receipt = altered(change);
+        let again = second
+            .node
+            .reexecute(&receipt, examples::RIDE_DRIVER, "quote", TRIP)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.verdict,
+            Verdict::Differs {
+                fields: differing.to_vec()
+            }
+        );
+    }
+    // The input or the component given must be the receipt's own.
+    let err = second
+        .node
+        .reexecute(&honest.receipt, examples::RIDE_DRIVER, "quote", b"{}")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReexecuteError::InputMismatch { .. }), "{err}");
+    let err = second
+        .node
+        .reexecute(&honest.receipt, examples::RIDE_RIDER, "quote", TRIP)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReexecuteError::ComponentMismatch { .. }), "{err}");
+    // A receipt that names no profile (from a host before profiles) cannot be re-checked.
+    let unprofiled = altered(|r| r.profile = None);
+    let err = second
+        .node
+        .reexecute(&unprofiled, examples::RIDE_DRIVER, "quote", TRIP)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("names no execution profile"), "{err}");
 }

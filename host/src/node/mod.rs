@@ -4,11 +4,13 @@
 
 mod data_dir;
 mod publish;
+mod reexecute;
 mod run;
 
 pub use data_dir::{DataDir, NodeConfig};
 pub use publish::{PublishOptions, Published};
 pub(crate) use run::CallServices;
+pub use reexecute::{ReexecuteError, Reexecution, Verdict};
 pub use run::Execution;
 
 use std::sync::Arc;

@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use agora_registry::{
-    AgentRef, Hash, KvNamespace, Outcome, ParentCall, PublicKey, Receipt, SignedManifest,
-    SignedReceipt, SignedRequest, request_hash,
+    AgentRef, CallEnvironment, Hash, KvNamespace, Outcome, ParentCall, PublicKey, Receipt,
+    SignedManifest, SignedReceipt, SignedRequest, request_hash,
 };
 
 use crate::error::{ExecutionError, RunError};
-use crate::sandbox::{LogLine, Request};
+use crate::sandbox::{CallWorld, LogLine, Request};
 
 use super::{Node, blocking, unix_now};
 
@@ -263,10 +263,19 @@ impl Node {
             .0
             .sandbox
             .call_state(agent.clone(), Some(services), depth, wall);
+        let input_hash = request_hash(&request.action, &request.payload);
+        let environment = CallEnvironment {
+            clock_ms: unix_now().as_millis() as u64,
+            salt: Hash::from_bytes(rand::random()),
+        };
+        let world = CallWorld {
+            seed: environment.seed(&input_hash, signed_request.map(|(hash, _)| hash).as_ref()),
+            environment,
+        };
         let invocation = self
             .0
             .sandbox
-            .invoke(&component, call, &limits, fuel_limit, &request)
+            .invoke(&component, call, &limits, fuel_limit, &request, &world)
             .await
             .map_err(|e| match e.downcast_ref::<crate::sandbox::HostBusy>() {
                 Some(busy) => RunError::HostBusy {
@@ -287,7 +296,6 @@ impl Node {
         let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
         let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel)
             .saturating_add(nested_charge);
-        let input_hash = request_hash(&request.action, &request.payload);
         let output_hash = invocation.output.as_deref().map(Hash::of);
         let receipt = Receipt {
             agent: AgentRef {
@@ -308,6 +316,7 @@ impl Node {
             host: self.0.key.public(),
             runtime: crate::RUNTIME_VERSION.into(),
             profile: Some(self.0.sandbox.profile_hash()),
+            environment: Some(environment),
             // The registry sets these to follow the chain.
             seq: 0,
             prev: None,

@@ -126,6 +126,8 @@ pub(super) fn add_host_interface(
             Box::new(async move {
                 charge(&mut store, key.len())?;
                 let Some(services) = store.data().call.services.clone() else {
+                    // No memory here (publishing, re-executing): a miss, at a miss's price.
+                    charge(&mut store, 0)?;
                     return Ok((None,));
                 };
                 // A read can wait behind the registry's writer; off the async executor.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use agora_registry::{Hash, Outcome};
+use agora_registry::{CallEnvironment, Hash, Outcome};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -30,6 +30,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 mod cache;
 mod compile;
 mod engine;
+mod environment;
 mod host_fns;
 mod limiter;
 mod load;
@@ -282,6 +283,14 @@ impl Sandbox {
             max_output_bytes: self.limits.max_output_bytes,
         };
         let _slot = self.slot(0).await;
+        // `info` must not depend on host state; it sees the same fixed world on every host.
+        let world = CallWorld {
+            environment: CallEnvironment {
+                clock_ms: 0,
+                salt: Hash::from_bytes([0; 32]),
+            },
+            seed: [0; 32],
+        };
         let mut store = self
             .new_store(
                 CallState::new(
@@ -293,6 +302,7 @@ impl Sandbox {
                 ),
                 &limits,
                 self.limits.default_fuel,
+                &world,
             )
             .map_err(|e| CheckError::Info(e.to_string()))?;
         let call = async {
@@ -314,17 +324,19 @@ impl Sandbox {
         call: CallState,
         limits: &CallLimits,
         fuel: u64,
+        world: &CallWorld,
     ) -> wasmtime::Result<Store<AgentState>> {
         let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes);
         let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .build();
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        environment::virtualise(&mut wasi, &world.environment, &world.seed);
+        let wasi = wasi.build();
         let mut http = WasiHttpCtx::new();
         // Outgoing HTTP is denied, so fields are never sent: a little room for runtimes that
         // build a request before finding out, and no more host memory than that per object.
@@ -382,6 +394,7 @@ impl Sandbox {
         limits: &CallLimits,
         fuel: u64,
         request: &Request,
+        world: &CallWorld,
     ) -> wasmtime::Result<Invocation> {
         // A call starts only into a host with room for it; nested calls run within their
         // caller's admission, and what anyone grows is charged as it happens.
@@ -399,7 +412,7 @@ impl Sandbox {
         let _slot = self.slot(call.depth).await;
         let started = Instant::now();
         let wall = call.wall;
-        let mut store = self.new_store(call, limits, fuel)?;
+        let mut store = self.new_store(call, limits, fuel, world)?;
         let run = async {
             let agent: Agent = component.pre.instantiate_async(&mut store).await?;
             agent
@@ -474,6 +487,14 @@ fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
         // Without the ticker every deadline is "never"; fuel still bounds every call.
         tracing::error!(%error, "could not start the epoch ticker; wall-clock deadlines are off");
     }
+}
+
+/// The clocks and randomness one call's guest sees (see [`environment`]).
+pub(crate) struct CallWorld {
+    /// As the receipt records it.
+    pub environment: CallEnvironment,
+    /// [`CallEnvironment::seed`] of the call's input.
+    pub seed: [u8; 32],
 }
 
 /// What one call produced, before it is signed into a receipt.

@@ -473,6 +473,57 @@ mod tests {
     }
 
     #[test]
+    fn a_virtual_clock_starts_before_its_call_ends_and_within_an_hour_of_it() {
+        let mut body = crate::tests::receipt(&crate::SecretKey::generate(), 0, None);
+        body.timestamp_ms = 10_000_000;
+        let salt = Hash::of(b"salt");
+        for (clock_ms, admissible) in [
+            (10_000_000, true),
+            (10_000_000 - 3_600_000, true),
+            (10_000_001, false),
+            (10_000_000 - 3_600_001, false),
+        ] {
+            body.environment = Some(CallEnvironment { clock_ms, salt });
+            assert_eq!(
+                body.check(20_000_000).is_ok(),
+                admissible,
+                "clock_ms {clock_ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_seed_mixes_salt_request_and_clock() {
+        let environment = CallEnvironment {
+            clock_ms: 1,
+            salt: Hash::of(b"salt"),
+        };
+        let input = Hash::of(b"input");
+        let request = Hash::of(b"request");
+        let seeds = [
+            environment.seed(&input, None),
+            environment.seed(&input, Some(&request)),
+            environment.seed(&Hash::of(b"other input"), None),
+            CallEnvironment {
+                clock_ms: 2,
+                ..environment
+            }
+            .seed(&input, None),
+            CallEnvironment {
+                salt: Hash::of(b"pepper"),
+                ..environment
+            }
+            .seed(&input, None),
+        ];
+        for (i, a) in seeds.iter().enumerate() {
+            for b in &seeds[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(seeds[0], environment.seed(&input, None));
+    }
+
+    #[test]
     fn only_host_bound_outcomes_are_not_reproducible() {
         for outcome in [
             Outcome::Timeout,

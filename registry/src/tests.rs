@@ -136,7 +136,7 @@ pub(crate) fn feedback(rater: &SecretKey, receipt: &SignedReceipt, score: u8) ->
     .unwrap()
 }
 
-fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt {
+pub(crate) fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt {
     Receipt {
         agent: AgentRef {
             manifest: Hash::of(b"m"),

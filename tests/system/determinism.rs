@@ -150,11 +150,7 @@ async fn pooled_and_on_demand_hosts_agree_on_every_outcome_output_and_fuel() {
     let quote = br#"{"trip":{"distance_m":12500,"duration_s":1500,"demand_pct":120}}"#;
     let mut runs = Vec::new();
     for host in [&pooled, &on_demand] {
-        let agent = host
-            .publish(examples::RIDE_DRIVER)
-            .await
-            .hash()
-            .to_hex();
+        let agent = host.publish(examples::RIDE_DRIVER).await.hash().to_hex();
         let execution = host.node.run(&agent, "quote", quote, None).await.unwrap();
         assert_eq!(execution.outcome, Outcome::Ok);
         runs.push((execution.receipt.body().output_hash, execution.fuel_used));
@@ -219,9 +215,7 @@ async fn a_receipt_re_executed_on_a_second_host_matches_for_rust_python_and_java
     let python = interpreted_agent("py", "energy-trader-py");
     let javascript = interpreted_agent("js", "ride-driver-js");
     let golden = golden();
-    // Python and JavaScript interpreters read the clock and `wasi:random` as they start (CPython
-    // seeds its string hashing from it): the receipt's virtual clocks and seeded randomness make
-    // their calls reproducible too.
+    // Interpreters embedded in a component: the same fuel from a second host too.
     let calls: [(&str, &[u8], &str, &[u8]); 5] = [
         ("rust", examples::RIDE_DRIVER, "quote", TRIP),
         ("python", &python, "offer", OFFER),
@@ -243,21 +237,27 @@ async fn a_receipt_re_executed_on_a_second_host_matches_for_rust_python_and_java
     }
 }
 
+/// What a lying host changes in an honest receipt before signing it.
+type Alteration = fn(&mut Receipt);
+
 #[tokio::test]
 async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
     let (first, second) = (TestHost::new().await, second_host().await);
     let agent = first.publish(examples::RIDE_DRIVER).await.hash().to_hex();
     let honest = first.node.run(&agent, "quote", TRIP, None).await.unwrap();
     let liar = SecretKey::generate();
-    let altered = |change: fn(&mut Receipt)| {
+    let altered = |change: Alteration| {
         let mut body = honest.receipt.body().clone();
         body.host = liar.public();
         change(&mut body);
         Signed::sign(body, &liar).unwrap()
     };
-    let cases: [(fn(&mut Receipt), &[&str]); 3] = [
+    let cases: [(Alteration, &[&str]); 3] = [
         (|r| r.fuel_used -= 1, &["fuel_used"]),
-        (|r| r.output_hash = Some(agora_registry::Hash::of(b"a higher fare")), &["output_hash"]),
+        (
+            |r| r.output_hash = Some(agora_registry::Hash::of(b"a higher fare")),
+            &["output_hash"],
+        ),
         (
             |r| {
                 r.outcome = Outcome::Trap {
@@ -295,7 +295,10 @@ async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
         .reexecute(&honest.receipt, examples::RIDE_RIDER, "quote", TRIP)
         .await
         .unwrap_err();
-    assert!(matches!(err, ReexecuteError::ComponentMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, ReexecuteError::ComponentMismatch { .. }),
+        "{err}"
+    );
     // A receipt that names no profile (from a host before profiles) cannot be re-checked.
     let unprofiled = altered(|r| r.profile = None);
     let err = second
@@ -303,5 +306,40 @@ async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
         .reexecute(&unprofiled, examples::RIDE_DRIVER, "quote", TRIP)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("names no execution profile"), "{err}");
+    assert!(
+        err.to_string().contains("names no execution profile"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_reading_clocks_and_randomness_sees_what_its_receipt_records() {
+    let (first, second) = (TestHost::new().await, second_host().await);
+    let agent = first.publish(HOSTILE).await.hash().to_hex();
+    let world = |execution: &agora_host::Execution| {
+        String::from_utf8(execution.output.clone().unwrap_or_default()).unwrap()
+    };
+    let one = first.node.run(&agent, "world", b"", None).await.unwrap();
+    let two = first.node.run(&agent, "world", b"", None).await.unwrap();
+    // Each call sees a world of its own (its salt and start), and time passes within it.
+    assert_ne!(world(&one), world(&two));
+    let (early, late) = world(&one)
+        .split_once('\n')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    assert_ne!(early, late);
+    let started = one.receipt.body().environment.unwrap().clock_ms;
+    assert!(
+        early.starts_with(&format!("wall {}.", started / 1000)),
+        "{early} (clock_ms {started})"
+    );
+    // A second host shown the receipt shows the guest the same world.
+    for execution in [&one, &two] {
+        let again = second
+            .node
+            .reexecute(&execution.receipt, HOSTILE, "world", b"")
+            .await
+            .unwrap();
+        assert_eq!(again.verdict, Verdict::Matches, "{}", world(execution));
+    }
 }

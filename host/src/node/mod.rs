@@ -9,8 +9,8 @@ mod run;
 
 pub use data_dir::{DataDir, NodeConfig};
 pub use publish::{PublishOptions, Published};
-pub(crate) use run::CallServices;
 pub use reexecute::{ReexecuteError, Reexecution, Verdict};
+pub(crate) use run::CallServices;
 pub use run::Execution;
 
 use std::sync::Arc;

@@ -64,6 +64,23 @@ impl exports::agora::agent::handler::Guest for Hostile {
             "panic" => panic!("the hostile guest panics on purpose"),
             "stack-overflow" => text(recurse_forever(0).to_string()),
             "native-stack-overflow" => text(recurse_natively(0).to_string()),
+            // What a guest can learn of the world besides its input: every clock and random
+            // source WASI offers, read twice.
+            "world" => {
+                let read = || {
+                    let wall = wasi::clocks::wall_clock::now();
+                    format!(
+                        "wall {}.{:09} monotonic {} random {:016x} insecure {:016x} seed {:?}",
+                        wall.seconds,
+                        wall.nanoseconds,
+                        wasi::clocks::monotonic_clock::now(),
+                        wasi::random::random::get_random_u64(),
+                        wasi::random::insecure::get_insecure_random_u64(),
+                        wasi::random::insecure_seed::insecure_seed(),
+                    )
+                };
+                text(format!("{}\n{}", read(), read()))
+            }
             "open-file" => match std::fs::read(payload_str(&req)) {
                 Ok(bytes) => text(format!("read {} bytes", bytes.len())),
                 Err(e) => text(format!("denied: {e}")),

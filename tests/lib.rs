@@ -174,6 +174,7 @@ impl SigningHost {
             host: self.key.public(),
             runtime: agora_host::RUNTIME_VERSION.into(),
             profile: None,
+            environment: None,
             seq: self.head.map_or(0, |(seq, _)| seq + 1),
             prev: self.head.map(|(_, hash)| hash),
             timestamp_ms: now_ms(),

@@ -373,6 +373,7 @@ fn sign_all(
                                 host: hosts[host].public(),
                                 runtime: agora_host::RUNTIME_VERSION.into(),
                                 profile: None,
+                                environment: None,
                                 seq,
                                 // Linked below, once the chain order is known.
                                 prev: None,

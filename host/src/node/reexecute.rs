@@ -33,7 +33,9 @@ pub struct Reexecution {
 pub enum Verdict {
     /// Outcome (a trap by its code), output hash and fuel are the receipt's.
     Matches,
-    /// The receipt says otherwise: each named field differs.
+    /// The receipt says otherwise: each named field differs. Proof of a lie only for a call
+    /// that did not depend on agent memory: a re-execution has none, so a call whose agent
+    /// found something with `kv-get`, or wrote with `kv-set`, may differ honestly.
     Differs {
         /// `outcome`, `output_hash`, `fuel_used`.
         fields: Vec<&'static str>,

@@ -8,8 +8,11 @@
 //!    each alone, and neither, as ratios to neither;
 //! 3. the deterministic execution profile (`agora-det/1`: NaN canonicalisation, memory
 //!    initialised by code rather than copy-on-write mappings) against the configuration before
-//!    it, on raw wasmtime: an integer kernel, a float-heavy one, the ride negotiation's quote and
-//!    a JavaScript agent (whose interpreter's memory image is large).
+//!    it, on raw wasmtime, calls of the two alternating so that drift in the machine falls on
+//!    both: an integer kernel, a float-heavy one, the ride negotiation's quote;
+//! 4. re-execution: `Node::reexecute` of a receipt (hash the component and the input, check,
+//!    run under the receipt's profile, limits and environment, compare) beside `Node::run` of
+//!    the call it re-checks.
 //!
 //! `cargo bench -p agora-tests --bench fast_path` (`-- --quick` for a short run).
 
@@ -178,7 +181,7 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
     let mandelbrot = 96u32.to_le_bytes();
     let golden = golden_agent();
     let driver_js = interpreted_agent("js", "ride-driver-js");
-    let workloads: [(&str, &[u8], &str, &[u8]); 4] = [
+    let workloads: [(&str, &[u8], &str, &[u8]); 3] = [
         ("cpu-kernel hash (integer)", CPU_KERNEL, "hash", rounds),
         (
             "golden mandelbrot (float)",
@@ -187,7 +190,6 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
             &mandelbrot,
         ),
         ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
-        ("ride-driver-js quote", &driver_js, "quote", QUOTE),
     ];
     println!("| call | before p50 | {} p50 | ratio |", AGORA_DET_1.name);
     println!("|---|---|---|---|");
@@ -196,24 +198,78 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         RawWasmtime::with_profile(&AGORA_DET_1)?,
     ];
     for (name, component, action, payload) in workloads {
-        let mut p50 = Vec::new();
-        for engine in &engines {
-            let compiled = engine.load(component)?;
-            let sample = latencies(repeats * 4, || {
-                let (engine, compiled) = (engine.clone(), compiled.clone());
-                async move {
-                    engine.call(&compiled, action, payload).await?;
-                    anyhow::Ok(())
+        let compiled = [engines[0].load(component)?, engines[1].load(component)?];
+        let mut samples = [Vec::new(), Vec::new()];
+        for round in 0..repeats * 8 {
+            for which in [round % 2, 1 - round % 2] {
+                let started = Instant::now();
+                engines[which]
+                    .call(&compiled[which], action, payload)
+                    .await?;
+                if round >= repeats {
+                    samples[which].push(started.elapsed());
                 }
-            })
-            .await?;
-            p50.push(sample.p50);
+            }
         }
+        let p50 = samples.map(|mut s| {
+            s.sort();
+            s[s.len() / 2]
+        });
         println!(
             "| {name} | {} | {} | {:.2}× |",
             us(p50[0]),
             us(p50[1]),
             ratio(p50[1], p50[0])
+        );
+    }
+
+    println!();
+    println!("## 4. re-executing a receipt against running its call, same node, warm");
+    println!("| call | run p50 | re-execute p50 | ratio |");
+    println!("|---|---|---|---|");
+    let checks: [(&str, &[u8], &str, &[u8]); 3] = [
+        ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
+        ("ride-driver-js quote", &driver_js, "quote", QUOTE),
+        (
+            "golden mandelbrot (float)",
+            &golden,
+            "mandelbrot",
+            &mandelbrot,
+        ),
+    ];
+    for (name, component, action, payload) in checks {
+        let agent = node
+            .publish(component, Default::default())
+            .await?
+            .manifest
+            .hash()
+            .to_hex();
+        let receipt = node.run(&agent, action, payload, None).await?.receipt;
+        let run = latencies(repeats * 4, || {
+            let (node, agent) = (node.clone(), agent.clone());
+            async move {
+                node.run(&agent, action, payload, None).await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+        let check = latencies(repeats * 4, || {
+            let (node, receipt) = (node.clone(), receipt.clone());
+            async move {
+                let again = node.reexecute(&receipt, component, action, payload).await?;
+                anyhow::ensure!(
+                    again.verdict == agora_host::Verdict::Matches,
+                    "{name}: {again:?}"
+                );
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+        println!(
+            "| {name} | {} | {} | {:.2}× |",
+            us(run.p50),
+            us(check.p50),
+            ratio(check.p50, run.p50)
         );
     }
     node.shutdown().await?;

@@ -2,7 +2,7 @@
 //! components built from `guest-examples/` and from the hostile guests in `tests/guests/`.
 
 use agora_host::{DataDir, Limits, Node, NodeConfig, PublishOptions};
-use agora_registry::SignedManifest;
+use agora_registry::{SignedManifest, SignedReceipt};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
@@ -53,6 +53,20 @@ impl TestHost {
             .await
             .expect("publish")
             .manifest
+    }
+
+    /// The input and transcript this host keeps for its `receipt`, as a verifier fetches them.
+    pub fn kept(&self, receipt: &SignedReceipt) -> (Vec<u8>, Vec<u8>) {
+        let body = receipt.body();
+        let registry = self.node.registry();
+        let input = registry.call_data(&body.input_hash).expect("read input");
+        let transcript = registry
+            .call_data(&body.transcript.expect("a receipt names its transcript").hash)
+            .expect("read transcript");
+        (
+            input.expect("input kept"),
+            transcript.expect("transcript kept"),
+        )
     }
 }
 
@@ -175,6 +189,8 @@ impl SigningHost {
             runtime: agora_host::RUNTIME_VERSION.into(),
             profile: None,
             environment: None,
+            input_size: None,
+            transcript: None,
             seq: self.head.map_or(0, |(seq, _)| seq + 1),
             prev: self.head.map(|(_, hash)| hash),
             timestamp_ms: now_ms(),

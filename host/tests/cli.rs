@@ -363,6 +363,8 @@ fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
                 runtime: agora_host::RUNTIME_VERSION.into(),
                 profile: None,
                 environment: None,
+                input_size: None,
+                transcript: None,
                 seq: seq as u64,
                 prev,
                 timestamp_ms: at,

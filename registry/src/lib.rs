@@ -50,6 +50,7 @@ pub mod reputation;
 pub mod rules;
 mod signed;
 mod store;
+pub mod transcript;
 
 pub use error::Error;
 pub use evidence::{
@@ -60,16 +61,18 @@ pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
 pub use receipt::{
-    AgentRef, CallEnvironment, CallLimits, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt,
+    AgentRef, CallEnvironment, CallLimits, Input, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt,
     ReceiptMessage, SignedReceipt, TrapCode, check_pair, request_hash,
 };
 pub use signed::{Record, Signed};
 pub use store::{
-    Evidence, EvidenceCursor, Fork, HostRecord, Inserted, KvNamespace, KvQuota,
-    MAX_FEEDBACK_PER_STRANGER, MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY,
-    MAX_RECEIPTS_PER_STRANGER, MAX_STRANGER_FEEDBACK, MAX_STRANGER_RECEIPTS, Misbehaviour,
-    ReceiptCursor, ReceiptPage, Registry, StrangerQuotas, StrangerUsage, WAL_SYNC_INTERVAL,
+    CALL_DATA_RETENTION_MS, CallData, Evidence, EvidenceCursor, Fork, HostRecord, Inserted,
+    KvNamespace, KvQuota, MAX_FEEDBACK_PER_STRANGER, MAX_MANIFESTS_PER_STRANGER,
+    MAX_PENDING_PER_KEY, MAX_RECEIPTS_PER_STRANGER, MAX_STRANGER_FEEDBACK, MAX_STRANGER_RECEIPTS,
+    Misbehaviour, ReceiptCursor, ReceiptPage, Registry, StrangerQuotas, StrangerUsage,
+    WAL_SYNC_INTERVAL,
 };
+pub use transcript::{BlobRef, CallAnswer, HostCall, Transcript};
 
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,15 @@ pub struct Receipt {
     /// real clocks and randomness: those cannot be re-checked by re-execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<CallEnvironment>,
+    /// How many bytes the input (action and payload) has: what a verifier fetches from the host
+    /// that signed the receipt. Absent in receipts from hosts that do not keep inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<u64>,
+    /// The [`Transcript`](crate::Transcript) of the call's host calls, which a re-execution
+    /// replays. Absent in receipts from hosts that did not record one: those cannot be re-checked
+    /// if they made host calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<crate::BlobRef>,
     /// This host's receipt counter, starting at 0.
     pub seq: u64,
     /// Hash of this host's previous receipt; `None` only for `seq` 0.
@@ -324,6 +333,54 @@ pub fn request_hash(action: &str, payload: &[u8]) -> Hash {
     hasher.update(action.as_bytes());
     hasher.update(payload);
     Hash::from_bytes(*hasher.finalize().as_bytes())
+}
+
+/// A call's input as hosts keep and serve it for verifiers: the action's length (8 bytes, little
+/// endian), the action, then the payload — what [`request_hash`] hashes after its domain tag, so
+/// the receipt's `input_hash` names these bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// The action.
+    pub action: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+impl Input {
+    /// The input's bytes; [`Receipt::input_size`] is their length.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + self.action.len() + self.payload.len());
+        bytes.extend_from_slice(&(self.action.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(self.action.as_bytes());
+        bytes.extend_from_slice(&self.payload);
+        bytes
+    }
+
+    /// Parses an input's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::Error> {
+        let invalid = |reason: &str| crate::Error::Invalid {
+            kind: "input",
+            reason: reason.into(),
+        };
+        let (length, rest) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| invalid("shorter than its 8-byte action length"))?;
+        let length = usize::try_from(u64::from_le_bytes(*length))
+            .ok()
+            .filter(|length| *length <= rest.len())
+            .ok_or_else(|| invalid("its action length runs past its end"))?;
+        let (action, payload) = rest.split_at(length);
+        let action = std::str::from_utf8(action).map_err(|_| invalid("its action is not UTF-8"))?;
+        Ok(Input {
+            action: action.to_owned(),
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// [`request_hash`] of the input.
+    pub fn hash(&self) -> Hash {
+        request_hash(&self.action, &self.payload)
+    }
 }
 
 /// A receipt together with the caller's signed request it answers, as hosts send them to each

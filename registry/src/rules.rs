@@ -24,6 +24,8 @@
 //! | timestamps | no later than [`MAX_CLOCK_SKEW_MS`] (5 minutes) past the checking host's clock |
 //! | a receipt's virtual clock start | not after its timestamp, at most an hour before it |
 //! | a receipt's nested calls | at most 256 |
+//! | a receipt's input | at most [`MAX_INPUT_BYTES`] (64 MiB) |
+//! | a receipt's transcript | at most [`MAX_TRANSCRIPT_BYTES`](crate::transcript::MAX_TRANSCRIPT_BYTES) (16 MiB) |
 //! | a request's time to live | at most [`MAX_REQUEST_TTL_MS`] (10 minutes) |
 
 use crate::Error;
@@ -54,6 +56,8 @@ pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 pub const MAX_WALL_MS: u64 = 10 * 60 * 1000;
 /// Largest output limit a manifest may state, in bytes.
 pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+/// Largest input (action and payload) a receipt may name, in bytes.
+pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 /// Largest component a manifest may name, in bytes.
 pub const MAX_COMPONENT_BYTES: u64 = 1 << 30;
 /// Highest price per million fuel. With [`MAX_FUEL`] a call's own charge is at most 10¹⁷.
@@ -330,6 +334,17 @@ impl Receipt {
                 "timestamp_ms - environment.clock_ms",
                 lasted_ms,
                 MAX_WALL_TIME_US / 1000,
+            )?;
+        }
+        if let Some(input_size) = self.input_size {
+            at_most(KIND, "input_size", input_size, MAX_INPUT_BYTES)?;
+        }
+        if let Some(transcript) = &self.transcript {
+            at_most(
+                KIND,
+                "transcript.size",
+                transcript.size,
+                crate::transcript::MAX_TRANSCRIPT_BYTES,
             )?;
         }
         if let Some(limits) = &self.limits {

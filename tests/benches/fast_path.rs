@@ -10,13 +10,16 @@
 //!    initialised by code rather than copy-on-write mappings) against the configuration before
 //!    it, on raw wasmtime, calls of the two alternating so that drift in the machine falls on
 //!    both: an integer kernel, a float-heavy one, the ride negotiation's quote;
-//! 4. re-execution: `Node::reexecute` of a receipt (hash the component and the input, check,
-//!    run under the receipt's profile, limits and environment, compare) beside `Node::run` of
+//! 4. re-execution: `Node::reexecute` of a receipt (hash the component, the input and the
+//!    transcript, run under the receipt's profile, limits and environment replaying its
+//!    transcript, compare) beside `Node::run` of
 //!    the call it re-checks.
 //!
 //! `cargo bench -p agora-tests --bench fast_path` (`-- --quick` for a short run).
 
 use std::sync::Arc;
+
+use anyhow::Context;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -245,6 +248,14 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
             .hash()
             .to_hex();
         let receipt = node.run(&agent, action, payload, None).await?.receipt;
+        let body = receipt.body();
+        let kept = |hash| {
+            node.registry()
+                .call_data(hash)?
+                .context("kept for verifiers")
+        };
+        let input = kept(&body.input_hash)?;
+        let transcript = kept(&body.transcript.context("a transcript")?.hash)?;
         let run = latencies(repeats * 4, || {
             let (node, agent) = (node.clone(), agent.clone());
             async move {
@@ -255,8 +266,11 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         .await?;
         let check = latencies(repeats * 4, || {
             let (node, receipt) = (node.clone(), receipt.clone());
+            let (input, transcript) = (&input, &transcript);
             async move {
-                let again = node.reexecute(&receipt, component, action, payload).await?;
+                let again = node
+                    .reexecute(&receipt, component, input, transcript)
+                    .await?;
                 anyhow::ensure!(
                     again.verdict == agora_host::Verdict::Matches,
                     "{name}: {again:?}"

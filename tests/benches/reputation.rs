@@ -374,6 +374,8 @@ fn sign_all(
                                 runtime: agora_host::RUNTIME_VERSION.into(),
                                 profile: None,
                                 environment: None,
+                                input_size: None,
+                                transcript: None,
                                 seq,
                                 // Linked below, once the chain order is known.
                                 prev: None,

@@ -6,7 +6,7 @@
 //! profile change that moves any of them must come with a new profile version.
 
 use agora_host::{AGORA_DET_1, ExecutionError, Limits, ReexecuteError, Verdict, examples};
-use agora_registry::{Outcome, Receipt, SecretKey, Signed, TrapCode};
+use agora_registry::{Input, Outcome, Receipt, SecretKey, Signed, TrapCode};
 use agora_tests::{HOSTILE, TestHost, golden_agent as golden, interpreted_agent};
 
 fn le(values: &[u32]) -> Vec<u8> {
@@ -227,9 +227,11 @@ async fn a_receipt_re_executed_on_a_second_host_matches_for_rust_python_and_java
         let agent = first.publish(component).await.hash().to_hex();
         let execution = first.node.run(&agent, action, payload, None).await.unwrap();
         let receipt = execution.receipt;
+        let (input, transcript) = first.kept(&receipt);
+        assert_eq!(Input::from_bytes(&input).unwrap().payload, payload);
         let again = second
             .node
-            .reexecute(&receipt, component, action, payload)
+            .reexecute(&receipt, component, &input, &transcript)
             .await
             .unwrap();
         assert_eq!(again.verdict, Verdict::Matches, "{what}: {again:?}");
@@ -245,6 +247,7 @@ async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
     let (first, second) = (TestHost::new().await, second_host().await);
     let agent = first.publish(examples::RIDE_DRIVER).await.hash().to_hex();
     let honest = first.node.run(&agent, "quote", TRIP, None).await.unwrap();
+    let (input, transcript) = first.kept(&honest.receipt);
     let liar = SecretKey::generate();
     let altered = |change: Alteration| {
         let mut body = honest.receipt.body().clone();
@@ -273,7 +276,7 @@ async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
         let receipt = altered(change);
         let again = second
             .node
-            .reexecute(&receipt, examples::RIDE_DRIVER, "quote", TRIP)
+            .reexecute(&receipt, examples::RIDE_DRIVER, &input, &transcript)
             .await
             .unwrap();
         assert_eq!(
@@ -286,13 +289,22 @@ async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
     // The input or the component given must be the receipt's own.
     let err = second
         .node
-        .reexecute(&honest.receipt, examples::RIDE_DRIVER, "quote", b"{}")
+        .reexecute(
+            &honest.receipt,
+            examples::RIDE_DRIVER,
+            &Input {
+                action: "quote".into(),
+                payload: b"{}".to_vec(),
+            }
+            .to_bytes(),
+            &transcript,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ReexecuteError::InputMismatch { .. }), "{err}");
     let err = second
         .node
-        .reexecute(&honest.receipt, examples::RIDE_RIDER, "quote", TRIP)
+        .reexecute(&honest.receipt, examples::RIDE_RIDER, &input, &transcript)
         .await
         .unwrap_err();
     assert!(
@@ -303,7 +315,7 @@ async fn a_receipt_whose_host_altered_output_fuel_or_outcome_does_not_match() {
     let unprofiled = altered(|r| r.profile = None);
     let err = second
         .node
-        .reexecute(&unprofiled, examples::RIDE_DRIVER, "quote", TRIP)
+        .reexecute(&unprofiled, examples::RIDE_DRIVER, &input, &transcript)
         .await
         .unwrap_err();
     assert!(
@@ -335,9 +347,10 @@ async fn a_guest_reading_clocks_and_randomness_sees_what_its_receipt_records() {
     );
     // A second host shown the receipt shows the guest the same world.
     for execution in [&one, &two] {
+        let (input, transcript) = first.kept(&execution.receipt);
         let again = second
             .node
-            .reexecute(&execution.receipt, HOSTILE, "world", b"")
+            .reexecute(&execution.receipt, HOSTILE, &input, &transcript)
             .await
             .unwrap();
         assert_eq!(again.verdict, Verdict::Matches, "{}", world(execution));

@@ -16,3 +16,4 @@ mod publishing;
 mod receipts;
 mod reputation;
 mod sandbox;
+mod verification;

@@ -6,11 +6,11 @@ mod data_dir;
 mod publish;
 mod reexecute;
 mod run;
+mod services;
 
 pub use data_dir::{DataDir, NodeConfig};
 pub use publish::{PublishOptions, Published};
 pub use reexecute::{ReexecuteError, Reexecution, Verdict};
-pub(crate) use run::CallServices;
 pub use run::Execution;
 
 use std::sync::Arc;

@@ -1,19 +1,21 @@
 //! Re-running the call a receipt describes, to check what its host signed.
 //!
-//! A receipt names the component, the input hash, the profile, the limits and the clocks and
-//! randomness its guest saw. Given the component's and the input's bytes, any host running the
-//! same profile runs the same call and compares outcome, output hash and fuel. Calls whose
-//! results depended on more than that — agent memory read with `kv-get`, nested calls — are not
-//! re-checked until the host calls they made are recorded with the receipt.
+//! A receipt names the component, the input, the profile, the limits, the clocks and randomness
+//! its guest saw, and the transcript of what its host calls were answered. Given the bytes of
+//! the component, the input and the transcript, any host running the same profile runs the same
+//! call, answering its host calls from the transcript ([`Replay`]), and compares outcome, output
+//! hash and fuel. A guest whose host calls are not the ones the transcript records is caught
+//! too: the transcript does not belong to this call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use agora_registry::{Hash, Outcome, SignedReceipt, request_hash};
+use agora_registry::{BlobRef, Hash, Input, Outcome, SignedReceipt, Transcript};
 
 use super::{Node, unix_now};
 use crate::error::CheckError;
 use crate::limits::CallLimits;
-use crate::sandbox::{CallWorld, Request};
+use crate::sandbox::{CallWorld, Divergence, Replay, Request};
 
 /// What re-running a receipt's call gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,13 +35,16 @@ pub struct Reexecution {
 pub enum Verdict {
     /// Outcome (a trap by its code), output hash and fuel are the receipt's.
     Matches,
-    /// The receipt says otherwise: each named field differs. Proof of a lie only for a call
-    /// that did not depend on agent memory: a re-execution has none, so a call whose agent
-    /// found something with `kv-get`, or wrote with `kv-set`, may differ honestly.
+    /// The receipt says otherwise: each named field differs. Under the receipt's profile,
+    /// environment and transcript the call has one result, so this is proof that the host
+    /// signed something its call did not produce.
     Differs {
         /// `outcome`, `output_hash`, `fuel_used`.
         fields: Vec<&'static str>,
     },
+    /// The guest's host calls are not the ones the transcript records: the receipt's host
+    /// answered calls this call never made, or left out calls it made.
+    TranscriptDiverges(Divergence),
     /// The receipt's outcome depends on the host that ran it (a timeout, the host's memory, a
     /// stack overflow): nothing to compare.
     NotReproducible,
@@ -67,11 +72,34 @@ pub enum ReexecuteError {
         /// What was given.
         actual: Hash,
     },
-    /// The action and payload given are not the input the receipt names.
-    #[error("the input given is not the one receipt {receipt} names")]
+    /// The input given is not the one the receipt names, or not an input at all.
+    #[error("the input given is not the one receipt {receipt} names: {reason}")]
     InputMismatch {
         /// The receipt.
         receipt: Hash,
+        /// How it differs.
+        reason: String,
+    },
+    /// The transcript given is not the one the receipt names, or not a transcript at all.
+    #[error("the transcript given is not the one receipt {receipt} names: {reason}")]
+    TranscriptMismatch {
+        /// The receipt.
+        receipt: Hash,
+        /// How it differs.
+        reason: String,
+    },
+    /// The receipt's limits are above this host's own: running it would give a stranger's
+    /// receipt more of this host than the host gives its own callers.
+    #[error("receipt {receipt} ran with {limit} {asked}, more than this host allows ({allowed})")]
+    AboveHostLimits {
+        /// The receipt.
+        receipt: Hash,
+        /// Which limit.
+        limit: &'static str,
+        /// The receipt's.
+        asked: u64,
+        /// This host's.
+        allowed: u64,
     },
     /// The component does not pass this host's checks.
     #[error("component {component}: {source}")]
@@ -87,15 +115,15 @@ pub enum ReexecuteError {
 }
 
 impl Node {
-    /// Runs again, under this host's profile, the call `receipt` describes: `component` must be
-    /// the component it names and `action` and `payload` its input. No receipt is signed and
-    /// nothing is stored.
+    /// Runs again, under this host's profile, the call `receipt` describes: `component`,
+    /// `input` ([`Input::to_bytes`]) and `transcript` ([`Transcript::to_bytes`]) must be the
+    /// bytes it names. No receipt is signed and nothing is stored.
     pub async fn reexecute(
         &self,
         receipt: &SignedReceipt,
         component: &[u8],
-        action: &str,
-        payload: &[u8],
+        input: &[u8],
+        transcript: &[u8],
     ) -> Result<Reexecution, ReexecuteError> {
         let body = receipt.body();
         let unverifiable = |reason: &str| ReexecuteError::Unverifiable {
@@ -120,11 +148,56 @@ impl Node {
         let Some(limits) = body.limits else {
             return Err(unverifiable("it does not record its limits"));
         };
-        if !body.nested.is_empty() {
-            return Err(unverifiable(
-                "it made nested calls, whose answers are not recorded",
-            ));
+        let Some(transcript_ref) = body.transcript else {
+            return Err(unverifiable("it does not record its host calls"));
+        };
+        let host = self.0.sandbox.limits();
+        for (limit, asked, allowed) in [
+            ("fuel", body.fuel_limit, host.max_fuel),
+            ("memory bytes", limits.memory_bytes, host.max_memory_bytes),
+            (
+                "wall ms",
+                limits.wall_ms,
+                u64::try_from(host.max_wall.as_millis()).unwrap_or(u64::MAX),
+            ),
+            ("output bytes", limits.output_bytes, host.max_output_bytes),
+        ] {
+            if asked > allowed {
+                return Err(ReexecuteError::AboveHostLimits {
+                    receipt: receipt.hash(),
+                    limit,
+                    asked,
+                    allowed,
+                });
+            }
         }
+        let input_mismatch = |reason: String| ReexecuteError::InputMismatch {
+            receipt: receipt.hash(),
+            reason,
+        };
+        let input = Input::from_bytes(input).map_err(|e| input_mismatch(e.to_string()))?;
+        if input.hash() != body.input_hash {
+            return Err(input_mismatch(format!(
+                "it hashes to {}, the receipt names {}",
+                input.hash(),
+                body.input_hash
+            )));
+        }
+        let given = BlobRef::of(transcript);
+        if given != transcript_ref {
+            return Err(ReexecuteError::TranscriptMismatch {
+                receipt: receipt.hash(),
+                reason: format!(
+                    "{} bytes hashing to {}, the receipt names {} bytes hashing to {}",
+                    given.size, given.hash, transcript_ref.size, transcript_ref.hash
+                ),
+            });
+        }
+        let transcript =
+            Transcript::from_bytes(transcript).map_err(|e| ReexecuteError::TranscriptMismatch {
+                receipt: receipt.hash(),
+                reason: e.to_string(),
+            })?;
         let actual = Hash::of(component);
         if actual != body.agent.component {
             return Err(ReexecuteError::ComponentMismatch {
@@ -133,18 +206,18 @@ impl Node {
                 actual,
             });
         }
-        if request_hash(action, payload) != body.input_hash {
-            return Err(ReexecuteError::InputMismatch {
-                receipt: receipt.hash(),
-            });
-        }
-        let checked = self
-            .check_hashed(actual, component.to_vec())
-            .await
-            .map_err(|source| ReexecuteError::Check {
-                component: actual,
-                source,
-            })?;
+        // A component this host has loaded passed its checks already; only new ones are copied
+        // and checked.
+        let checked = match self.0.sandbox.cached(&actual) {
+            Some(checked) => checked,
+            None => self
+                .check_hashed(actual, component.to_vec())
+                .await
+                .map_err(|source| ReexecuteError::Check {
+                    component: actual,
+                    source,
+                })?,
+        };
         let call_limits = CallLimits {
             max_fuel: body.fuel_limit,
             max_memory_bytes: limits.memory_bytes,
@@ -155,15 +228,16 @@ impl Node {
             seed: environment.seed(&body.input_hash, body.request.as_ref()),
             environment,
         };
+        let replay = Arc::new(Replay::new(transcript));
         let call = self.0.sandbox.call_state(
             "(re-execution)".into(),
-            None,
+            replay.clone(),
             body.parent_call.map_or(0, |p| p.depth),
             call_limits.max_wall,
         );
         let request = Request {
-            action: action.to_owned(),
-            payload: payload.to_vec(),
+            action: input.action,
+            payload: input.payload,
         };
         let started = unix_now();
         let invocation = self
@@ -186,8 +260,12 @@ impl Node {
             "re-executed"
         );
         let output_hash = invocation.output.as_deref().map(Hash::of);
+        // However the call ended, it made every call its host recorded before the end.
+        let diverged = (invocation.diverged.clone()).or_else(|| replay.finish().err());
         let verdict = if !body.outcome.is_reproducible() {
             Verdict::NotReproducible
+        } else if let Some(divergence) = diverged {
+            Verdict::TranscriptDiverges(divergence)
         } else {
             let mut fields = Vec::new();
             if !same_outcome(&invocation.outcome, &body.outcome) {

@@ -2,16 +2,18 @@
 //! call's limits, signing and storing the receipt.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_registry::{
-    AgentRef, CallEnvironment, Hash, KvNamespace, Outcome, ParentCall, PublicKey, Receipt,
-    SignedManifest, SignedReceipt, SignedRequest, request_hash,
+    AgentRef, BlobRef, CallData, CallEnvironment, Hash, Input, KvNamespace, Outcome, ParentCall,
+    PublicKey, Receipt, SignedManifest, SignedReceipt, SignedRequest, request_hash,
 };
 
 use crate::error::{ExecutionError, RunError};
 use crate::sandbox::{CallWorld, LogLine, Request};
 
+use super::services::LiveServices;
 use super::{Node, blocking, unix_now};
 
 /// The result of one call: the output or the typed reason there is none, and the signed receipt.
@@ -62,14 +64,6 @@ impl Execution {
             }),
         }
     }
-}
-
-/// Host services available to a running agent: its memory and `call-agent`.
-#[derive(Clone)]
-pub(crate) struct CallServices {
-    pub node: Node,
-    pub kv: KvNamespace,
-    pub manifest: Hash,
 }
 
 impl Node {
@@ -250,7 +244,7 @@ impl Node {
         let wall = limits
             .max_wall
             .min(deadline.saturating_duration_since(Instant::now()));
-        let services = CallServices {
+        let services = LiveServices {
             node: self.clone(),
             kv: KvNamespace {
                 publisher: body.publisher,
@@ -262,7 +256,7 @@ impl Node {
         let call = self
             .0
             .sandbox
-            .call_state(agent.clone(), Some(services), depth, wall);
+            .call_state(agent.clone(), Arc::new(services), depth, wall);
         let input_hash = request_hash(&request.action, &request.payload);
         let environment = CallEnvironment {
             clock_ms: unix_now().as_millis() as u64,
@@ -297,6 +291,12 @@ impl Node {
         let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel)
             .saturating_add(nested_charge);
         let output_hash = invocation.output.as_deref().map(Hash::of);
+        let input = Input {
+            action: request.action,
+            payload: request.payload,
+        }
+        .to_bytes();
+        let transcript = invocation.transcript.to_bytes();
         let receipt = Receipt {
             agent: AgentRef {
                 manifest: manifest.hash(),
@@ -317,6 +317,8 @@ impl Node {
             runtime: crate::RUNTIME_VERSION.into(),
             profile: Some(self.0.sandbox.profile_hash()),
             environment: Some(environment),
+            input_size: Some(input.len() as u64),
+            transcript: Some(BlobRef::of(&transcript)),
             // The registry sets these to follow the chain.
             seq: 0,
             prev: None,
@@ -331,7 +333,7 @@ impl Node {
         let receipt = self
             .0
             .registry
-            .append_receipt_async(&self.0.key, receipt)
+            .append_receipt_with(&self.0.key, receipt, CallData { input, transcript })
             .await?;
         tracing::debug!(
             agent = %agent,

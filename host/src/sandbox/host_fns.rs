@@ -1,16 +1,16 @@
 //! The `agora:agent/host` interface an agent imports, and the per-call state it works on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_registry::Outcome;
+use agora_registry::transcript::MAX_TRANSCRIPT_BYTES;
+use agora_registry::{CallAnswer, Hash, HostCall, Transcript, request_hash};
 use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
 
-use super::{
-    AgentError, AgentState, LogLevel, LogLine, MAX_MESSAGE_BYTES, NestedCall, Request, truncate,
-};
+use super::services::{AgentCall, Divergence, HostServices};
+use super::{AgentError, AgentState, LogLevel, LogLine, NestedCall, Request, truncate};
 use crate::limits::Limits;
-use crate::node::CallServices;
 
 /// What one logged line costs against the log budget besides its message, in bytes: about the
 /// host memory a kept line takes (a `LogLine` and its allocation).
@@ -41,8 +41,8 @@ fn charge(store: &mut StoreContextMut<'_, AgentState>, bytes: usize) -> wasmtime
 pub(crate) struct CallState {
     /// `name@version`, for messages.
     pub agent: String,
-    /// Host services; `None` while publishing (`info()` must not depend on host state).
-    pub services: Option<CallServices>,
+    /// Where host calls are answered: the node, a replayed transcript, or nothing at all.
+    pub services: Arc<dyn HostServices>,
     /// 0 for a top-level call.
     pub depth: u32,
     pub max_depth: u32,
@@ -51,12 +51,16 @@ pub(crate) struct CallState {
     pub wall: Duration,
     pub log: LogState,
     pub nested: Vec<NestedCall>,
+    /// The answers this call's host calls got, for its receipt.
+    pub transcript: TranscriptState,
+    /// Set when a replayed guest's host call is not the one its transcript records.
+    pub diverged: Option<Divergence>,
 }
 
 impl CallState {
     pub(super) fn new(
         agent: String,
-        services: Option<CallServices>,
+        services: Arc<dyn HostServices>,
         depth: u32,
         limits: &Limits,
         wall: Duration,
@@ -76,8 +80,51 @@ impl CallState {
                 exceeded: false,
             },
             nested: Vec::new(),
+            transcript: TranscriptState::default(),
+            diverged: None,
         }
     }
+}
+
+/// A call's transcript as it grows, bounded so that every receipt's transcript is one any host
+/// keeps and any verifier accepts ([`MAX_TRANSCRIPT_BYTES`]).
+#[derive(Default)]
+pub(crate) struct TranscriptState {
+    pub(super) transcript: Transcript,
+    /// Its length as [`Transcript::to_bytes`] will write it.
+    bytes: usize,
+    pub(super) exceeded: bool,
+}
+
+/// Adds a host call and its answer to the call's transcript: before the guest is charged for
+/// the answer, so a replay that runs out of fuel there records the same calls. A guest whose
+/// answers would make the transcript longer than a receipt may name ends `output-limit`.
+fn record(store: &mut StoreContextMut<'_, AgentState>, call: HostCall) -> wasmtime::Result<()> {
+    let state = store.data_mut();
+    let transcript = &mut state.call.transcript;
+    // `{"calls":[` … `]}`, then the entry and, after the first, a comma.
+    let framing = if transcript.bytes == 0 { 12 } else { 1 };
+    let entry = serde_json::to_vec(&call).map_or(usize::MAX, |bytes| bytes.len());
+    transcript.bytes = transcript
+        .bytes
+        .saturating_add(framing)
+        .saturating_add(entry);
+    if transcript.bytes as u64 > MAX_TRANSCRIPT_BYTES {
+        transcript.exceeded = true;
+        return Err(wasmtime::format_err!(
+            "agent {}'s host calls got more than the {MAX_TRANSCRIPT_BYTES} bytes of answers a \
+             transcript may hold",
+            state.call.agent
+        ));
+    }
+    transcript.transcript.calls.push(call);
+    Ok(())
+}
+
+/// Ends a replayed call whose guest asked for something its transcript does not record.
+fn diverge(store: &mut StoreContextMut<'_, AgentState>, divergence: Divergence) -> wasmtime::Error {
+    store.data_mut().call.diverged = Some(divergence.clone());
+    wasmtime::Error::new(divergence)
 }
 
 pub(crate) struct LogState {
@@ -88,10 +135,7 @@ pub(crate) struct LogState {
     pub(super) exceeded: bool,
 }
 
-pub(super) fn add_host_interface(
-    linker: &mut Linker<AgentState>,
-    limits: &Limits,
-) -> wasmtime::Result<()> {
+pub(super) fn add_host_interface(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     // `types` holds only types; it still has to exist for components that import it.
     linker.instance("agora:agent/types@0.1.0")?;
     let mut host = linker.instance("agora:agent/host@0.1.0")?;
@@ -125,56 +169,45 @@ pub(super) fn add_host_interface(
         |mut store: StoreContextMut<'_, AgentState>, (key,): (String,)| {
             Box::new(async move {
                 charge(&mut store, key.len())?;
-                let Some(services) = store.data().call.services.clone() else {
-                    // No memory here (publishing, re-executing): a miss, at a miss's price.
-                    charge(&mut store, 0)?;
-                    return Ok((None,));
+                let services = store.data().call.services.clone();
+                let value = match services.kv_get(key.clone()).await {
+                    Ok(value) => value,
+                    Err(divergence) => return Err(diverge(&mut store, divergence)),
                 };
-                // A read can wait behind the registry's writer; off the async executor.
-                let read = tokio::task::spawn_blocking(move || {
-                    services.node.registry().kv_get(&services.kv, &key)
-                })
-                .await;
-                let value = match read {
-                    Ok(Ok(value)) => value,
-                    // A storage failure is the host's problem; the agent sees an absent key and
-                    // the operator sees the error.
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "agent kv read failed");
-                        None
-                    }
-                    Err(join) => std::panic::resume_unwind(join.into_panic()),
-                };
-                charge(&mut store, value.as_ref().map_or(0, Vec::len))?;
+                let found = value.as_ref().map_or(0, Vec::len);
+                record(
+                    &mut store,
+                    HostCall::KvGet {
+                        key,
+                        value: value.clone(),
+                    },
+                )?;
+                // The answer is charged like the question: a host call, plus its bytes.
+                charge(&mut store, found)?;
                 Ok((value,))
             })
         },
     )?;
 
-    let kv_quota = limits.kv;
     host.func_wrap_async(
         "kv-set",
-        move |mut store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
+        |mut store: StoreContextMut<'_, AgentState>, (key, value): (String, Vec<u8>)| {
             Box::new(async move {
                 charge(&mut store, key.len() + value.len())?;
                 let services = store.data().call.services.clone();
-                let Some(services) = services else {
-                    return Ok((Err(
-                        "agent memory is not available while publishing".to_string()
-                    ),));
+                let value_hash = Hash::of(&value);
+                let result = match services.kv_set(key.clone(), value).await {
+                    Ok(result) => result,
+                    Err(divergence) => return Err(diverge(&mut store, divergence)),
                 };
-                // A write waits for a durable commit; keep that wait off the async executor.
-                let written = tokio::task::spawn_blocking(move || {
-                    services
-                        .node
-                        .registry()
-                        .kv_set(&services.kv, &key, &value, &kv_quota)
-                })
-                .await;
-                let result = match written {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(join) => std::panic::resume_unwind(join.into_panic()),
-                };
+                record(
+                    &mut store,
+                    HostCall::KvSet {
+                        key,
+                        value_hash,
+                        error: result.clone().err(),
+                    },
+                )?;
                 Ok((result,))
             })
         },
@@ -190,58 +223,48 @@ pub(super) fn add_host_interface(
                 )?;
                 let remaining = store.get_fuel()?;
                 let state = store.data();
-                let Some(services) = state.call.services.clone() else {
-                    return Ok((Err(AgentError::Refused(
-                        "call-agent is not available while publishing".into(),
-                    )),));
+                let services = state.call.services.clone();
+                let input_hash = request_hash(&request.action, &request.payload);
+                let call = AgentCall {
+                    agent: agent.clone(),
+                    request,
+                    fuel: remaining,
+                    deadline: state.call.deadline,
+                    depth: state.call.depth + 1,
+                    max_depth: state.call.max_depth,
                 };
-                if state.call.depth >= state.call.max_depth {
-                    return Ok((Err(AgentError::Refused(format!(
-                        "call depth limit of {} reached",
-                        state.call.max_depth
-                    ))),));
-                }
-                let depth = state.call.depth + 1;
-                let deadline = state.call.deadline;
-                let nested = services
-                    .node
-                    .run_nested(
+                let answer = match services.call_agent(call).await {
+                    Ok(answer) => answer,
+                    Err(divergence) => return Err(diverge(&mut store, divergence)),
+                };
+                record(
+                    &mut store,
+                    HostCall::CallAgent {
                         agent,
-                        request,
-                        remaining,
-                        deadline,
-                        services.manifest,
-                        depth,
-                    )
-                    .await;
-                let execution = match nested {
-                    Ok(execution) => execution,
-                    Err(error) => {
-                        return Ok((Err(AgentError::BadRequest(truncate(
-                            &error.to_string(),
-                            MAX_MESSAGE_BYTES,
-                        ))),));
-                    }
-                };
+                        input_hash,
+                        receipt: answer.receipt,
+                        fuel_used: answer.fuel_used,
+                        charge: answer.charge,
+                        answer: answer.answer.clone(),
+                    },
+                )?;
                 // The callee's fuel comes out of the caller's budget.
-                store.set_fuel(remaining.saturating_sub(execution.fuel_used))?;
-                store.data_mut().call.nested.push(NestedCall {
-                    receipt: execution.receipt.hash(),
-                    fuel_used: execution.fuel_used,
-                    charge: execution.charge,
-                });
-                charge(&mut store, execution.output.as_ref().map_or(0, Vec::len))?;
-                let result = match (execution.outcome, execution.output) {
-                    (Outcome::Ok, Some(output)) => Ok(output),
-                    (Outcome::AgentError { error, message }, _) => Err(match error.as_str() {
-                        "bad-request" => AgentError::BadRequest(message),
-                        "refused" => AgentError::Refused(message),
-                        _ => AgentError::Internal(message),
-                    }),
-                    (outcome, _) => Err(AgentError::Internal(format!(
-                        "agent {} failed: {outcome}",
-                        execution.agent
-                    ))),
+                store.set_fuel(remaining.saturating_sub(answer.fuel_used))?;
+                if let Some(receipt) = answer.receipt {
+                    store.data_mut().call.nested.push(NestedCall {
+                        receipt,
+                        fuel_used: answer.fuel_used,
+                        charge: answer.charge,
+                    });
+                }
+                let result = match answer.answer {
+                    CallAnswer::Output(output) => {
+                        charge(&mut store, output.len())?;
+                        Ok(output)
+                    }
+                    CallAnswer::BadRequest(message) => Err(AgentError::BadRequest(message)),
+                    CallAnswer::Refused(message) => Err(AgentError::Refused(message)),
+                    CallAnswer::Internal(message) => Err(AgentError::Internal(message)),
                 };
                 Ok((result,))
             })

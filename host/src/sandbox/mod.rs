@@ -36,10 +36,10 @@ mod limiter;
 mod load;
 mod outcome;
 mod profile;
+mod services;
 
 use crate::error::CheckError;
 use crate::limits::{CallLimits, Limits};
-use crate::node::CallServices;
 pub use cache::CacheStats;
 use cache::CompiledCache;
 pub use compile::{Compiler, serve_compile_worker};
@@ -48,8 +48,13 @@ pub(crate) use host_fns::CallState;
 use host_fns::add_host_interface;
 use limiter::{GuestMemory, InstanceLimiter};
 use load::{Compilation, Loaded};
-use outcome::{classify_trap, truncate};
+use outcome::classify_trap;
+pub(crate) use outcome::truncate;
 pub use profile::{AGORA_DET_1, Feature, Profile};
+pub use services::Divergence;
+pub(crate) use services::{
+    AgentAnswer, AgentCall, HostServices, NoServices, Replay, ServiceFuture,
+};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -68,7 +73,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How often a running guest yields to the async runtime, in fuel units.
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 /// Messages in receipts and errors are cut to this many bytes.
-const MAX_MESSAGE_BYTES: usize = 512;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 512;
 /// Longest a call waits for room in the host's memory budget before it is refused.
 const HOST_MEMORY_WAIT: Duration = Duration::from_secs(1);
 
@@ -203,7 +208,7 @@ impl Sandbox {
         let mut linker = Linker::<AgentState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        add_host_interface(&mut linker, &limits)?;
+        add_host_interface(&mut linker)?;
 
         let slots = match allocation {
             Allocation::Pooling { instances } => {
@@ -295,7 +300,7 @@ impl Sandbox {
             .new_store(
                 CallState::new(
                     "(publishing)".into(),
-                    None,
+                    Arc::new(NoServices),
                     0,
                     &self.limits,
                     limits.max_wall,
@@ -459,6 +464,8 @@ impl Sandbox {
             stdout: state.stdout.contents().to_vec(),
             stderr: state.stderr.contents().to_vec(),
             nested: state.call.nested,
+            transcript: state.call.transcript.transcript,
+            diverged: state.call.diverged,
         })
     }
 
@@ -466,7 +473,7 @@ impl Sandbox {
     pub(crate) fn call_state(
         &self,
         agent: String,
-        services: Option<CallServices>,
+        services: Arc<dyn HostServices>,
         depth: u32,
         wall: Duration,
     ) -> CallState {
@@ -507,6 +514,10 @@ pub(crate) struct Invocation {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub nested: Vec<NestedCall>,
+    /// The host calls' answers, in order.
+    pub transcript: agora_registry::Transcript,
+    /// Set when the call replayed a transcript its guest's calls did not follow.
+    pub diverged: Option<Divergence>,
 }
 
 /// A `call-agent` made during a call, as recorded for the caller's receipt.

@@ -21,9 +21,10 @@ pub(super) fn classify_trap(error: &wasmtime::Error, state: &AgentState) -> Outc
     {
         return Outcome::LogLimit;
     }
-    if error
-        .chain()
-        .any(|cause| cause.to_string().starts_with(TRANSFER_LIMIT_MESSAGE))
+    if state.call.transcript.exceeded
+        || error
+            .chain()
+            .any(|cause| cause.to_string().starts_with(TRANSFER_LIMIT_MESSAGE))
     {
         return Outcome::OutputLimit;
     }

@@ -4,6 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::call_data::{self, CallData};
 use super::records::insert_receipt_row;
 use super::{Registry, db_error, parse_stored};
 use std::sync::Arc;
@@ -209,7 +210,12 @@ impl Registry {
         host_key: &SecretKey,
         receipt: Receipt,
     ) -> Result<SignedReceipt, Error> {
-        self.write(append(host_key.clone(), self.nonce_pool(host_key), receipt))
+        self.write(append(
+            host_key.clone(),
+            self.nonce_pool(host_key),
+            receipt,
+            None,
+        ))
     }
 
     /// [`Registry::append_receipt`] for async callers, without a thread blocked on the commit.
@@ -218,7 +224,28 @@ impl Registry {
         host_key: &SecretKey,
         receipt: Receipt,
     ) -> impl Future<Output = Result<SignedReceipt, Error>> + Send + 'static {
-        self.write_async(append(host_key.clone(), self.nonce_pool(host_key), receipt))
+        self.write_async(append(
+            host_key.clone(),
+            self.nonce_pool(host_key),
+            receipt,
+            None,
+        ))
+    }
+
+    /// [`Registry::append_receipt_async`], storing the call's input and transcript in the same
+    /// transaction (see [`CallData`]).
+    pub fn append_receipt_with(
+        &self,
+        host_key: &SecretKey,
+        receipt: Receipt,
+        data: CallData,
+    ) -> impl Future<Output = Result<SignedReceipt, Error>> + Send + 'static {
+        self.write_async(append(
+            host_key.clone(),
+            self.nonce_pool(host_key),
+            receipt,
+            Some(data),
+        ))
     }
 
     /// The nonce pool for `key`, started once this registry has signed
@@ -258,6 +285,7 @@ fn append(
     host_key: SecretKey,
     nonces: Option<Arc<NoncePool>>,
     mut receipt: Receipt,
+    data: Option<CallData>,
 ) -> impl FnOnce(&Connection, &std::path::Path) -> Result<SignedReceipt, Error> + Send + 'static {
     move |conn, path| {
         let db = |e| db_error(path, e);
@@ -304,6 +332,14 @@ fn append(
             None => Signed::sign(receipt, &host_key)?,
         };
         insert_receipt_row(conn, &receipt, None).map_err(db)?;
+        if let Some(data) = &data {
+            let body = receipt.body();
+            call_data::insert(conn, &body.input_hash, data, body.timestamp_ms).map_err(db)?;
+            // Now and then, not on every receipt: the expired rows are few and indexed.
+            if body.seq % 256 == 0 {
+                call_data::expire(conn, body.timestamp_ms).map_err(db)?;
+            }
+        }
         if let Some(request) = receipt.body().request {
             conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
                 .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))

@@ -26,8 +26,10 @@
 //! trust), [`chain`]
 //! (appending to this host's receipt chain; every host's chain and the evidence against keys),
 //! [`evidence`] (reading evidence back for peers and for scores), [`kv`] (agents' memory) and
-//! [`writer`] (the writer thread: group commit and the WAL flush schedule).
+//! [`writer`] (the writer thread: group commit and the WAL flush schedule), [`call_data`] (the
+//! inputs and transcripts of this host's receipts, kept for verifiers).
 
+mod call_data;
 mod chain;
 mod evidence;
 mod ingest;
@@ -47,6 +49,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::Error;
 
+pub use call_data::{CALL_DATA_RETENTION_MS, CallData};
 pub use chain::{Fork, HostRecord, Misbehaviour};
 pub use evidence::{Evidence, EvidenceCursor};
 pub use kv::{KvNamespace, KvQuota};

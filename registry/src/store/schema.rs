@@ -167,6 +167,15 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO key_usage (key, receipts) SELECT host, COUNT(*) FROM receipts GROUP BY host;
      INSERT INTO key_usage (key, feedback) SELECT rater, COUNT(*) FROM feedback WHERE true GROUP BY rater
          ON CONFLICT (key) DO UPDATE SET feedback = excluded.feedback;",
+    // 13: the inputs and transcripts of this host's receipts, which verifiers fetch to run a
+    // call again, each kept until `kept_until_ms` (see `Registry::call_data`).
+    "CREATE TABLE call_data (
+         hash          TEXT PRIMARY KEY,
+         kind          TEXT NOT NULL,
+         bytes         BLOB NOT NULL,
+         kept_until_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX call_data_expiry ON call_data (kept_until_ms);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

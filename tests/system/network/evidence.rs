@@ -117,6 +117,8 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
                 runtime: agora_host::RUNTIME_VERSION.into(),
                 profile: None,
                 environment: None,
+                input_size: None,
+                transcript: None,
                 seq: 0,
                 prev: None,
                 timestamp_ms: 1,

@@ -1,0 +1,106 @@
+//! The host services a node gives the agents it runs: their memory in its registry, and the
+//! other agents it can run.
+
+use agora_registry::{CallAnswer, Hash, KvNamespace, Outcome};
+
+use super::{Node, blocking};
+use crate::sandbox::{
+    AgentAnswer, AgentCall, Divergence, HostServices, MAX_MESSAGE_BYTES, ServiceFuture, truncate,
+};
+
+/// The live answers to one call's host calls.
+pub(crate) struct LiveServices {
+    pub node: Node,
+    /// The agent's memory.
+    pub kv: KvNamespace,
+    /// The calling agent's manifest, which its callees' receipts name as their parent.
+    pub manifest: Hash,
+}
+
+impl HostServices for LiveServices {
+    fn kv_get(&self, key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>> {
+        Box::pin(async move {
+            let (node, kv) = (self.node.clone(), self.kv.clone());
+            // A read can wait behind the registry's writer; off the async executor.
+            match blocking(move || node.registry().kv_get(&kv, &key)).await {
+                Ok(value) => Ok(value),
+                // A storage failure is the host's problem; the agent sees an absent key and the
+                // operator sees the error.
+                Err(error) => {
+                    tracing::error!(%error, "agent kv read failed");
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    fn kv_set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+    ) -> ServiceFuture<'_, Result<Result<(), String>, Divergence>> {
+        Box::pin(async move {
+            let (node, kv) = (self.node.clone(), self.kv.clone());
+            // A write waits for a durable commit; keep that wait off the async executor.
+            let written = blocking(move || {
+                let quota = node.sandbox().limits().kv;
+                node.registry().kv_set(&kv, &key, &value, &quota)
+            })
+            .await;
+            Ok(written.map_err(|e| e.to_string()))
+        })
+    }
+
+    fn call_agent(&self, call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>> {
+        Box::pin(async move {
+            if call.depth > call.max_depth {
+                return Ok(AgentAnswer::refused(format!(
+                    "call depth limit of {} reached",
+                    call.max_depth
+                )));
+            }
+            let nested = self
+                .node
+                .run_nested(
+                    call.agent,
+                    call.request,
+                    call.fuel,
+                    call.deadline,
+                    self.manifest,
+                    call.depth,
+                )
+                .await;
+            let execution = match nested {
+                Ok(execution) => execution,
+                Err(error) => {
+                    return Ok(AgentAnswer {
+                        receipt: None,
+                        fuel_used: 0,
+                        charge: 0,
+                        answer: CallAnswer::BadRequest(truncate(
+                            &error.to_string(),
+                            MAX_MESSAGE_BYTES,
+                        )),
+                    });
+                }
+            };
+            let answer = match (execution.outcome, execution.output) {
+                (Outcome::Ok, Some(output)) => CallAnswer::Output(output),
+                (Outcome::AgentError { error, message }, _) => match error.as_str() {
+                    "bad-request" => CallAnswer::BadRequest(message),
+                    "refused" => CallAnswer::Refused(message),
+                    _ => CallAnswer::Internal(message),
+                },
+                (outcome, _) => {
+                    CallAnswer::Internal(format!("agent {} failed: {outcome}", execution.agent))
+                }
+            };
+            Ok(AgentAnswer {
+                receipt: Some(execution.receipt.hash()),
+                fuel_used: execution.fuel_used,
+                charge: execution.charge,
+                answer,
+            })
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! What a guest's host calls reach outside the sandbox: agent memory and other agents.
+//!
+//! The sandbox asks one [`HostServices`] for every answer its input does not decide, and records
+//! each answer in the call's [`Transcript`]. A host's node answers live (its registry, its other
+//! agents); a re-execution answers from the transcript a receipt names, with [`Replay`], which
+//! notices a guest whose calls are not the ones recorded. Publishing answers with
+//! [`NoServices`]: `info()` must not depend on any host's state.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use agora_registry::{CallAnswer, Hash, HostCall, Transcript, request_hash};
+
+use super::Request;
+
+/// A host service's answer, on its way.
+pub(crate) type ServiceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A `call-agent` as the guest made it, with what the callee may have of the caller's budget.
+pub(crate) struct AgentCall {
+    /// The agent reference the guest named.
+    pub agent: String,
+    /// The action and payload.
+    pub request: Request,
+    /// Fuel left in the caller's budget: the most the callee may use.
+    pub fuel: u64,
+    /// The caller's deadline, which the callee inherits.
+    pub deadline: Instant,
+    /// The callee's call depth (the caller's plus one).
+    pub depth: u32,
+    /// The host's bound on call depth.
+    pub max_depth: u32,
+}
+
+/// What a `call-agent` got: the callee's answer and what its call cost.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentAnswer {
+    /// The callee's receipt, if it ran.
+    pub receipt: Option<Hash>,
+    /// Fuel it used.
+    pub fuel_used: u64,
+    /// What it cost.
+    pub charge: u64,
+    /// What the guest gets back.
+    pub answer: CallAnswer,
+}
+
+impl AgentAnswer {
+    /// An answer from a call that never ran.
+    pub fn refused(message: String) -> Self {
+        AgentAnswer {
+            receipt: None,
+            fuel_used: 0,
+            charge: 0,
+            answer: CallAnswer::Refused(message),
+        }
+    }
+}
+
+/// A replayed guest made a host call its transcript does not record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("host call {index} diverges from the transcript: {reason}")]
+pub struct Divergence {
+    /// Which call, from 0.
+    pub index: usize,
+    /// What the guest asked and what the transcript has there.
+    pub reason: String,
+}
+
+/// Where a call's host calls are answered. `Err` only from a replay whose guest diverged; the
+/// call then ends.
+pub(crate) trait HostServices: Send + Sync {
+    /// The value under `key` in the agent's memory.
+    fn kv_get(&self, key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>>;
+    /// Stores `value` under `key`, or says why not.
+    fn kv_set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+    ) -> ServiceFuture<'_, Result<Result<(), String>, Divergence>>;
+    /// Runs another agent.
+    fn call_agent(&self, call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>>;
+}
+
+/// No host state at all, for `info()` while publishing: memory is empty and cannot be written,
+/// and no other agent can be called.
+pub(crate) struct NoServices;
+
+impl HostServices for NoServices {
+    fn kv_get(&self, _key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn kv_set(
+        &self,
+        _key: String,
+        _value: Vec<u8>,
+    ) -> ServiceFuture<'_, Result<Result<(), String>, Divergence>> {
+        Box::pin(async {
+            Ok(Err(
+                "agent memory is not available while publishing".to_string()
+            ))
+        })
+    }
+
+    fn call_agent(&self, _call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>> {
+        Box::pin(async {
+            Ok(AgentAnswer::refused(
+                "call-agent is not available while publishing".into(),
+            ))
+        })
+    }
+}
+
+/// Answers from a recorded transcript, in order, checking that each call asks what the record
+/// says it asked: the same key, the same value written, the same callee and input.
+pub(crate) struct Replay {
+    calls: Vec<HostCall>,
+    next: Mutex<usize>,
+}
+
+impl Replay {
+    pub fn new(transcript: Transcript) -> Self {
+        Replay {
+            calls: transcript.calls,
+            next: Mutex::new(0),
+        }
+    }
+
+    /// Whether the guest made every call the transcript records (a guest that stops early
+    /// diverges as surely as one that asks for something else).
+    pub fn finish(&self) -> Result<(), Divergence> {
+        let next = *super::lock(&self.next);
+        match self.calls.get(next) {
+            None => Ok(()),
+            Some(call) => Err(Divergence {
+                index: next,
+                reason: format!(
+                    "the guest made no more host calls, the transcript records {} more (next: {})",
+                    self.calls.len() - next,
+                    call.name()
+                ),
+            }),
+        }
+    }
+
+    /// The answer `answer` reads from the next recorded call, if that call is the one the guest
+    /// made (`answer` returns `None` otherwise); moves past it either way.
+    fn take<T>(
+        &self,
+        asked: &str,
+        answer: impl FnOnce(&HostCall) -> Option<T>,
+    ) -> Result<T, Divergence> {
+        let mut next = super::lock(&self.next);
+        let index = *next;
+        *next += 1;
+        let Some(call) = self.calls.get(index) else {
+            return Err(Divergence {
+                index,
+                reason: format!(
+                    "the guest called {asked}, the transcript ends after {index} calls"
+                ),
+            });
+        };
+        answer(call).ok_or_else(|| Divergence {
+            index,
+            reason: format!(
+                "the guest called {asked}, the transcript records {}",
+                describe(call)
+            ),
+        })
+    }
+}
+
+fn describe(call: &HostCall) -> String {
+    match call {
+        HostCall::KvGet { key, .. } => format!("kv-get {key:?}"),
+        HostCall::KvSet {
+            key, value_hash, ..
+        } => format!("kv-set {key:?} (value {value_hash})"),
+        HostCall::CallAgent {
+            agent, input_hash, ..
+        } => format!("call-agent {agent:?} (input {input_hash})"),
+    }
+}
+
+impl HostServices for Replay {
+    fn kv_get(&self, key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>> {
+        let taken = self.take(&format!("kv-get {key:?}"), |call| match call {
+            HostCall::KvGet { key: k, value } if *k == key => Some(value.clone()),
+            _ => None,
+        });
+        Box::pin(async move { taken })
+    }
+
+    fn kv_set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+    ) -> ServiceFuture<'_, Result<Result<(), String>, Divergence>> {
+        let hash = Hash::of(&value);
+        let taken = self.take(
+            &format!("kv-set {key:?} (value {hash})"),
+            |call| match call {
+                HostCall::KvSet {
+                    key: k,
+                    value_hash,
+                    error,
+                } if *k == key && *value_hash == hash => Some(error.clone().map_or(Ok(()), Err)),
+                _ => None,
+            },
+        );
+        Box::pin(async move { taken })
+    }
+
+    fn call_agent(&self, call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>> {
+        let input = request_hash(&call.request.action, &call.request.payload);
+        let taken = self.take(
+            &format!("call-agent {:?} (input {input})", call.agent),
+            |recorded| match recorded {
+                HostCall::CallAgent {
+                    agent,
+                    input_hash,
+                    receipt,
+                    fuel_used,
+                    charge,
+                    answer,
+                } if *agent == call.agent && *input_hash == input => Some(AgentAnswer {
+                    receipt: *receipt,
+                    fuel_used: *fuel_used,
+                    charge: *charge,
+                    answer: answer.clone(),
+                }),
+                _ => None,
+            },
+        );
+        Box::pin(async move { taken })
+    }
+}

@@ -61,7 +61,12 @@ impl TestHost {
         let registry = self.node.registry();
         let input = registry.call_data(&body.input_hash).expect("read input");
         let transcript = registry
-            .call_data(&body.transcript.expect("a receipt names its transcript").hash)
+            .call_data(
+                &body
+                    .transcript
+                    .expect("a receipt names its transcript")
+                    .hash,
+            )
             .expect("read transcript");
         (
             input.expect("input kept"),

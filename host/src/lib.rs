@@ -56,12 +56,13 @@ pub use blobs::{BlobError, BlobStore};
 pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};
 pub use limits::Limits;
 pub use node::{
-    DataDir, Execution, Node, NodeConfig, PublishOptions, Published, ReexecuteError, Reexecution,
-    Verdict,
+    DataDir, Execution, FraudError, FraudRecorded, Node, NodeConfig, PublishOptions, Published,
+    ReexecuteError, Reexecution, Verdict,
 };
 pub use sandbox::{
     AGORA_DET_1, AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, Compiler,
-    Feature, LogLevel, LogLine, Profile, Request, Sandbox, SandboxStats, serve_compile_worker,
+    Divergence, Feature, LogLevel, LogLine, Profile, Request, Sandbox, SandboxStats,
+    serve_compile_worker,
 };
 
 /// The runtime named in receipts: fuel counts compare only under the same wasmtime.

@@ -5,7 +5,10 @@
 //! - a [`Manifest`], signed by a publisher, names an agent's component by its BLAKE3 [`Hash`](struct@Hash)
 //!   and states its actions, capabilities, limits and price;
 //! - a [`Receipt`], signed by a host, records one execution: which agent, input and output
-//!   hashes, fuel, charge and [`Outcome`], chained to the host's previous receipt.
+//!   hashes, fuel, charge and [`Outcome`], the [`Transcript`] of its host calls, chained to the
+//!   host's previous receipt;
+//! - a [`Validation`], signed by a verifier, says what running a receipt's call again gave; one
+//!   that finds a lie travels as a [`FraudProof`] anyone can check.
 //!
 //! Records travel as [`Signed`] envelopes: canonical JSON, a domain-separated ed25519
 //! signature verified strictly, and an identity that is the hash of the signed bytes. A valid
@@ -51,6 +54,7 @@ pub mod rules;
 mod signed;
 mod store;
 pub mod transcript;
+mod validation;
 
 pub use error::Error;
 pub use evidence::{
@@ -73,6 +77,7 @@ pub use store::{
     WAL_SYNC_INTERVAL,
 };
 pub use transcript::{BlobRef, CallAnswer, HostCall, Transcript};
+pub use validation::{Finding, FraudProof, MAX_FRAUD_PROOF_BYTES, SignedValidation, Validation};
 
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,7 @@
 //! | a receipt's nested calls | at most 256 |
 //! | a receipt's input | at most [`MAX_INPUT_BYTES`] (64 MiB) |
 //! | a receipt's transcript | at most [`MAX_TRANSCRIPT_BYTES`](crate::transcript::MAX_TRANSCRIPT_BYTES) (16 MiB) |
+//! | a validation's reason | at most [`MAX_REASON_BYTES`] (1,024) |
 //! | a request's time to live | at most [`MAX_REQUEST_TTL_MS`] (10 minutes) |
 
 use crate::Error;
@@ -33,6 +34,7 @@ use crate::evidence::{CallRequest, MAX_REQUEST_TTL_MS};
 use crate::identity::PublicKey;
 use crate::manifest::Manifest;
 use crate::receipt::{Outcome, Receipt};
+use crate::validation::{Finding, Validation};
 
 /// Longest agent name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -58,6 +60,8 @@ pub const MAX_WALL_MS: u64 = 10 * 60 * 1000;
 pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
 /// Largest input (action and payload) a receipt may name, in bytes.
 pub const MAX_INPUT_BYTES: u64 = 64 << 20;
+/// Longest reason a validation gives, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
 /// Largest component a manifest may name, in bytes.
 pub const MAX_COMPONENT_BYTES: u64 = 1 << 30;
 /// Highest price per million fuel. With [`MAX_FUEL`] a call's own charge is at most 10¹⁷.
@@ -252,6 +256,41 @@ impl Manifest {
             self.created_at.saturating_mul(1000),
             now_ms,
         )?;
+        Ok(())
+    }
+}
+
+impl Validation {
+    /// Checks what a validation says about itself: a finding naming only receipt fields that
+    /// can differ, each once, a reason of at most [`MAX_REASON_BYTES`], a timestamp that is not
+    /// in the future.
+    pub fn check(&self, now_ms: u64) -> Result<(), Error> {
+        const KIND: &str = "validation";
+        not_in_future(KIND, "timestamp_ms", self.timestamp_ms, now_ms)?;
+        match &self.finding {
+            Finding::Matches => {}
+            Finding::Differs { fields } => {
+                let known = ["outcome", "output_hash", "fuel_used"];
+                let named = known
+                    .iter()
+                    .filter(|field| fields.iter().any(|f| f == *field))
+                    .count();
+                if fields.is_empty() || named != fields.len() {
+                    return Err(invalid(
+                        KIND,
+                        format!("finding.fields must be some of {known:?}, each once"),
+                    ));
+                }
+            }
+            Finding::TranscriptDiverges { reason, .. } => {
+                at_most(
+                    KIND,
+                    "finding.reason bytes",
+                    reason.len() as u64,
+                    MAX_REASON_BYTES as u64,
+                )?;
+            }
+        }
         Ok(())
     }
 }

@@ -30,7 +30,12 @@ async fn negotiation(host: &TestHost) -> (SignedReceipt, SignedReceipt) {
                        "minimum_cents": 600, "max_surge_pct": 200, "max_discount_pct": 20});
     let configured = host
         .node
-        .run("driver-ben", "configure", rules.to_string().as_bytes(), None)
+        .run(
+            "driver-ben",
+            "configure",
+            rules.to_string().as_bytes(),
+            None,
+        )
         .await
         .unwrap();
     assert!(configured.error().is_none(), "{:?}", configured.outcome);

@@ -12,7 +12,8 @@
 //!
 //! - [`server`]: binding, the accept loop and hyper's connection settings.
 //! - `edge`: the checks every request passes, load shedding and invocation admission.
-//! - `routes`, `writes`: the endpoints. `metrics`: `/metrics`. `mcp`: agents as MCP tools.
+//! - `routes`, `writes`: the endpoints; `verify`: what verifiers fetch (receipts, inputs,
+//!   transcripts, components). `metrics`: `/metrics`. `mcp`: agents as MCP tools.
 //! - `scores`: scores kept fresh in the background; reads never wait for them.
 
 mod config;
@@ -24,6 +25,7 @@ mod metrics;
 mod routes;
 mod scores;
 pub mod server;
+mod verify;
 mod writes;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -19,8 +19,8 @@ use super::edge;
 use super::error::{ApiError, parse_key};
 use super::extract::{ApiPath, ApiQuery};
 use super::metrics::metrics;
-use super::writes::{invoke, post_feedback, post_receipt};
-use super::{OPENAPI, Shared};
+use super::writes::{invoke, post_feedback, post_fraud_proof, post_receipt};
+use super::{OPENAPI, Shared, verify};
 
 /// Most items in one page.
 const MAX_PAGE: usize = 500;
@@ -76,7 +76,11 @@ pub(crate) fn router(state: Shared, limits: &HttpLimits) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/invoke", post(invoke))
         .route("/v1/receipts", post(post_receipt))
+        .route("/v1/receipts/{hash}", get(verify::get_receipt))
+        .route("/v1/call-data/{hash}", get(verify::get_call_data))
+        .route("/v1/components/{hash}", get(verify::get_component))
         .route("/v1/feedback", post(post_feedback))
+        .route("/v1/fraud-proofs", post(post_fraud_proof))
         .merge(super::mcp::router(state.clone(), limits))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(

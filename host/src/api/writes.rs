@@ -1,10 +1,10 @@
-//! The write endpoints: signed receipts and feedback from anyone, verified before they are
-//! stored, and caller-signed invocations (run by [`crate::invoke`], which admits them by the
+//! The write endpoints: signed receipts, feedback and fraud proofs from anyone, verified before
+//! they are stored, and caller-signed invocations (run by [`crate::invoke`], which admits them by the
 //! caller's rate and a slot). Each refusal is a 4xx that names the fault.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use agora_registry::{Hash, Inserted, ReceiptMessage, Registry, SignedFeedback};
+use agora_registry::{FraudProof, Hash, Inserted, ReceiptMessage, Registry, SignedFeedback};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use super::error::ApiError;
 use super::extract::ApiBody;
 use super::{ApiState, Shared};
+use crate::node::{FraudError, ReexecuteError};
 
 pub(crate) async fn post_receipt(
     State(state): State<Shared>,
@@ -147,4 +148,51 @@ fn created(inserted: Inserted, hash: Hash) -> Response {
         Inserted::Pending => StatusCode::ACCEPTED,
     };
     (status, Json(json!({ "hash": hash }))).into_response()
+}
+
+/// `POST /v1/fraud-proofs`: a proof that a host signed a receipt its call did not produce. The
+/// call is run again here (it costs this host what the call costs, so it is admitted like any
+/// record); if this host finds the receipt wrong too, the proof is recorded and the receipt's
+/// host counts as dishonest from the next score on. 200 with what was found; 422 for a proof
+/// that does not hold; 404 when this host lacks the component.
+pub(crate) async fn post_fraud_proof(
+    State(state): State<Shared>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    admit_record(&state, client)?;
+    state.count();
+    let unprocessable = |message: String| state.reject(StatusCode::UNPROCESSABLE_ENTITY, message);
+    // Two signature checks and a hex decode of up to the body limit: off the executor.
+    let parsed = tokio::task::spawn_blocking(move || FraudProof::from_bytes(&body))
+        .await
+        .map_err(ApiError::internal)?;
+    let proof = parsed.map_err(|e| unprocessable(e.to_string()))?;
+    match state.node.accept_fraud_proof(&proof).await {
+        Ok(recorded) => {
+            state.evidence_arrived();
+            Ok(Json(json!({
+                "host": recorded.host,
+                "receipt": recorded.receipt,
+                "finding": recorded.finding,
+            }))
+            .into_response())
+        }
+        Err(error @ FraudError::MissingComponent(_)) => {
+            Err(state.reject(StatusCode::NOT_FOUND, error.to_string()))
+        }
+        Err(
+            error @ (FraudError::Invalid(_)
+            | FraudError::NotFraud { .. }
+            | FraudError::Reexecute(
+                ReexecuteError::Unverifiable { .. }
+                | ReexecuteError::ComponentMismatch { .. }
+                | ReexecuteError::InputMismatch { .. }
+                | ReexecuteError::TranscriptMismatch { .. }
+                | ReexecuteError::AboveHostLimits { .. }
+                | ReexecuteError::Check { .. },
+            )),
+        ) => Err(unprocessable(error.to_string())),
+        Err(error) => Err(ApiError::internal(error)),
+    }
 }

@@ -3,12 +3,14 @@
 //! signing a release), [`run`] (resolving an agent, running it and signing the receipt).
 
 mod data_dir;
+mod fraud;
 mod publish;
 mod reexecute;
 mod run;
 mod services;
 
 pub use data_dir::{DataDir, NodeConfig};
+pub use fraud::{FraudError, FraudRecorded};
 pub use publish::{PublishOptions, Published};
 pub use reexecute::{ReexecuteError, Reexecution, Verdict};
 pub use run::Execution;

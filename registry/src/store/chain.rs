@@ -57,7 +57,8 @@ pub struct Misbehaviour {
     /// Whose: the key that signed the contradiction.
     pub key: PublicKey,
     /// What kind: `request-mismatch`, `wrong-component`, `over-limit`, `fuel`, `charge`,
-    /// `foreign-nested`, `broken-link`, `double-feedback` or `double-release`.
+    /// `foreign-nested`, `broken-link`, `double-feedback`, `double-release` or `fraud` (a
+    /// re-execution proved the receipt wrong, see [`FraudProof`](crate::FraudProof)).
     pub kind: String,
     /// The record it is about.
     pub subject: Hash,
@@ -89,6 +90,19 @@ pub(super) fn record_misbehaviour(
 }
 
 impl Registry {
+    /// Records a fraud proof against the receipt's host, once the caller has re-executed the
+    /// call and reached the proof's finding: the host then counts as dishonest in every score
+    /// this registry computes, like a host that forked its chain. The proof is kept whole, so
+    /// it can be shown to anyone.
+    pub fn record_fraud(&self, proof: &crate::FraudProof, reason: &str) -> Result<(), Error> {
+        let host = proof.receipt.body().host;
+        let subject = proof.receipt.hash();
+        let (reason, bytes) = (reason.to_owned(), proof.to_bytes());
+        self.write(move |conn, path| {
+            record_misbehaviour(conn, path, &host, "fraud", &subject, &reason, &[&bytes])
+        })
+    }
+
     /// Recorded evidence against `key` other than forks.
     pub fn misbehaviour(&self, key: &PublicKey) -> Result<Vec<Misbehaviour>, Error> {
         self.read(|conn| {

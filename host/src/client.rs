@@ -19,6 +19,9 @@ use serde_json::Value;
 
 /// Longest a request may take, connection included.
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a blob download may take: a component at the largest size a host accepts, on a slow
+/// link.
+const BLOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest answer accepted.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
@@ -37,10 +40,12 @@ pub enum ClientError {
         reason: String,
     },
     /// The host took longer than the client waits.
-    #[error("{url} did not answer within {TIMEOUT:?}")]
+    #[error("{url} did not answer within {after:?}")]
     Timeout {
         /// What was requested.
         url: String,
+        /// How long the client waited.
+        after: Duration,
     },
     /// The host answered with an error status.
     #[error("{url}: {status} {message}")]
@@ -101,6 +106,25 @@ impl ApiClient {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// GETs `path` and returns the answer's bytes, refusing more than `max_bytes` (for blobs:
+    /// components, inputs, transcripts). A non-2xx status is an error carrying the message the
+    /// host gave.
+    pub async fn get_bytes(&self, path: &str, max_bytes: usize) -> Result<Bytes, ClientError> {
+        let url = format!("http://{}{path}", self.authority);
+        let exchange = self.send(&url, hyper::Method::GET, path, None, max_bytes);
+        let (status, body) = match tokio::time::timeout(BLOB_TIMEOUT, exchange).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    url,
+                    after: BLOB_TIMEOUT,
+                });
+            }
+        };
+        check_status(&url, status, &body)?;
+        Ok(body)
+    }
+
     /// POSTs `body` as JSON to `path` and parses the JSON answer. A non-2xx status is an error
     /// carrying the message the host gave.
     pub async fn post_json(&self, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
@@ -130,10 +154,12 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(hyper::StatusCode, Bytes), ClientError> {
-        match tokio::time::timeout(TIMEOUT, self.send(url, method, path, body)).await {
+        let exchange = self.send(url, method, path, body, MAX_RESPONSE_BYTES);
+        match tokio::time::timeout(TIMEOUT, exchange).await {
             Ok(answer) => answer,
             Err(_) => Err(ClientError::Timeout {
                 url: url.to_owned(),
+                after: TIMEOUT,
             }),
         }
     }
@@ -144,6 +170,7 @@ impl ApiClient {
         method: hyper::Method,
         path: &str,
         body: Option<Vec<u8>>,
+        max_bytes: usize,
     ) -> Result<(hyper::StatusCode, Bytes), ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             url: url.to_owned(),
@@ -172,7 +199,7 @@ impl ApiClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        let body = Limited::new(response.into_body(), max_bytes)
             .collect()
             .await
             .map_err(|e| unreachable(e.to_string()))?

@@ -294,7 +294,7 @@ async fn host_record(
     let no_record = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no receipts from host {key} and no trust in it"),
+            format!("no receipts from host {key}, no trust in it and no evidence against it"),
         )
     };
     let host = parse_key(&key)?.ok_or_else(no_record)?;
@@ -303,7 +303,8 @@ async fn host_record(
         .await?;
     let snapshot = state.snapshot();
     let trust = snapshot.scores.trust_in(&host);
-    if record.receipts == 0 && trust == 0.0 {
+    let nothing_against = record.forks.is_empty() && record.misbehaviour.is_empty();
+    if record.receipts == 0 && trust == 0.0 && nothing_against {
         return Err(no_record());
     }
     Ok(Json(json!({

@@ -5,6 +5,7 @@ mod call;
 mod commands;
 mod reputation;
 mod ui;
+mod verify;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -78,6 +79,11 @@ enum Command {
     /// Rate a call made with `agora call`: sign feedback on its receipt and send it to the host
     /// that ran it.
     Rate(call::RateArgs),
+    /// Re-check a receipt: fetch it, its input, transcript and component from a host's API, run
+    /// the call again here and sign what was found. Exits 0 if it matches, 3 if the receipt is
+    /// wrong (a fraud proof: `--proof` writes it, `--report` sends it to hosts), 4 if its outcome
+    /// cannot be reproduced.
+    Verify(verify::VerifyArgs),
     /// Show an agent's reputation as a host's HTTP API reports it.
     Reputation {
         /// The agent: manifest hash, or name (name@version) as the host lists it.
@@ -356,6 +362,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Call(args) => call::call(data_dir, args).await,
         Command::Rate(args) => call::rate(data_dir, args).await,
+        Command::Verify(args) => verify::verify(data_dir, args).await,
         Command::Reputation { agent, api, json } => {
             reputation(&agent, &api, json).await?;
             Ok(ExitCode::SUCCESS)

@@ -228,11 +228,34 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
 
     println!();
     println!("## 4. re-executing a receipt against running its call, same node, warm");
-    println!("| call | run p50 | re-execute p50 | ratio |");
-    println!("|---|---|---|---|");
-    let checks: [(&str, &[u8], &str, &[u8]); 3] = [
+    println!("and the input and transcript a host keeps per receipt for verifiers");
+    println!("| call | run p50 | re-execute p50 | ratio | input bytes | transcript bytes |");
+    println!("|---|---|---|---|---|---|");
+    // The rider negotiates with one driver: its receipt's transcript holds the driver's answers.
+    let driver = node
+        .publish(examples::RIDE_DRIVER, Default::default())
+        .await?
+        .manifest
+        .hash();
+    let negotiation = serde_json::to_vec(&serde_json::json!({
+        "trip": {"distance_m": 12500, "duration_s": 1500, "demand_pct": 120},
+        "budget_cents": 2_200,
+        "drivers": [driver],
+        "max_rounds": 4,
+    }))?;
+    let trader_py = interpreted_agent("py", "energy-trader-py");
+    let offer =
+        br#"{"household":"solar-house","net_wh":3000,"reserve_cents_per_kwh":12,"slot":"t18"}"#;
+    let checks: [(&str, &[u8], &str, &[u8]); 5] = [
         ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
+        (
+            "ride-rider negotiate (call-agent)",
+            examples::RIDE_RIDER,
+            "negotiate",
+            &negotiation,
+        ),
         ("ride-driver-js quote", &driver_js, "quote", QUOTE),
+        ("energy-trader-py offer", &trader_py, "offer", offer),
         (
             "golden mandelbrot (float)",
             &golden,
@@ -280,10 +303,12 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         })
         .await?;
         println!(
-            "| {name} | {} | {} | {:.2}× |",
+            "| {name} | {} | {} | {:.2}× | {} | {} |",
             us(run.p50),
             us(check.p50),
-            ratio(check.p50, run.p50)
+            ratio(check.p50, run.p50),
+            input.len(),
+            transcript.len()
         );
     }
     node.shutdown().await?;

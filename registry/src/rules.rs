@@ -270,7 +270,7 @@ impl Validation {
         match &self.finding {
             Finding::Matches => {}
             Finding::Differs { fields } => {
-                let known = ["outcome", "output_hash", "fuel_used"];
+                let known = ["outcome", "output_hash", "fuel_used", "nested"];
                 let named = known
                     .iter()
                     .filter(|field| fields.iter().any(|f| f == *field))

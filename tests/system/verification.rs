@@ -209,6 +209,18 @@ async fn a_transcript_that_the_guests_calls_do_not_follow_is_caught() {
         verdict => panic!("{verdict:?}"),
     }
 
+    // A receipt that hides one of the calls its transcript shows.
+    let mut hidden = honest.body().clone();
+    hidden.host = liar.public();
+    hidden.nested.pop();
+    let hidden = Signed::sign(hidden, &liar).unwrap();
+    assert_eq!(
+        verify(hidden, recorded.clone()).await,
+        Verdict::Differs {
+            fields: vec!["nested"]
+        }
+    );
+
     // Bytes that are not the transcript the receipt names are refused before anything runs.
     let error = other
         .node

@@ -39,7 +39,7 @@ pub enum Verdict {
     /// environment and transcript the call has one result, so this is proof that the host
     /// signed something its call did not produce.
     Differs {
-        /// `outcome`, `output_hash`, `fuel_used`.
+        /// `outcome`, `output_hash`, `fuel_used`, `nested`.
         fields: Vec<&'static str>,
     },
     /// The guest's host calls are not the ones the transcript records: the receipt's host
@@ -276,6 +276,15 @@ impl Node {
             }
             if invocation.fuel_used != body.fuel_used {
                 fields.push("fuel_used");
+            }
+            // The callees' receipts come from the transcript: the receipt must name those.
+            if !invocation
+                .nested
+                .iter()
+                .map(|nested| nested.receipt)
+                .eq(body.nested.iter().copied())
+            {
+                fields.push("nested");
             }
             if fields.is_empty() {
                 Verdict::Matches

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use iroh::EndpointAddr;
 
+use super::AuditConfig;
+
 /// Where the endpoint listens and how far it reaches.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -14,6 +16,9 @@ pub struct NetConfig {
     pub internet: bool,
     /// Peers to join the marketplace gossip through.
     pub peers: Vec<EndpointAddr>,
+    /// How this host checks other hosts' receipts by itself (on by default, see
+    /// [`AuditConfig`]).
+    pub audit: AuditConfig,
 }
 
 impl NetConfig {
@@ -24,6 +29,7 @@ impl NetConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             internet: false,
             peers: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 
@@ -33,12 +39,19 @@ impl NetConfig {
             bind,
             internet: true,
             peers: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 
     /// Adds peers to join the marketplace gossip through.
     pub fn peers(mut self, peers: impl IntoIterator<Item = EndpointAddr>) -> Self {
         self.peers.extend(peers);
+        self
+    }
+
+    /// Replaces how this host checks other hosts' receipts.
+    pub fn audit(mut self, audit: AuditConfig) -> Self {
+        self.audit = audit;
         self
     }
 

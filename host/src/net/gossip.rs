@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use agora_registry::{Inserted, ReceiptMessage, SignedFeedback, SignedManifest, SignedReceipt};
+use agora_registry::{
+    Inserted, ReceiptMessage, SignedFeedback, SignedManifest, SignedReceipt, SignedValidation,
+};
 use iroh::EndpointAddr;
 use iroh_gossip::TopicId;
 use iroh_gossip::api::{Event, GossipSender};
@@ -48,6 +50,9 @@ const ANNOUNCE_RECEIPT: u8 = 2;
 
 /// Gossip message kind: signed feedback follows.
 const ANNOUNCE_FEEDBACK: u8 = 3;
+
+/// Gossip message kind: a signed validation follows (see [`super::audit`]).
+const ANNOUNCE_VALIDATION: u8 = 4;
 
 /// Most announcements taken off the gossip stream and recorded together: receipts and feedback
 /// that arrive together are verified in one batch and stored in one transaction.
@@ -107,6 +112,11 @@ impl GossipStats {
 
 pub(super) fn announcement(manifest: &SignedManifest) -> bytes::Bytes {
     message(ANNOUNCE_MANIFEST, manifest.as_bytes())
+}
+
+/// The gossip message announcing what a re-execution found.
+pub(super) fn validation_announcement(validation: &SignedValidation) -> bytes::Bytes {
+    message(ANNOUNCE_VALIDATION, validation.as_bytes())
 }
 
 fn message(kind: u8, signed: &[u8]) -> bytes::Bytes {
@@ -195,6 +205,7 @@ pub(super) async fn listen(
     stats: Arc<GossipStats>,
     catch_up: Arc<CatchUpState>,
     book: Arc<super::peers::PeerBook>,
+    reported: super::audit::ReportedFrauds,
 ) {
     let mut budgets = PeerBudgets::new(MANIFESTS_PER_PEER_BURST, MANIFESTS_PER_PEER_PER_SECOND);
     let mut evidence_budgets =
@@ -226,6 +237,20 @@ pub(super) async fn listen(
         for event in events {
             match event {
                 Ok(Event::Received(message)) => match message.content.first() {
+                    Some(&ANNOUNCE_VALIDATION) => {
+                        if !evidence_budgets.take(message.delivered_from) {
+                            stats.over_quota.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let recorded = record_validation(
+                            &node,
+                            &message.content[1..],
+                            &reported,
+                            message.delivered_from,
+                        )
+                        .await;
+                        stats.count(recorded, &message.delivered_from);
+                    }
                     Some(&ANNOUNCE_RECEIPT | &ANNOUNCE_FEEDBACK) => {
                         if evidence_budgets.take(message.delivered_from) {
                             evidence.push(message);
@@ -495,6 +520,34 @@ fn place(
                 results[position] = Err(error.to_string());
             }
         }
+    }
+}
+
+/// Verifies a validation another verifier announced and keeps it; one that finds fraud is
+/// queued to be checked by running the call here (see [`super::audit`]): it is not believed.
+async fn record_validation(
+    node: &Node,
+    bytes: &[u8],
+    reported: &super::audit::ReportedFrauds,
+    from: iroh::EndpointId,
+) -> Result<bool, String> {
+    let validation = SignedValidation::from_bytes(bytes).map_err(|e| e.to_string())?;
+    validation
+        .body()
+        .check(agora_registry::rules::now_ms())
+        .map_err(|e| e.to_string())?;
+    if validation.body().finding.is_fraud() {
+        // Kept once this host has reached the same finding itself.
+        reported.report(validation, from);
+        return Ok(false);
+    }
+    let node = node.clone();
+    match tokio::task::spawn_blocking(move || node.registry().insert_validation(&validation)).await
+    {
+        Ok(Ok(Inserted::New)) => Ok(true),
+        Ok(Ok(_)) => Ok(false),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }
 

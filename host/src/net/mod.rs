@@ -1,6 +1,7 @@
 //! The host on the network: an iroh endpoint whose node id is the host's own key, serving the
 //! host's blob store to peers, and fetching agents from peers by content hash. The marketplace
-//! gossip is in `net/gossip.rs`; catching up on peers' evidence is in [`crate::sync`].
+//! gossip is in `net/gossip.rs`; catching up on peers' evidence is in [`crate::sync`]; checking
+//! other hosts' receipts by re-executing a sample of them is in `net/audit.rs`.
 //!
 //! Networking is local-only unless asked otherwise ([`NetConfig::local`]): no relays, no DNS or
 //! pkarr discovery, no port mapping, bound to loopback, and peers reached by direct address.
@@ -11,6 +12,7 @@
 //! checked against the host's limit before it is requested, and the component is checked as a
 //! component. Only then are both copied into the host's store and the manifest recorded.
 
+mod audit;
 mod config;
 mod error;
 mod fetch;
@@ -18,6 +20,7 @@ mod gossip;
 pub mod invoke;
 mod peers;
 
+pub use audit::{AuditConfig, AuditStats};
 pub use config::NetConfig;
 pub use error::{FetchError, NetError, PeerFailure};
 pub use fetch::{FetchProgress, NoProgress};
@@ -69,6 +72,9 @@ pub struct Network {
     remembered: Arc<PeerBook>,
     /// Held here; the node holds it weakly, as where to fetch components it lacks.
     fetcher: Arc<fetch::Fetcher>,
+    auditor: tokio::task::JoinHandle<()>,
+    reports: tokio::task::JoinHandle<()>,
+    audit_stats: Arc<AuditStats>,
 }
 
 /// Where this host is in each peer's evidence.
@@ -169,6 +175,7 @@ impl Network {
                 crate::sync::ALPN,
                 crate::sync::EvidenceProtocol { node: node.clone() },
             )
+            .accept(audit::ALPN, audit::VerifyProtocol { node: node.clone() })
             .accept(
                 crate::invoke::ALPN,
                 invoke::InvokeProtocol {
@@ -193,13 +200,30 @@ impl Network {
             .map_err(|e| NetError::Gossip(e.to_string()))?;
         let (announcements, receiver) = topic.split();
         let stats = Arc::new(GossipStats::default());
+        let fetcher = Arc::new(fetch::Fetcher {
+            node: node.clone(),
+            endpoint: endpoint.clone(),
+            announcements: announcements.clone(),
+        });
+        let audit_stats = Arc::new(AuditStats::default());
+        let auditor = Arc::new(audit::Auditor {
+            node: node.clone(),
+            endpoint: endpoint.clone(),
+            fetcher: fetcher.clone(),
+            announcements: announcements.clone(),
+            config: config.audit.clone(),
+            stats: audit_stats.clone(),
+        });
+        let (reported, reports) = audit::ReportedFrauds::start(auditor.clone());
         let listener = tokio::spawn(listen(
             node.clone(),
             receiver,
             stats.clone(),
             catch_up.clone(),
             book.clone(),
+            reported,
         ));
+        let auditor = tokio::spawn(async move { auditor.run().await });
         let rejoiner = tokio::spawn(rejoin_while_alone(
             announcements.clone(),
             stats.clone(),
@@ -218,11 +242,6 @@ impl Network {
             tokio::spawn(async move { catch_up.with(peer).await });
         }
         let announcer = tokio::spawn(announce_new_releases(node.clone(), announcements.clone()));
-        let fetcher = Arc::new(fetch::Fetcher {
-            node: node.clone(),
-            endpoint: endpoint.clone(),
-            announcements: announcements.clone(),
-        });
         // An agent learned of by gossip is fetched from its publisher when first called.
         let source: Arc<dyn crate::node::ComponentSource> = fetcher.clone();
         node.set_component_source(Arc::downgrade(&source));
@@ -239,6 +258,9 @@ impl Network {
             admission,
             remembered: book,
             fetcher,
+            auditor,
+            reports,
+            audit_stats,
         })
     }
 
@@ -300,6 +322,11 @@ impl Network {
         self.stats.clone()
     }
 
+    /// What checking other hosts' receipts has done so far (see [`AuditConfig`]).
+    pub fn audit_stats(&self) -> &AuditStats {
+        &self.audit_stats
+    }
+
     /// What gossip has delivered so far.
     pub fn gossip_stats(&self) -> &GossipStats {
         &self.stats
@@ -338,6 +365,8 @@ impl Network {
         self.listener.abort();
         self.announcer.abort();
         self.rejoiner.abort();
+        self.auditor.abort();
+        self.reports.abort();
         if let Err(error) = self.router.shutdown().await {
             tracing::warn!(%error, "network shutdown");
         }

@@ -20,6 +20,9 @@ pub struct EvidenceSet {
     /// Keys with recorded evidence against them: a forked or broken receipt chain, a receipt
     /// that contradicts its request or manifest, double-signed feedback or releases.
     pub dishonest: BTreeSet<PublicKey>,
+    /// Receipts whose host could not produce the input or transcript a re-execution needs
+    /// within the deadline: they stay in their host's chain but count for nothing.
+    pub unbacked: BTreeSet<Hash>,
     /// Stored rows that could not be read as evidence and were left out (see
     /// [`crate::Registry::update_evidence`]).
     pub skipped_rows: u64,
@@ -140,6 +143,7 @@ impl EvidenceSet {
             agents,
             calls,
             dishonest,
+            unbacked: BTreeSet::new(),
             skipped_rows: 0,
         }
     }

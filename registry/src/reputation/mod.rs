@@ -224,7 +224,12 @@ pub(crate) fn contiguous(evidence: &EvidenceSet) -> BTreeMap<PublicKey, u64> {
 /// Computes trust and reputation from `evidence`.
 pub fn compute(evidence: &EvidenceSet, params: &ScoreParams) -> Scores {
     let held = contiguous(evidence);
-    let counts = |call: &Call| held.get(&call.host).is_some_and(|n| call.seq < *n);
+    // A receipt its host could not back keeps its place in the chain (the receipts after it
+    // still follow on) but counts for nothing.
+    let counts = |call: &Call| {
+        held.get(&call.host).is_some_and(|n| call.seq < *n)
+            && !evidence.unbacked.contains(&call.receipt)
+    };
     let trust = trust(evidence, params, &counts);
     let influence = influence(&trust, params);
     let influence_of = |key: &PublicKey| influence.get(key).copied().unwrap_or(0.0);

@@ -51,7 +51,8 @@ pub(super) fn cursor_now(conn: &Connection) -> rusqlite::Result<EvidenceCursor> 
                 (SELECT COALESCE(MAX(rowid), 0) FROM receipts),
                 (SELECT COALESCE(MAX(rowid), 0) FROM feedback),
                 (SELECT COALESCE(MAX(rowid), 0) FROM forks)
-                    + (SELECT COALESCE(MAX(rowid), 0) FROM misbehaviour)",
+                    + (SELECT COALESCE(MAX(rowid), 0) FROM misbehaviour)
+                    + (SELECT COALESCE(MAX(rowid), 0) FROM unbacked_receipts)",
         [],
         |row| {
             Ok(EvidenceCursor {
@@ -361,7 +362,18 @@ impl Registry {
                     }
                 }
             }
+            // Receipts their host could not back with their input and transcript: few, reread
+            // whole like the keys above.
+            let mut unbacked = std::collections::BTreeSet::new();
+            let mut stmt = conn
+                .prepare_cached("SELECT receipt FROM unbacked_receipts")
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                unbacked.insert(parse_stored(&self.path, text(row, 0).map_err(db)?)?);
+            }
             evidence.update(agents, calls, ratings, dishonest);
+            evidence.unbacked = unbacked;
             evidence.skipped_rows += skipped;
             Ok(cursor)
         })

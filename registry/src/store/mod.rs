@@ -27,8 +27,10 @@
 //! (appending to this host's receipt chain; every host's chain and the evidence against keys),
 //! [`evidence`] (reading evidence back for peers and for scores), [`kv`] (agents' memory) and
 //! [`writer`] (the writer thread: group commit and the WAL flush schedule), [`call_data`] (the
-//! inputs and transcripts of this host's receipts, kept for verifiers).
+//! inputs and transcripts of this host's receipts, kept for verifiers), [`audit`] (what checking
+//! other hosts' receipts found: validations, fraud proofs to hand on, unbacked receipts).
 
+mod audit;
 mod call_data;
 mod chain;
 mod evidence;

@@ -176,6 +176,24 @@ const MIGRATIONS: &[&str] = &[
          kept_until_ms INTEGER NOT NULL
      ) STRICT;
      CREATE INDEX call_data_expiry ON call_data (kept_until_ms);",
+    // 14: what checking other hosts' receipts found (see `audit`): validations signed by any
+    // verifier, this host's own and those passed on to it, and receipts whose host could not
+    // produce the input or transcript a re-execution needs, which no longer count in scores.
+    "CREATE TABLE validations (
+         hash      TEXT PRIMARY KEY,
+         receipt   TEXT NOT NULL,
+         host      TEXT NOT NULL,
+         validator TEXT NOT NULL,
+         fraud     INTEGER NOT NULL,
+         signed    BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX validations_by_receipt ON validations (receipt);
+     CREATE TABLE unbacked_receipts (
+         receipt TEXT PRIMARY KEY,
+         host    TEXT NOT NULL,
+         reason  TEXT NOT NULL,
+         at_ms   INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! Hosts fetching agents from each other by content hash over iroh, on loopback only.
-//! Shared fixtures here; the tests in [`fetch`], [`gossip`] and [`evidence`].
+//! Shared fixtures here; the tests in [`fetch`], [`gossip`], [`evidence`] and [`audit`].
 
+mod audit;
 mod evidence;
 mod fetch;
 mod gossip;

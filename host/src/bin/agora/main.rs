@@ -72,6 +72,13 @@ enum Command {
         /// for more. By default a request carrying any `Origin` is refused.
         #[arg(long = "allow-origin", value_name = "ORIGIN")]
         allowed_origins: Vec<String>,
+        /// Share of other hosts' receipts this host runs again to check them, from 0 (none) to
+        /// 1 (every one), for hosts it holds much history with (default 0.05).
+        #[arg(long, value_name = "SHARE", value_parser = share)]
+        audit_rate: Option<f64>,
+        /// The same for hosts it holds little history with (default 0.5).
+        #[arg(long, value_name = "SHARE", value_parser = share)]
+        audit_new_host_rate: Option<f64>,
     },
     /// Call an agent on a host, by its API URL (HTTP) or its ticket (iroh), signed by this data
     /// dir's key; print the output and keep the verified receipt. Exits non-zero if the call fails.
@@ -200,6 +207,14 @@ struct NetArgs {
     peers: Vec<String>,
 }
 
+/// Parses a share from 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share from 0 to 1")),
+    }
+}
+
 impl NetArgs {
     fn config(&self) -> anyhow::Result<NetConfig> {
         let config = match (self.internet, self.bind) {
@@ -289,10 +304,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
             anchors,
             allowed_origins,
+            audit_rate,
+            audit_new_host_rate,
         } => {
             admin::claim(&data_dir).await?;
             let node = open(data_dir.clone()).await?;
-            let network = std::sync::Arc::new(Network::start(node.clone(), net.config()?).await?);
+            let mut audit = agora_host::net::AuditConfig::default();
+            audit.sample_rate = audit_rate.unwrap_or(audit.sample_rate);
+            audit.new_host_sample_rate = audit_new_host_rate.unwrap_or(audit.new_host_sample_rate);
+            let config = net.config()?.audit(audit);
+            let network = std::sync::Arc::new(Network::start(node.clone(), config).await?);
             // From here the CLI's commands on this data dir run in this host.
             let work = Work {
                 node: node.clone(),

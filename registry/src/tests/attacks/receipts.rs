@@ -364,3 +364,44 @@ fn a_limit_counts_against_an_agent_only_when_it_was_the_publishers_own_and_repro
     let record = market.registry.host_record(&host.key.public()).unwrap();
     assert_eq!(record.misbehaviour[0].kind, "over-limit");
 }
+
+#[test]
+fn a_receipt_its_host_cannot_back_counts_for_nothing_and_the_chain_after_it_still_does() {
+    let market = Market::new(5, 200);
+    let victim = &market.agents[0].0;
+    let mut host = market.resume(1);
+    // Ten rated calls; the host cannot produce the input or transcript of the first.
+    let mut receipts = Vec::new();
+    let mut ratings = Vec::new();
+    for caller in &market.callers[1..11] {
+        let (receipt, request) = host.call(victim, caller, Outcome::Ok);
+        ratings.push(feedback(caller, &receipt, 100));
+        receipts.push((receipt, Some(request)));
+    }
+    let unbacked = receipts[0].0.clone();
+    market.store(receipts);
+    market.registry.insert_feedback_batch(ratings).unwrap();
+    let before = market.scores().of(victim.body());
+
+    market
+        .registry
+        .mark_unbacked(&unbacked, "its host does not keep its transcript")
+        .unwrap();
+    assert_eq!(
+        market
+            .registry
+            .unbacked_receipts(&host.key.public())
+            .unwrap(),
+        vec![(
+            unbacked.hash(),
+            "its host does not keep its transcript".to_owned()
+        )]
+    );
+    let after = market.scores().of(victim.body());
+    // One call fewer: the nine after it in the chain still count.
+    assert_eq!(after.evidence + 1, before.evidence);
+    assert!(after.positive < before.positive);
+    // Marking it again changes nothing.
+    market.registry.mark_unbacked(&unbacked, "again").unwrap();
+    assert_eq!(market.scores().of(victim.body()), after);
+}

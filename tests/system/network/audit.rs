@@ -1,0 +1,215 @@
+//! Verification that happens by itself, across three hosts where one lies: a host checking
+//! every receipt it receives finds the lie by running the call again, records it, and passes
+//! its validation on; a third host that checks nothing itself hears of the fraud, fetches the
+//! proof, runs the call too, and stops trusting the liar. Honest receipts get validations; a
+//! receipt whose host cannot produce its transcript is unbacked.
+
+use std::time::Duration;
+
+use agora_host::examples;
+use agora_host::net::{AuditConfig, NetConfig, Network};
+use agora_registry::{BlobRef, CallData, Finding, Hash, Registry, SecretKey, SignedReceipt};
+use agora_tests::TestHost;
+
+use super::*;
+
+const QUOTE: &[u8] = br#"{"trip": {"distance_m": 4000, "duration_s": 660}}"#;
+
+async fn online_auditing(host: &TestHost, peers: &[&Network], audit: AuditConfig) -> Network {
+    let config = NetConfig::local()
+        .peers(peers.iter().map(|p| p.addr()))
+        .audit(audit.interval(Duration::from_millis(100)));
+    Network::start(host.node.clone(), config)
+        .await
+        .expect("start network")
+}
+
+fn host_key(host: &TestHost) -> SecretKey {
+    SecretKey::load(&host.node.data_dir().key_path()).unwrap()
+}
+
+/// Signs, as `host`'s next receipt, `honest` changed by `change`, keeping `data` with it as
+/// the call's input and transcript (or none).
+async fn sign_altered(
+    host: &TestHost,
+    honest: &SignedReceipt,
+    change: impl FnOnce(&mut agora_registry::Receipt),
+    data: Option<CallData>,
+) -> SignedReceipt {
+    let registry: &Registry = host.node.registry();
+    let mut body = honest.body().clone();
+    change(&mut body);
+    let key = host_key(host);
+    match data {
+        Some(data) => registry
+            .append_receipt_with(&key, body, data)
+            .await
+            .unwrap(),
+        None => registry.append_receipt_async(&key, body).await.unwrap(),
+    }
+}
+
+fn proven_fraud(host: &TestHost, receipt: &SignedReceipt) -> bool {
+    host.node
+        .registry()
+        .misbehaviour(&receipt.body().host)
+        .unwrap()
+        .iter()
+        .any(|m| m.kind == "fraud" && m.subject == receipt.hash())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
+    let liar = TestHost::new().await;
+    liar.publish(examples::RIDE_DRIVER).await;
+    let honest = liar
+        .node
+        .run("ride-driver", "quote", QUOTE, None)
+        .await
+        .unwrap()
+        .receipt;
+    let (input, transcript) = liar.kept(&honest);
+    let lie = sign_altered(
+        &liar,
+        &honest,
+        |body| body.fuel_used -= 1,
+        Some(CallData { input, transcript }),
+    )
+    .await;
+    let unbacked = sign_altered(
+        &liar,
+        &honest,
+        |body| {
+            body.transcript = Some(BlobRef {
+                hash: Hash::of(b"a transcript never kept"),
+                size: 23,
+            })
+        },
+        None,
+    )
+    .await;
+
+    let liar_net = online(&liar).await;
+    // The third host checks nothing itself: what it learns of the lie, it learns from others.
+    let third = TestHost::new().await;
+    let third_net = online_auditing(&third, &[&liar_net], AuditConfig::off()).await;
+    let checker = TestHost::new().await;
+    let checker_net = online_auditing(
+        &checker,
+        &[&liar_net, &third_net],
+        AuditConfig::every_receipt(),
+    )
+    .await;
+
+    eventually("the checker proves the lie", || {
+        proven_fraud(&checker, &lie)
+    })
+    .await;
+    eventually("the checker validates the honest receipt", || {
+        checker
+            .node
+            .registry()
+            .validations_of(&honest.hash())
+            .unwrap()
+            .iter()
+            .any(|v| {
+                v.body().validator == checker.node.public_key()
+                    && v.body().finding == Finding::Matches
+            })
+    })
+    .await;
+    eventually("the receipt without a transcript is unbacked", || {
+        checker
+            .node
+            .registry()
+            .unbacked_receipts(&liar.node.public_key())
+            .unwrap()
+            .iter()
+            .any(|(receipt, _)| *receipt == unbacked.hash())
+    })
+    .await;
+    assert!(checker_net.audit_stats().fraud() >= 1);
+
+    // The third host ran the call itself before it believed the report.
+    eventually("the third host proves the lie too", || {
+        proven_fraud(&third, &lie)
+    })
+    .await;
+    assert!(third_net.audit_stats().reports_checked() >= 1);
+    assert_eq!(third_net.audit_stats().sampled(), 0);
+    let evidence = third.node.registry().evidence_set().unwrap();
+    assert!(evidence.dishonest.contains(&liar.node.public_key()));
+    // The proof it holds is whole: anyone can check it again.
+    let proof = third
+        .node
+        .registry()
+        .fraud_proof(&lie.hash())
+        .unwrap()
+        .unwrap();
+    assert_eq!(proof.receipt.hash(), lie.hash());
+
+    // The honest receipt's validation was passed on as well.
+    eventually(
+        "the third host holds the honest receipt's validation",
+        || {
+            !third
+                .node
+                .registry()
+                .validations_of(&honest.hash())
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
+
+    for net in [checker_net, third_net, liar_net] {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_be_reached_for_its_call_data_has_its_receipts_unbacked() {
+    let signer = TestHost::new().await;
+    signer.publish(examples::RIDE_DRIVER).await;
+    let receipt = signer
+        .node
+        .run("ride-driver", "quote", QUOTE, None)
+        .await
+        .unwrap()
+        .receipt;
+    let signer_net = online(&signer).await;
+    let relay = TestHost::new().await;
+    let relay_net = online_auditing(&relay, &[&signer_net], AuditConfig::off()).await;
+    eventually("the relay holds the receipt", || {
+        relay
+            .node
+            .registry()
+            .receipt(&receipt.hash())
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    // The signer goes away; a checker that hears of its receipt only from the relay cannot
+    // get the call data by the deadline.
+    signer_net.shutdown().await;
+    let checker = TestHost::new().await;
+    let checker_net = online_auditing(
+        &checker,
+        &[&relay_net],
+        AuditConfig::every_receipt().call_data_deadline(Duration::from_secs(1)),
+    )
+    .await;
+    eventually("the checker unbacks the receipt", || {
+        checker
+            .node
+            .registry()
+            .unbacked_receipts(&signer.node.public_key())
+            .unwrap()
+            .iter()
+            .any(|(unbacked, _)| *unbacked == receipt.hash())
+    })
+    .await;
+    for net in [checker_net, relay_net] {
+        net.shutdown().await;
+    }
+}

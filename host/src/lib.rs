@@ -1,20 +1,22 @@
 //! The agora host: runs untrusted marketplace agents in a metered wasmtime sandbox and signs a
 //! receipt for every execution.
 //!
-//! - [`Sandbox`] checks components (a valid component under a size cap, exporting
+//! - [`Sandbox`] (the [`agora-sandbox`](sandbox) crate, re-exported) checks components (a valid component under a size cap, exporting
 //!   `agora:agent/handler`, importing only `agora:agent/host` and WASI 0.2) and runs each call
 //!   in a fresh store, instantiated from a pool, under fuel, memory, stack, wall-clock, output
 //!   and log [`Limits`], under the deterministic execution profile [`AGORA_DET_1`] that every
 //!   receipt names (the same component on the same input spends the same fuel on any host).
 //!   It compiles a component once and keeps this host's compiled code on
-//!   disk, authenticated, so a restart never compiles again.
+//!   disk, authenticated, so a restart never compiles again. It reaches agent memory and other
+//!   agents only through [`sandbox::HostServices`], which the node answers.
 //! - [`Node`] is a host: its key, its [`agora_registry::Registry`] and its [`BlobStore`].
 //!   [`Node::publish`] signs a manifest for a component; [`Node::run`] executes an agent and
 //!   returns an [`Execution`] with the output (or a typed [`ExecutionError`]) and the signed
 //!   receipt.
 //! - [`net::Network`] puts a node on iroh: its key is its node id, it serves its blobs, fetches
 //!   agents by manifest hash from peers with verified streaming, and learns of agents through
-//!   the marketplace gossip topic. Local-only unless configured otherwise.
+//!   the marketplace gossip topic, and re-executes a sample of other hosts' receipts to check
+//!   them ([`net::AuditConfig`]). Local-only unless configured otherwise.
 //! - [`api::ApiServer`] serves the registry and reputation over HTTP (`/v1`, `/healthz`,
 //!   `/metrics`, an OpenAPI document) and accepts signed receipts, feedback and caller-signed
 //!   invocations; [`client::ApiClient`] is its client.
@@ -45,25 +47,21 @@ pub mod demo;
 mod error;
 pub mod examples;
 pub mod invoke;
-mod limits;
 pub mod net;
 mod node;
 pub mod report;
-mod sandbox;
 pub mod sync;
 
+/// The sandbox agents run in (the `agora-sandbox` crate).
+pub use agora_sandbox as sandbox;
+pub use agora_sandbox::{
+    AGORA_DET_1, AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, Compiler,
+    Divergence, Feature, Limits, LogLevel, LogLine, Profile, RUNTIME_VERSION, Request, Sandbox,
+    SandboxStats, serve_compile_worker,
+};
 pub use blobs::{BlobError, BlobStore};
 pub use error::{CheckError, ExecutionError, OpenError, PublishError, RunError};
-pub use limits::Limits;
 pub use node::{
     DataDir, Execution, FraudError, FraudRecorded, Node, NodeConfig, PublishOptions, Published,
     ReexecuteError, Reexecution, Verdict,
 };
-pub use sandbox::{
-    AGORA_DET_1, AgentError, AgentInfo, Allocation, CacheStats, CheckedComponent, Compiler,
-    Divergence, Feature, LogLevel, LogLine, Profile, Request, Sandbox, SandboxStats,
-    serve_compile_worker,
-};
-
-/// The runtime named in receipts: fuel counts compare only under the same wasmtime.
-pub const RUNTIME_VERSION: &str = "wasmtime 48.0.8";

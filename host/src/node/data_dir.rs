@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use agora_registry::{PublicKey, SecretKey};
 
-use crate::limits::Limits;
 use crate::sandbox::Compiler;
+use crate::sandbox::Limits;
 
 /// Where a host keeps its state, and how it is laid out.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ use agora_registry::{BlobRef, Hash, Input, Outcome, SignedReceipt, Transcript};
 
 use super::{Node, unix_now};
 use crate::error::CheckError;
-use crate::limits::CallLimits;
+use crate::sandbox::CallLimits;
 use crate::sandbox::{CallWorld, Divergence, Replay, Request};
 
 /// What re-running a receipt's call gave.

@@ -1,4 +1,5 @@
-//! The sandbox: one wasmtime engine, one linker, and a fresh store for every call.
+//! The sandbox agora runs untrusted agents in: one wasmtime engine, one linker, and a fresh
+//! store for every call.
 //!
 //! An agent gets exactly the `agora:agent/host` interface and a locked-down WASI 0.2: no
 //! preopened directories, no environment or arguments, stdout and stderr captured into bounded
@@ -6,12 +7,36 @@
 //! denied on every use. Each call runs under fuel (deterministic metering, reported in the
 //! receipt), an epoch deadline (wall clock, so a guest stuck in a loop with fuel to spare still
 //! stops), a limiter that counts all memories and tables of the instance together, a bounded
-//! wasm stack, and bounds on output and logs.
+//! wasm stack, and bounds on output and logs. Clocks are virtual and randomness is seeded
+//! ([`CallWorld`]), so a call runs the same on every host under the same [`Profile`].
 //!
-//! The parts: [`load`] (checking and compiling once, the loaded agents), [`compile`] (the
-//! compiler, bounded in time and, in a child process, in memory), [`engine`] (the one
-//! wasmtime configuration, pooling and its fallback), [`cache`] (compiled code on disk,
-//! authenticated), [`limiter`] (memory and tables of one call) and [`host_fns`] (the
+//! The sandbox knows nothing of the registry or the network: what a guest's host calls reach
+//! (agent memory, other agents) is behind one trait, [`HostServices`], which the host answers
+//! live and a re-execution answers from a transcript ([`Replay`]). It uses the registry crate
+//! only for the record types a call produces (hashes, outcomes, transcripts).
+//!
+//! Every knob, with its default, unit and what happens at the limit, is a field of [`Limits`].
+//!
+//! ```
+//! use agora_sandbox::{CheckError, Limits, Sandbox};
+//!
+//! let sandbox = Sandbox::new(Limits::default())?;
+//! // A core module is not a component: refused with a typed error before anything runs.
+//! let core_module = b"\0asm\x01\0\0\0";
+//! match sandbox.check(core_module) {
+//!     Err(CheckError::NotAComponent(_)) => {}
+//!     other => panic!("{:?}", other.map(|_| ())),
+//! }
+//! # Ok::<(), wasmtime::Error>(())
+//! ```
+//!
+//! The parts: [`limits`] (every bound), [`error`] (why a component is refused), `load`
+//! (checking and compiling once, the loaded agents), `compile` (the compiler, bounded in time
+//! and, in a child process, in memory), `engine` (the one wasmtime configuration, pooling and
+//! its fallback), `profile` (the deterministic execution profile), `cache` (compiled code on
+//! disk, authenticated), `limiter` (memory and tables of one call), `environment` (virtual
+//! clocks and seeded randomness), `services` (the host services a guest reaches, live or
+//! replayed), `outcome` (how a call's end becomes an outcome) and `host_fns` (the
 //! `agora:agent/host` interface).
 
 use std::collections::HashMap;
@@ -31,34 +56,34 @@ mod cache;
 mod compile;
 mod engine;
 mod environment;
+pub mod error;
 mod host_fns;
 mod limiter;
+pub mod limits;
 mod load;
 mod outcome;
 mod profile;
 mod services;
 
-use crate::error::CheckError;
-use crate::limits::{CallLimits, Limits};
 pub use cache::CacheStats;
 use cache::CompiledCache;
 pub use compile::{Compiler, serve_compile_worker};
 pub use engine::Allocation;
-pub(crate) use host_fns::CallState;
+pub use error::CheckError;
+pub use host_fns::CallState;
 use host_fns::add_host_interface;
 use limiter::{GuestMemory, InstanceLimiter};
+pub use limits::{CallLimits, Limits};
 use load::{Compilation, Loaded};
 use outcome::classify_trap;
-pub(crate) use outcome::truncate;
+pub use outcome::truncate;
 pub use profile::{AGORA_DET_1, Feature, Profile};
 pub use services::Divergence;
-pub(crate) use services::{
-    AgentAnswer, AgentCall, HostServices, NoServices, Replay, ServiceFuture,
-};
+pub use services::{AgentAnswer, AgentCall, HostServices, NoServices, Replay, ServiceFuture};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "agent",
         exports: { default: async },
     });
@@ -68,19 +93,22 @@ pub use bindings::agora::agent::host::LogLevel;
 pub use bindings::agora::agent::types::{AgentError, AgentInfo, Request};
 use bindings::{Agent, AgentPre};
 
+/// The runtime named in receipts: fuel counts compare only under the same wasmtime.
+pub const RUNTIME_VERSION: &str = "wasmtime 48.0.8";
+
 /// How often the epoch advances; the wall-clock deadline is accurate to about this.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How often a running guest yields to the async runtime, in fuel units.
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 /// Messages in receipts and errors are cut to this many bytes.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 512;
+pub const MAX_MESSAGE_BYTES: usize = 512;
 /// Longest a call waits for room in the host's memory budget before it is refused.
 const HOST_MEMORY_WAIT: Duration = Duration::from_secs(1);
 
 /// A call refused because the host's memory for all calls had no room for it.
 #[derive(Debug, thiserror::Error)]
 #[error("the host's memory for running calls is in use ({used} of {budget} bytes)")]
-pub(crate) struct HostBusy {
+pub struct HostBusy {
     pub used: u64,
     pub budget: u64,
 }
@@ -392,7 +420,7 @@ impl Sandbox {
 
     /// Runs `handle(request)` in a fresh instance. Never fails because of the guest: every guest
     /// failure is an [`Outcome`].
-    pub(crate) async fn invoke(
+    pub async fn invoke(
         &self,
         component: &CheckedComponent,
         call: CallState,
@@ -470,7 +498,7 @@ impl Sandbox {
     }
 
     /// Builds the store state for a call; see [`CallState`].
-    pub(crate) fn call_state(
+    pub fn call_state(
         &self,
         agent: String,
         services: Arc<dyn HostServices>,
@@ -496,8 +524,8 @@ fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
     }
 }
 
-/// The clocks and randomness one call's guest sees (see [`environment`]).
-pub(crate) struct CallWorld {
+/// The clocks and randomness one call's guest sees (see `environment.rs`).
+pub struct CallWorld {
     /// As the receipt records it.
     pub environment: CallEnvironment,
     /// [`CallEnvironment::seed`] of the call's input.
@@ -505,7 +533,7 @@ pub(crate) struct CallWorld {
 }
 
 /// What one call produced, before it is signed into a receipt.
-pub(crate) struct Invocation {
+pub struct Invocation {
     pub outcome: Outcome,
     pub output: Option<Vec<u8>>,
     pub fuel_used: u64,
@@ -522,14 +550,14 @@ pub(crate) struct Invocation {
 
 /// A `call-agent` made during a call, as recorded for the caller's receipt.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct NestedCall {
+pub struct NestedCall {
     pub receipt: Hash,
     pub fuel_used: u64,
     pub charge: u64,
 }
 
 /// The store's data for one call.
-pub(crate) struct AgentState {
+pub struct AgentState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_hooks: DenyOutgoingHttp,

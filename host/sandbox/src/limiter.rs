@@ -10,7 +10,7 @@ use wasmtime::ResourceLimiter;
 /// The linear memory every running call holds, together, against the host's budget
 /// ([`crate::Limits::max_guest_memory_bytes`]).
 #[derive(Debug)]
-pub(crate) struct GuestMemory {
+pub struct GuestMemory {
     budget: u64,
     used: AtomicU64,
     /// Calls waiting in [`GuestMemory::admit`]: releases wake them only when there are any, so
@@ -20,7 +20,7 @@ pub(crate) struct GuestMemory {
 }
 
 impl GuestMemory {
-    pub(crate) fn new(budget: u64) -> Self {
+    pub fn new(budget: u64) -> Self {
         GuestMemory {
             budget,
             used: AtomicU64::new(0),
@@ -30,14 +30,14 @@ impl GuestMemory {
     }
 
     /// Bytes held by running calls now.
-    pub(crate) fn used(&self) -> u64 {
+    pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
 
     /// Waits up to `wait` until `headroom` bytes (at most the whole budget) are free. It reserves
     /// nothing: it keeps calls from starting into a host that has no room for them, and what
     /// they then grow is charged as it happens.
-    pub(crate) async fn admit(&self, headroom: u64, wait: Duration) -> bool {
+    pub async fn admit(&self, headroom: u64, wait: Duration) -> bool {
         let headroom = headroom.min(self.budget);
         let fits = || self.used.load(Ordering::SeqCst).saturating_add(headroom) <= self.budget;
         if fits() {

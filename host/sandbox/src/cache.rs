@@ -48,7 +48,7 @@ struct Counters {
 }
 
 /// Where compiled code is kept, and the key that authenticates it.
-pub(crate) struct CompiledCache {
+pub struct CompiledCache {
     root: PathBuf,
     engine_dir: PathBuf,
     engine_key: [u8; 32],
@@ -70,7 +70,7 @@ impl std::fmt::Debug for CompiledCache {
 impl CompiledCache {
     /// The cache in `root` for an engine with `engine_key`, authenticated with a key derived from
     /// `host_secret`. Creates the directory (mode 0700).
-    pub(crate) fn open(
+    pub fn open(
         root: &Path,
         host_secret: &[u8; 32],
         engine_key: [u8; 32],
@@ -89,7 +89,7 @@ impl CompiledCache {
     }
 
     /// What the cache did so far.
-    pub(crate) fn stats(&self) -> CacheStats {
+    pub fn stats(&self) -> CacheStats {
         let c = &self.counters;
         CacheStats {
             hits: c.hits.load(Ordering::Relaxed),
@@ -115,7 +115,7 @@ impl CompiledCache {
 
     /// The compiled bytes of `component`, if this host stored them and they are intact. Anything
     /// else found under its name is deleted.
-    pub(crate) fn load(&self, component: &Hash) -> Option<Vec<u8>> {
+    pub fn load(&self, component: &Hash) -> Option<Vec<u8>> {
         let path = self.entry_path(component);
         let mut bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -148,7 +148,7 @@ impl CompiledCache {
     }
 
     /// Deletes an entry that failed to load and counts it.
-    pub(crate) fn reject(&self, path_or_component: impl AsRef<Path>, why: &str) {
+    pub fn reject(&self, path_or_component: impl AsRef<Path>, why: &str) {
         let path = path_or_component.as_ref();
         tracing::warn!(path = %path.display(), why, "refusing a compiled-code cache entry; compiling again");
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -156,13 +156,13 @@ impl CompiledCache {
     }
 
     /// Deletes `component`'s entry after wasmtime refused it.
-    pub(crate) fn reject_component(&self, component: &Hash, why: &str) {
+    pub fn reject_component(&self, component: &Hash, why: &str) {
         self.reject(self.entry_path(component), why);
     }
 
     /// Stores `artifact` as `component`'s compiled code, then evicts past the size cap. Failures
     /// are logged: the cache is an optimisation, never a reason for a call to fail.
-    pub(crate) fn store(&self, component: &Hash, artifact: &[u8]) {
+    pub fn store(&self, component: &Hash, artifact: &[u8]) {
         if self.max_bytes == 0 {
             return;
         }

@@ -25,7 +25,7 @@ pub enum Allocation {
 
 /// Builds the engine for `limits`: pooling if `limits.pooled_instances > 0` and the address space
 /// for the pool can be reserved, on-demand otherwise (with a warning saying so).
-pub(crate) fn build(limits: &Limits) -> wasmtime::Result<(Engine, Allocation)> {
+pub fn build(limits: &Limits) -> wasmtime::Result<(Engine, Allocation)> {
     if limits.pooled_instances > 0 {
         let mut config = base_config(limits);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(limits)));
@@ -53,7 +53,7 @@ pub(crate) fn build(limits: &Limits) -> wasmtime::Result<(Engine, Allocation)> {
 
 /// The configuration a compile-only engine uses (a compiler process): everything that shapes
 /// compiled code, without an instance pool, whose address space a compiler does not need.
-pub(crate) fn compile_config(limits: &Limits) -> Config {
+pub fn compile_config(limits: &Limits) -> Config {
     base_config(limits)
 }
 
@@ -108,7 +108,7 @@ const POOL_TABLES: u32 = 32;
 /// A hash naming the compiled-code format of `engine`: wasmtime's version and every setting that
 /// changes compiled code (wasmtime's precompile compatibility hash, which covers fuel, epochs and
 /// the memory layout).
-pub(crate) fn engine_key(engine: &Engine) -> [u8; 32] {
+pub fn engine_key(engine: &Engine) -> [u8; 32] {
     struct Blake3Hasher(blake3::Hasher);
     impl Hasher for Blake3Hasher {
         fn write(&mut self, bytes: &[u8]) {

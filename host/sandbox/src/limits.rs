@@ -123,7 +123,7 @@ impl Limits {
     }
 
     /// The limits one call of an agent runs under: the lower of the host's and the manifest's.
-    pub(crate) fn for_call(&self, manifest: &ManifestLimits) -> CallLimits {
+    pub fn for_call(&self, manifest: &ManifestLimits) -> CallLimits {
         CallLimits {
             max_fuel: self.max_fuel.min(manifest.max_fuel),
             max_memory_bytes: self.max_memory_bytes.min(manifest.max_memory_bytes),
@@ -137,7 +137,7 @@ impl Limits {
 
 /// The per-call limits after combining host and manifest.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct CallLimits {
+pub struct CallLimits {
     pub max_fuel: u64,
     pub max_memory_bytes: u64,
     pub max_wall: Duration,

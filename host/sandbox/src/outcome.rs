@@ -70,7 +70,7 @@ fn trap_code(trap: Trap) -> TrapCode {
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
-pub(crate) fn truncate(text: &str, max: usize) -> String {
+pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }

@@ -95,7 +95,7 @@ impl Sandbox {
     }
 
     /// [`Sandbox::check`] for bytes whose hash the caller has just computed itself.
-    pub(crate) fn check_hashed(
+    pub fn check_hashed(
         &self,
         hash: Hash,
         bytes: &[u8],

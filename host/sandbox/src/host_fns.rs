@@ -14,16 +14,16 @@ use crate::limits::Limits;
 
 /// What one logged line costs against the log budget besides its message, in bytes: about the
 /// host memory a kept line takes (a `LogLine` and its allocation).
-pub(crate) const LOG_LINE_OVERHEAD: usize = 64;
+pub const LOG_LINE_OVERHEAD: usize = 64;
 
 /// Fuel every host call costs, whatever it moves: a host call does microseconds of host work,
 /// where a unit of fuel is about one wasm instruction. Part of what a receipt's fuel means, so
 /// fixed, not configurable: the same call costs the same fuel on every host.
-pub(crate) const HOST_CALL_FUEL: u64 = 1_000;
+pub const HOST_CALL_FUEL: u64 = 1_000;
 /// Fuel per byte a host call moves between guest and host, both ways (a log message, a kv key
 /// and value, a `call-agent` payload and its answer): a guest that shuttles data through the
 /// host pays for the host's work in proportion.
-pub(crate) const HOST_FUEL_PER_BYTE: u64 = 1;
+pub const HOST_FUEL_PER_BYTE: u64 = 1;
 
 /// Takes what a host call moving `bytes` costs out of the call's fuel; with too little left the
 /// call ends `fuel-exhausted`, as if the guest had spent it itself.
@@ -38,7 +38,7 @@ fn charge(store: &mut StoreContextMut<'_, AgentState>, bytes: usize) -> wasmtime
 }
 
 /// Per-call context the host functions need.
-pub(crate) struct CallState {
+pub struct CallState {
     /// `name@version`, for messages.
     pub agent: String,
     /// Where host calls are answered: the node, a replayed transcript, or nothing at all.
@@ -89,7 +89,7 @@ impl CallState {
 /// A call's transcript as it grows, bounded so that every receipt's transcript is one any host
 /// keeps and any verifier accepts ([`MAX_TRANSCRIPT_BYTES`]).
 #[derive(Default)]
-pub(crate) struct TranscriptState {
+pub struct TranscriptState {
     pub(super) transcript: Transcript,
     /// Its length as [`Transcript::to_bytes`] will write it.
     bytes: usize,
@@ -127,7 +127,7 @@ fn diverge(store: &mut StoreContextMut<'_, AgentState>, divergence: Divergence) 
     wasmtime::Error::new(divergence)
 }
 
-pub(crate) struct LogState {
+pub struct LogState {
     pub(super) lines: Vec<LogLine>,
     used: usize,
     pub(super) max_total: usize,

@@ -15,10 +15,10 @@ use agora_registry::{CallAnswer, Hash, HostCall, Transcript, request_hash};
 use super::Request;
 
 /// A host service's answer, on its way.
-pub(crate) type ServiceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type ServiceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A `call-agent` as the guest made it, with what the callee may have of the caller's budget.
-pub(crate) struct AgentCall {
+pub struct AgentCall {
     /// The agent reference the guest named.
     pub agent: String,
     /// The action and payload.
@@ -35,7 +35,7 @@ pub(crate) struct AgentCall {
 
 /// What a `call-agent` got: the callee's answer and what its call cost.
 #[derive(Clone, Debug)]
-pub(crate) struct AgentAnswer {
+pub struct AgentAnswer {
     /// The callee's receipt, if it ran.
     pub receipt: Option<Hash>,
     /// Fuel it used.
@@ -70,7 +70,7 @@ pub struct Divergence {
 
 /// Where a call's host calls are answered. `Err` only from a replay whose guest diverged; the
 /// call then ends.
-pub(crate) trait HostServices: Send + Sync {
+pub trait HostServices: Send + Sync {
     /// The value under `key` in the agent's memory.
     fn kv_get(&self, key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>>;
     /// Stores `value` under `key`, or says why not.
@@ -85,7 +85,7 @@ pub(crate) trait HostServices: Send + Sync {
 
 /// No host state at all, for `info()` while publishing: memory is empty and cannot be written,
 /// and no other agent can be called.
-pub(crate) struct NoServices;
+pub struct NoServices;
 
 impl HostServices for NoServices {
     fn kv_get(&self, _key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>> {
@@ -115,7 +115,7 @@ impl HostServices for NoServices {
 
 /// Answers from a recorded transcript, in order, checking that each call asks what the record
 /// says it asked: the same key, the same value written, the same callee and input.
-pub(crate) struct Replay {
+pub struct Replay {
     calls: Vec<HostCall>,
     next: Mutex<usize>,
 }

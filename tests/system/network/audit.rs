@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use agora_host::examples;
 use agora_host::net::{AuditConfig, NetConfig, Network};
-use agora_registry::{BlobRef, CallData, Finding, Hash, Registry, SecretKey, SignedReceipt};
+use agora_registry::{
+    BlobRef, CallData, Finding, Hash, Outcome, Receipt, Registry, SecretKey, SignedReceipt,
+    TrapCode,
+};
 use agora_tests::TestHost;
 
 use super::*;
@@ -33,7 +36,7 @@ fn host_key(host: &TestHost) -> SecretKey {
 async fn sign_altered(
     host: &TestHost,
     honest: &SignedReceipt,
-    change: impl FnOnce(&mut agora_registry::Receipt),
+    change: impl FnOnce(&mut Receipt),
     data: Option<CallData>,
 ) -> SignedReceipt {
     let registry: &Registry = host.node.registry();
@@ -69,13 +72,26 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
         .unwrap()
         .receipt;
     let (input, transcript) = liar.kept(&honest);
-    let lie = sign_altered(
-        &liar,
-        &honest,
+    // Three lies: less fuel than the call burnt, another output, another outcome.
+    let alterations: [fn(&mut Receipt); 3] = [
         |body| body.fuel_used -= 1,
-        Some(CallData { input, transcript }),
-    )
-    .await;
+        |body| body.output_hash = Some(Hash::of(b"a higher fare")),
+        |body| {
+            body.outcome = Outcome::Trap {
+                code: Some(TrapCode::Unreachable),
+                message: "the agent crashed".into(),
+            };
+            body.output_hash = None;
+        },
+    ];
+    let mut lies = Vec::new();
+    for alteration in alterations {
+        let data = CallData {
+            input: input.clone(),
+            transcript: transcript.clone(),
+        };
+        lies.push(sign_altered(&liar, &honest, alteration, Some(data)).await);
+    }
     let unbacked = sign_altered(
         &liar,
         &honest,
@@ -101,8 +117,8 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
     )
     .await;
 
-    eventually("the checker proves the lie", || {
-        proven_fraud(&checker, &lie)
+    eventually("the checker proves every lie", || {
+        lies.iter().all(|lie| proven_fraud(&checker, lie))
     })
     .await;
     eventually("the checker validates the honest receipt", || {
@@ -128,25 +144,22 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
             .any(|(receipt, _)| *receipt == unbacked.hash())
     })
     .await;
-    assert!(checker_net.audit_stats().fraud() >= 1);
+    assert_eq!(checker_net.audit_stats().fraud(), 3);
 
     // The third host ran the call itself before it believed the report.
-    eventually("the third host proves the lie too", || {
-        proven_fraud(&third, &lie)
+    eventually("the third host proves every lie too", || {
+        lies.iter().all(|lie| proven_fraud(&third, lie))
     })
     .await;
-    assert!(third_net.audit_stats().reports_checked() >= 1);
+    assert!(third_net.audit_stats().reports_checked() >= 3);
     assert_eq!(third_net.audit_stats().sampled(), 0);
     let evidence = third.node.registry().evidence_set().unwrap();
     assert!(evidence.dishonest.contains(&liar.node.public_key()));
-    // The proof it holds is whole: anyone can check it again.
-    let proof = third
-        .node
-        .registry()
-        .fraud_proof(&lie.hash())
-        .unwrap()
-        .unwrap();
-    assert_eq!(proof.receipt.hash(), lie.hash());
+    // The proofs it holds are whole: anyone can check them again.
+    for lie in &lies {
+        let proof = third.node.registry().fraud_proof(&lie.hash()).unwrap();
+        assert_eq!(proof.unwrap().receipt.hash(), lie.hash());
+    }
 
     // The honest receipt's validation was passed on as well.
     eventually(

@@ -55,8 +55,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reported frauds waiting to be checked; beyond this, reports are dropped and counted (a
 /// proof that is real is reported by every host that checks it).
 const REPORTED_QUEUE: usize = 64;
-/// Receipts waiting for their host to produce their call data.
+/// Receipts waiting for their host to produce their call data; while this many wait, new
+/// receipts are not sampled.
 const MAX_WAITING: usize = 4096;
+/// Connections served at once: each answer may hold an input of up to 64 MiB in memory.
+pub(super) const MAX_VERIFY_CONNECTIONS: usize = 16;
+/// Receipts whose reported fraud did not hold here, remembered so that the same false report
+/// is not run again.
+const MAX_REFUTED: usize = 4096;
 
 /// How a host checks other hosts' receipts by itself. Every knob with its default:
 ///
@@ -168,10 +174,16 @@ impl AuditStats {
 #[derive(Debug, Clone)]
 pub(crate) struct VerifyProtocol {
     pub node: Node,
+    /// One permit per connection served ([`MAX_VERIFY_CONNECTIONS`]).
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProtocolHandler for VerifyProtocol {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            connection.close(4u32.into(), b"busy");
+            return Ok(());
+        };
         for _ in 0..MAX_ASKS_PER_CONNECTION {
             let Ok((mut send, mut recv)) = connection.accept_bi().await else {
                 return Ok(());
@@ -299,72 +311,89 @@ impl Auditor {
         let mut ticker = tokio::time::interval(self.config.interval);
         loop {
             ticker.tick().await;
-            let reader = self.node.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                reader
-                    .registry()
-                    .receipts_to_audit(&reader.public_key(), cursor)
-            })
-            .await;
-            let (receipts, next) = match read {
-                Ok(Ok(read)) => read,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "reading receipts to check");
-                    continue;
+            cursor = self.take_new(&sample_key, cursor, &mut waiting).await;
+            self.check_waiting(&mut waiting).await;
+        }
+    }
+
+    /// Reads the receipts stored after `cursor` and adds the sampled ones to `waiting`;
+    /// returns the cursor to continue from.
+    async fn take_new(
+        &self,
+        sample_key: &[u8; 32],
+        cursor: i64,
+        waiting: &mut HashMap<Hash, Waiting>,
+    ) -> i64 {
+        let reader = self.node.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            reader
+                .registry()
+                .receipts_to_audit(&reader.public_key(), cursor)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|read| read.map_err(|e| e.to_string()));
+        let (receipts, next) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "reading receipts to check");
+                return cursor;
+            }
+        };
+        for receipt in receipts {
+            if waiting.len() < MAX_WAITING && self.sampled(sample_key, &receipt).await {
+                self.stats.sampled.fetch_add(1, Ordering::Relaxed);
+                waiting.insert(
+                    receipt.hash(),
+                    Waiting {
+                        receipt,
+                        since: Instant::now(),
+                        last_error: String::new(),
+                    },
+                );
+            }
+        }
+        next
+    }
+
+    /// Checks every receipt waiting; unbacks those whose host said it does not keep their
+    /// call data or has not produced it by the deadline.
+    async fn check_waiting(&self, waiting: &mut HashMap<Hash, Waiting>) {
+        // A host that could not be reached is not asked again in the same round: its other
+        // receipts wait for the next one (or their deadline).
+        let mut unreachable: HashMap<PublicKey, String> = HashMap::new();
+        let due: Vec<Hash> = waiting.keys().copied().collect();
+        for hash in due {
+            let Some(entry) = waiting.get_mut(&hash) else {
+                continue;
+            };
+            let host = entry.receipt.body().host;
+            let checked = match unreachable.get(&host) {
+                Some(error) => Err(AskError::Unreachable(error.clone())),
+                None => self.check(&entry.receipt).await,
+            };
+            let reason = match checked {
+                Ok(()) => None,
+                Err(AskError::NotKept) => {
+                    Some("its host does not keep its input or transcript".to_owned())
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "reading receipts to check");
-                    continue;
+                Err(AskError::Unreachable(error)) => {
+                    unreachable.insert(host, error.clone());
+                    entry.last_error = error;
+                    if entry.since.elapsed() < self.config.call_data_deadline {
+                        continue;
+                    }
+                    Some(format!(
+                        "its host did not produce its input and transcript within {} s: {}",
+                        self.config.call_data_deadline.as_secs(),
+                        entry.last_error
+                    ))
                 }
             };
-            cursor = next;
-            for receipt in receipts {
-                if self.sampled(&sample_key, &receipt).await && waiting.len() < MAX_WAITING {
-                    self.stats.sampled.fetch_add(1, Ordering::Relaxed);
-                    waiting.insert(
-                        receipt.hash(),
-                        Waiting {
-                            receipt,
-                            since: Instant::now(),
-                            last_error: String::new(),
-                        },
-                    );
-                }
-            }
-            let due: Vec<Hash> = waiting.keys().copied().collect();
-            for hash in due {
-                let Some(entry) = waiting.get_mut(&hash) else {
-                    continue;
-                };
-                match self.check(&entry.receipt).await {
-                    Ok(()) => {
-                        waiting.remove(&hash);
-                    }
-                    Err(AskError::NotKept) => {
-                        let entry = waiting.remove(&hash);
-                        if let Some(entry) = entry {
-                            self.unbacked(
-                                &entry.receipt,
-                                "its host does not keep its input or transcript",
-                            )
-                            .await;
-                        }
-                    }
-                    Err(AskError::Unreachable(error)) => {
-                        entry.last_error = error;
-                        if entry.since.elapsed() >= self.config.call_data_deadline {
-                            let entry = waiting.remove(&hash);
-                            if let Some(entry) = entry {
-                                let reason = format!(
-                                    "its host did not produce its input and transcript within {} s: {}",
-                                    self.config.call_data_deadline.as_secs(),
-                                    entry.last_error
-                                );
-                                self.unbacked(&entry.receipt, &reason).await;
-                            }
-                        }
-                    }
-                }
+            if let Some(entry) = waiting.remove(&hash)
+                && let Some(reason) = reason
+            {
+                self.unbacked(&entry.receipt, &reason).await;
             }
         }
     }
@@ -408,12 +437,21 @@ impl Auditor {
         let Some(transcript_ref) = body.transcript else {
             return Ok(());
         };
+        // The receipt says how large each is: a host cannot make this one read more.
+        let bound = |size: u64| {
+            usize::try_from(size).map_or(MAX_CALL_DATA_ANSWER, |size| {
+                size.saturating_add(1).min(MAX_CALL_DATA_ANSWER)
+            })
+        };
+        let input_size = body
+            .input_size
+            .unwrap_or(agora_registry::rules::MAX_INPUT_BYTES);
         let input = ask(
             &self.endpoint,
             host,
             ASK_CALL_DATA,
             &body.input_hash,
-            MAX_CALL_DATA_ANSWER,
+            bound(input_size),
         )
         .await?;
         let transcript = ask(
@@ -421,7 +459,7 @@ impl Auditor {
             host,
             ASK_CALL_DATA,
             &transcript_ref.hash,
-            MAX_CALL_DATA_ANSWER,
+            bound(transcript_ref.size),
         )
         .await?;
         let Some(component) = self.component(receipt, &[]).await else {
@@ -548,8 +586,9 @@ impl ReportedFrauds {
         let (queue, mut reports) = tokio::sync::mpsc::channel(REPORTED_QUEUE);
         let stats = auditor.stats.clone();
         let task = tokio::spawn(async move {
+            let mut refuted = std::collections::HashSet::new();
             while let Some((validation, from)) = reports.recv().await {
-                auditor.check_reported(validation, from).await;
+                auditor.check_reported(validation, from, &mut refuted).await;
             }
         });
         (ReportedFrauds { queue, stats }, task)
@@ -564,9 +603,16 @@ impl ReportedFrauds {
 }
 
 impl Auditor {
-    async fn check_reported(&self, validation: SignedValidation, from: EndpointId) {
+    /// Checks one reported fraud by running the call here; `refuted` holds the receipts whose
+    /// reports did not hold, which are not run again.
+    async fn check_reported(
+        &self,
+        validation: SignedValidation,
+        from: EndpointId,
+        refuted: &mut std::collections::HashSet<Hash>,
+    ) {
         let body = validation.body();
-        if body.validator == self.node.public_key() {
+        if body.validator == self.node.public_key() || refuted.contains(&body.receipt) {
             return;
         }
         let (node, host, subject) = (self.node.clone(), body.host, body.receipt);
@@ -625,8 +671,15 @@ impl Auditor {
                 tracing::warn!(host = %recorded.host, receipt = %recorded.receipt,
                     finding = %recorded.finding, "a reported fraud holds: the host is no longer trusted");
             }
+            Err(error @ crate::node::FraudError::NotFraud { .. }) => {
+                tracing::info!(receipt = %body.receipt, %error, "a reported fraud does not hold");
+                if refuted.len() >= MAX_REFUTED {
+                    refuted.clear();
+                }
+                refuted.insert(body.receipt);
+            }
             Err(error) => {
-                tracing::info!(receipt = %body.receipt, %error, "a reported fraud does not hold")
+                tracing::info!(receipt = %body.receipt, %error, "a reported fraud could not be checked")
             }
         }
     }

@@ -175,7 +175,15 @@ impl Network {
                 crate::sync::ALPN,
                 crate::sync::EvidenceProtocol { node: node.clone() },
             )
-            .accept(audit::ALPN, audit::VerifyProtocol { node: node.clone() })
+            .accept(
+                audit::ALPN,
+                audit::VerifyProtocol {
+                    node: node.clone(),
+                    connections: Arc::new(tokio::sync::Semaphore::new(
+                        audit::MAX_VERIFY_CONNECTIONS,
+                    )),
+                },
+            )
             .accept(
                 crate::invoke::ALPN,
                 invoke::InvokeProtocol {

@@ -17,6 +17,9 @@ pub struct ApiConfig {
     /// The host's gossip counters, reported in `/metrics` when the host is on the network
     /// ([`crate::net::Network::gossip_stats_handle`]). Default: none.
     pub gossip: Option<Arc<crate::net::GossipStats>>,
+    /// What checking other hosts' receipts has done, reported in `/metrics` when the host is
+    /// on the network ([`crate::net::Network::audit_stats_handle`]). Default: none.
+    pub audit: Option<Arc<crate::net::AuditStats>>,
     /// Web origins (`scheme://host[:port]`) whose pages may call this API from a browser.
     /// Default none: a request that carries any `Origin` header is refused with 403, so a web
     /// page the operator visits cannot drive a loopback API. Clients that are not browsers send
@@ -37,6 +40,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             extra_anchors: Vec::new(),
             gossip: None,
+            audit: None,
             allowed_origins: Vec::new(),
             limits: HttpLimits::default(),
             admission: None,

@@ -80,6 +80,22 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
             gossip.neighbours(),
         ));
     }
+    if let Some(audit) = &state.audit {
+        text.push_str(&format!(
+            "# TYPE agora_audit_sampled_total counter\nagora_audit_sampled_total {}\n\
+             # TYPE agora_audit_matched_total counter\nagora_audit_matched_total {}\n\
+             # TYPE agora_audit_fraud_total counter\nagora_audit_fraud_total {}\n\
+             # TYPE agora_audit_unbacked_total counter\nagora_audit_unbacked_total {}\n\
+             # TYPE agora_audit_reports_checked_total counter\nagora_audit_reports_checked_total {}\n\
+             # TYPE agora_audit_reports_dropped_total counter\nagora_audit_reports_dropped_total {}\n",
+            audit.sampled(),
+            audit.matched(),
+            audit.fraud(),
+            audit.unbacked(),
+            audit.reports_checked(),
+            audit.reports_dropped(),
+        ));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -57,6 +57,7 @@ struct ApiState {
     evidence_arrived: tokio::sync::Notify,
     metrics: Metrics,
     gossip: Option<Arc<crate::net::GossipStats>>,
+    audit: Option<Arc<crate::net::AuditStats>>,
     edge: Arc<Edge>,
     admission: Arc<crate::invoke::Admission>,
 }

@@ -81,6 +81,7 @@ impl ApiServer {
             evidence_arrived: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
             gossip: config.gossip.clone(),
+            audit: config.audit.clone(),
             edge: Arc::new(Edge::new(&config, addr)),
             admission: config
                 .admission

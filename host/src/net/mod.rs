@@ -330,6 +330,11 @@ impl Network {
         self.stats.clone()
     }
 
+    /// The audit counters, shared (for `/metrics`, see [`crate::api::ApiConfig::audit`]).
+    pub fn audit_stats_handle(&self) -> Arc<AuditStats> {
+        self.audit_stats.clone()
+    }
+
     /// What checking other hosts' receipts has done so far (see [`AuditConfig`]).
     pub fn audit_stats(&self) -> &AuditStats {
         &self.audit_stats

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use agora_host::api::{ApiConfig, ApiServer};
+use agora_host::client::ApiClient;
 use agora_host::examples;
 use agora_host::net::{AuditConfig, NetConfig, Network};
 use agora_registry::{
@@ -145,6 +147,26 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
     })
     .await;
     assert_eq!(checker_net.audit_stats().fraud(), 3);
+    // An operator sees it in the metrics.
+    let api = ApiServer::start(
+        checker.node.clone(),
+        ApiConfig {
+            audit: Some(checker_net.audit_stats_handle()),
+            ..ApiConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = ApiClient::new(&format!("http://{}", api.addr()))
+        .unwrap()
+        .get_text("/metrics")
+        .await
+        .unwrap();
+    assert!(metrics.contains("agora_audit_fraud_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("agora_audit_unbacked_total 1"),
+        "{metrics}"
+    );
 
     // The third host ran the call itself before it believed the report.
     eventually("the third host proves every lie too", || {

@@ -343,6 +343,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         listen,
                         extra_anchors: anchors,
                         gossip: Some(network.gossip_stats_handle()),
+                        audit: Some(network.audit_stats_handle()),
                         allowed_origins,
                         // One rate per caller and one set of slots, over iroh and HTTP alike.
                         admission: Some(network.admission()),

@@ -7,7 +7,8 @@
 //! **Concurrency.** SQLite runs in WAL mode, where readers never wait for a writer. All writes go
 //! to one writer thread, which commits whatever has queued up in one transaction (group commit),
 //! each write inside its own savepoint so that one failing write does not undo the others. Reads
-//! take a connection from a pool of read-only connections.
+//! take a connection from a pool of read-only connections. A third thread copies the WAL into
+//! the database file once it has grown (a checkpoint), so no commit waits for one.
 //!
 //! **Durability.** A write is acknowledged once its transaction is committed to the WAL
 //! (`synchronous = NORMAL`): it survives the host process being killed at any point. The WAL is
@@ -94,6 +95,8 @@ pub struct Registry {
     readers: Mutex<Vec<Connection>>,
     writer: Option<mpsc::Sender<Box<dyn writer::WriteJob>>>,
     writer_thread: Option<JoinHandle<()>>,
+    /// Stops the checkpointer thread when dropped, and the thread to wait for.
+    checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// Keys whose records are not held to the quotas on strangers, and those quotas.
     trust: std::sync::RwLock<quota::Trust>,
     /// Records refused because their signer was over a quota.
@@ -150,6 +153,12 @@ impl Registry {
              PRAGMA cache_size = -262144;",
         )
         .map_err(db_error)?;
+        // Checkpoints run on a thread of their own (see `writer::checkpoint_loop`), not inside
+        // the writer's commits.
+        let checkpoints = Connection::open(path).map_err(db_error)?;
+        checkpoints.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(db_error)?;
         schema::migrate(&mut conn, path)?;
         // If the last process did not close cleanly it may have signed receipts it lost: its
         // chain continues past everything it reserved.
@@ -166,11 +175,21 @@ impl Registry {
                 path: path.to_owned(),
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let thread_path = path.to_owned();
+        let checkpointer = std::thread::Builder::new()
+            .name("agora-registry-checkpointer".into())
+            .spawn(move || writer::checkpoint_loop(checkpoints, &thread_path, stop))
+            .map_err(|e| Error::WriteFailed {
+                path: path.to_owned(),
+                reason: format!("cannot start the checkpoint thread: {e}"),
+            })?;
         Ok(Registry {
             path: path.to_owned(),
             readers: Mutex::new(Vec::new()),
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            checkpointer: Some((stop_checkpoints, checkpointer)),
             trust: std::sync::RwLock::default(),
             over_quota: std::sync::Arc::default(),
             wal_flushes,
@@ -327,6 +346,10 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         // Closing the queue lets the writer finish what is queued and exit; waiting for it
         // means the database is closed when the registry is gone.
         drop(self.writer.take());

@@ -1,5 +1,6 @@
 //! The writer thread: every write to the registry runs here, batched into shared transactions
-//! (group commit), and the WAL is flushed on a schedule rather than at every commit.
+//! (group commit), and the WAL is flushed on a schedule rather than at every commit; and the
+//! checkpointer thread, which copies the WAL into the database file off the writer's path.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -276,5 +277,39 @@ impl<T> Future for OneshotReceiver<T> {
         }
         slot.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+/// Size of the WAL past which the checkpointer copies it into the database file: about
+/// SQLite's own default of 1,000 pages.
+const CHECKPOINT_WAL_BYTES: u64 = 4 << 20;
+
+/// How often the checkpointer looks at the WAL's size.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
+
+/// The checkpointer thread: copies the WAL into the database file once it has grown past
+/// [`CHECKPOINT_WAL_BYTES`], on a connection of its own, until `stop` closes.
+///
+/// SQLite would otherwise checkpoint inside the commit that crosses its threshold, on the
+/// writer thread, with an fsync of the database file: every few hundred receipts, one caller
+/// waited a millisecond or more for other callers' pages. A passive checkpoint here never
+/// blocks the writer (WAL mode lets the two run at once); the WAL restarts from its beginning
+/// at the first commit after a checkpoint that copied everything.
+pub(super) fn checkpoint_loop(conn: Connection, path: &Path, stop: mpsc::Receiver<()>) {
+    let wal = wal_path(path);
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_POLL) {
+        let grown = std::fs::metadata(&wal).is_ok_and(|m| m.len() >= CHECKPOINT_WAL_BYTES);
+        if !grown {
+            continue;
+        }
+        let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match checkpointed {
+            Ok((frames, copied)) => {
+                tracing::trace!(frames, copied, "checkpointed the registry's WAL")
+            }
+            Err(error) => tracing::warn!(%error, "checkpointing the registry's WAL"),
+        }
     }
 }

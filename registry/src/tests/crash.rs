@@ -237,3 +237,38 @@ fn a_busy_writer_still_flushes_on_schedule() {
         "{flushes} flushes in {n} writes over five intervals"
     );
 }
+
+#[test]
+fn checkpoints_keep_the_wal_bounded_without_a_commit_waiting_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let registry = Registry::open(&path).unwrap();
+    let ns = KvNamespace {
+        publisher: SecretKey::generate().public(),
+        agent: "writer".into(),
+    };
+    // Each round writes other bytes: SQLite does not rewrite a page whose bytes are unchanged.
+    let value = |round: u8| vec![round; 60 << 10];
+    let mut wal = std::path::PathBuf::from(&path).into_os_string();
+    wal.push("-wal");
+    let mut largest = 0;
+    // 32 MiB of agent memory written over about 1.5 s, eight values at a time: eight times
+    // the size at which the checkpointer copies the WAL into the database.
+    for round in 0..64 {
+        for key in 0..8 {
+            registry
+                .kv_set(&ns, &format!("k{key}"), &value(round), &KvQuota::default())
+                .unwrap();
+        }
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        largest < 16 << 20,
+        "the WAL grew to {largest} bytes for 32 MiB written"
+    );
+    // Nothing written was lost to a checkpoint.
+    drop(registry);
+    let registry = Registry::open(&path).unwrap();
+    assert_eq!(registry.kv_get(&ns, "k7").unwrap(), Some(value(63)));
+}

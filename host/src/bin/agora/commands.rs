@@ -17,11 +17,31 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminCommand;
 use crate::ui::{TransferBar, spinner};
 
-/// Opens the data dir's node. Components are compiled in a child process of this binary, so a
-/// component that needs too much memory to compile is refused without touching the host.
+/// Opens the data dir's node for a host that serves. Components are compiled in a child
+/// process of this binary, so a component that needs too much memory to compile is refused
+/// without touching the host.
 pub(crate) async fn open(data_dir: DataDir) -> anyhow::Result<Node> {
+    open_with(data_dir, Limits::default()).await
+}
+
+/// Instance slots a command that runs a few calls and exits keeps: a call and its nested calls
+/// at the deepest, with room to spare. Reserving the serving host's thousand slots costs a
+/// short-lived process more time than it runs its call in.
+const ONE_COMMAND_POOL: u32 = 16;
+
+/// Opens the data dir's node for one command (`agora run`, `agora verify`, …) that exits when
+/// done: like [`open`], with a pool sized for a few calls.
+pub(crate) async fn open_for_one_command(data_dir: DataDir) -> anyhow::Result<Node> {
+    let limits = Limits {
+        pooled_instances: ONE_COMMAND_POOL,
+        ..Limits::default()
+    };
+    open_with(data_dir, limits).await
+}
+
+async fn open_with(data_dir: DataDir, limits: Limits) -> anyhow::Result<Node> {
     let compiler = Compiler::this_executable().context("finding the agora executable")?;
-    Ok(Node::open(NodeConfig::new(data_dir).compiler(compiler)).await?)
+    Ok(Node::open(NodeConfig::new(data_dir).limits(limits).compiler(compiler)).await?)
 }
 
 /// What a command printed: its standard output and error, and its exit code.
@@ -133,7 +153,7 @@ pub(crate) async fn run_locally(
     command: AdminCommand,
     net: NetConfig,
 ) -> anyhow::Result<ExitCode> {
-    let node = open(data_dir).await?;
+    let node = open_for_one_command(data_dir).await?;
     let network = if command.needs_network() {
         Some(Arc::new(Network::start(node.clone(), net).await?))
     } else {

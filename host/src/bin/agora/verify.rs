@@ -42,7 +42,7 @@ pub(crate) struct VerifyArgs {
 /// cannot be reproduced.
 pub(crate) async fn verify(data_dir: DataDir, options: VerifyArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&options.api)?;
-    let node = crate::commands::open(data_dir)
+    let node = crate::commands::open_for_one_command(data_dir)
         .await
         .context("opening this data dir to run the call in")?;
     let verified = check(&client, &node, &options).await;

@@ -65,8 +65,9 @@ pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
 pub use receipt::{
-    AgentRef, CallEnvironment, CallLimits, Input, Outcome, ParentCall, RECEIPT_SEQ_BLOCK, Receipt,
-    ReceiptMessage, SignedReceipt, TrapCode, check_pair, request_hash,
+    AgentRef, CallEnvironment, CallLimits, Input, Outcome, ParentCall, RECEIPT_SEQ_BLOCK,
+    RECEIPT_V1_TAG, RECEIPT_V2_TAG, Receipt, ReceiptMessage, SignedReceipt, TrapCode, check_pair,
+    request_hash,
 };
 pub use signed::{Record, Signed};
 pub use store::{

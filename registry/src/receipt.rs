@@ -312,12 +312,29 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The tag of receipts that carry what a re-execution needs: the execution profile, and with it
+/// the call's environment, input size, transcript and limits.
+pub const RECEIPT_V2_TAG: &str = "agora/receipt/v2";
+
+/// The tag of receipts from before verification: still read and counted, never re-checkable.
+pub const RECEIPT_V1_TAG: &str = "agora/receipt/v1";
+
 impl Record for Receipt {
-    const TAG: &'static str = "agora/receipt/v1";
+    const TAG: &'static str = RECEIPT_V2_TAG;
     const KIND: &'static str = "receipt";
 
     fn signer(&self) -> &PublicKey {
         &self.host
+    }
+
+    /// A receipt naming an execution profile is a v2 receipt, one without is v1: each is only
+    /// accepted under its own tag.
+    fn tag(&self) -> &'static str {
+        if self.profile.is_some() {
+            RECEIPT_V2_TAG
+        } else {
+            RECEIPT_V1_TAG
+        }
     }
 }
 

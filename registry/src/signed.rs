@@ -16,12 +16,19 @@ use crate::{Error, Hash};
 
 /// A record type that travels signed.
 pub trait Record: Serialize + DeserializeOwned {
-    /// The domain-separation tag, e.g. `agora/manifest/v1`.
+    /// The domain-separation tag of the record type's newest version, e.g. `agora/manifest/v1`.
     const TAG: &'static str;
     /// What the record is called in error messages.
     const KIND: &'static str;
     /// The key that must have signed this record (the publisher of a manifest, the host of a receipt).
     fn signer(&self) -> &PublicKey;
+    /// The tag this record is signed under: [`Record::TAG`] unless the type keeps an older
+    /// version readable, whose bodies (told apart by what they carry) keep their older tag. A
+    /// record arriving under any other tag is refused, so a body can never be read as a version
+    /// its signer did not sign.
+    fn tag(&self) -> &'static str {
+        Self::TAG
+    }
 }
 
 /// A record together with a verified signature by the key the record names.
@@ -74,11 +81,12 @@ impl<T: Record> Signed<T> {
                 found: signer,
             });
         }
+        let tag = body.tag();
         let body_bytes = canonical(&body, T::KIND)?;
-        let signature = sign(&domain_separated(T::TAG, &body_bytes));
+        let signature = sign(&domain_separated(tag, &body_bytes));
         let bytes = canonical(
             &EnvelopeOut {
-                tag: T::TAG,
+                tag,
                 body: &body,
                 signature: hex::encode(signature),
             },
@@ -156,10 +164,11 @@ impl<T: Record> Signed<T> {
         };
         let envelope: EnvelopeIn<T> =
             serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-        if envelope.tag != T::TAG {
+        let tag = envelope.body.tag();
+        if envelope.tag != tag {
             return Err(Error::WrongTag {
                 kind: T::KIND,
-                expected: T::TAG,
+                expected: tag,
                 found: envelope.tag.chars().take(64).collect(),
             });
         }
@@ -168,7 +177,7 @@ impl<T: Record> Signed<T> {
             .map_err(|_| malformed("signature is not 128 hex digits".into()))?;
         let canonical_bytes = canonical(
             &EnvelopeOut {
-                tag: T::TAG,
+                tag,
                 body: &envelope.body,
                 signature: hex::encode(signature),
             },
@@ -190,7 +199,7 @@ impl<T: Record> Signed<T> {
         if self
             .body
             .signer()
-            .verify(T::TAG, &body_bytes, &self.signature)
+            .verify(self.body.tag(), &body_bytes, &self.signature)
         {
             Ok(())
         } else {

@@ -209,6 +209,42 @@ fn a_signature_is_bound_to_its_record_type() {
 }
 
 #[test]
+fn a_receipt_naming_a_profile_is_v2_one_without_is_v1_and_neither_reads_as_the_other() {
+    let key = SecretKey::generate();
+    let v1 = Signed::sign(receipt(&key, 0, None), &key).unwrap();
+    let v2 = Signed::sign(
+        Receipt {
+            profile: Some(Hash::of(b"agora-det/1")),
+            ..receipt(&key, 0, None)
+        },
+        &key,
+    )
+    .unwrap();
+    for (signed, tag) in [(&v1, RECEIPT_V1_TAG), (&v2, RECEIPT_V2_TAG)] {
+        let text = std::str::from_utf8(signed.as_bytes()).unwrap();
+        assert!(text.starts_with(&format!("{{\"tag\":\"{tag}\"")), "{text}");
+        assert!(
+            SignedReceipt::from_bytes(signed.as_bytes()).is_ok(),
+            "{tag}"
+        );
+    }
+
+    // A v2 body signed under the v1 tag (by the right key) is refused, and so is the reverse:
+    // a verifier never reads a body as a version its host did not sign.
+    for (signed, other) in [(&v2, RECEIPT_V1_TAG), (&v1, RECEIPT_V2_TAG)] {
+        let body = serde_json::to_vec(signed.body()).unwrap();
+        let signature = key.sign_raw(&identity::domain_separated(other, &body));
+        let forged = format!(
+            "{{\"tag\":\"{other}\",\"body\":{},\"signature\":\"{}\"}}",
+            String::from_utf8(body).unwrap(),
+            hex::encode(signature)
+        );
+        let err = SignedReceipt::from_bytes(forged.as_bytes()).unwrap_err();
+        assert!(matches!(err, Error::WrongTag { .. }), "{err}");
+    }
+}
+
+#[test]
 fn a_record_cannot_be_signed_by_a_key_it_does_not_name() {
     let publisher = SecretKey::generate();
     let impostor = SecretKey::generate();

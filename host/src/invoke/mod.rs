@@ -105,7 +105,7 @@ pub struct InvokeAnswer {
     pub fuel_used: u64,
     /// The charge, nested calls included.
     pub charge: u64,
-    /// The host's signed receipt (`agora/receipt/v1`), as its JSON text.
+    /// The host's signed receipt (`agora/receipt/v2`), as its JSON text.
     pub receipt: String,
     /// The agent's signed manifest (`agora/manifest/v1`), as its JSON text, so the caller can
     /// keep the receipt with what it is about.

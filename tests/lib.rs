@@ -200,6 +200,7 @@ impl SigningHost {
             prev: self.head.map(|(_, hash)| hash),
             timestamp_ms: now_ms(),
             limits: None,
+            model_usage: vec![],
         };
         edit(&mut body);
         let receipt = agora_registry::Signed::sign(body, &self.key).expect("sign receipt");

@@ -155,6 +155,12 @@ pub enum PublishError {
     /// The manifest fields are not acceptable.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    /// The component imports `agora:agent/model` but the release declares no model to call.
+    #[error(
+        "the component imports agora:agent/model but declares no model; name each model it calls \
+         and its tokens per call (`--model NAME:TOKENS`)"
+    )]
+    UndeclaredModels,
     /// The registry refused the manifest (e.g. the release already exists with other code).
     #[error(transparent)]
     Registry(#[from] agora_registry::Error),

@@ -47,6 +47,7 @@ pub mod demo;
 mod error;
 pub mod examples;
 pub mod invoke;
+pub mod model;
 pub mod net;
 mod node;
 pub mod report;

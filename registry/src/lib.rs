@@ -47,6 +47,7 @@ mod evidence;
 mod hash;
 mod identity;
 mod manifest;
+pub mod model;
 mod nonces;
 mod receipt;
 pub mod reputation;
@@ -64,6 +65,10 @@ pub use evidence::{
 pub use hash::{Hash, ParseHashError};
 pub use identity::{PublicKey, SecretKey};
 pub use manifest::{AGENT_WORLD, ComponentRef, Manifest, ManifestLimits, SignedManifest};
+pub use model::{
+    ChatMessage, FinishReason, ModelAnswer, ModelDeclaration, ModelErrorKind, ModelParams,
+    ModelUsage,
+};
 pub use receipt::{
     AgentRef, CallEnvironment, CallLimits, Input, Outcome, ParentCall, RECEIPT_SEQ_BLOCK,
     RECEIPT_V1_TAG, RECEIPT_V2_TAG, Receipt, ReceiptMessage, SignedReceipt, TrapCode, check_pair,

@@ -40,6 +40,11 @@ pub struct Manifest {
     pub description: String,
     /// When the publisher signed the manifest, in seconds since the Unix epoch.
     pub created_at: u64,
+    /// The language models the agent calls through `agora:agent/model`, each with its token
+    /// budget per call. An agent importing that interface must declare at least one; a host
+    /// answers `not-offered` for any model not declared here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<crate::ModelDeclaration>,
 }
 
 /// A component named by its content hash, with its size so that a fetcher can refuse an

@@ -86,6 +86,10 @@ pub struct Receipt {
     /// own. Absent in receipts from hosts that do not record them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<CallLimits>,
+    /// What the call spent on language models, one entry per model, in the order first used.
+    /// Their charges are part of [`Receipt::charge`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_usage: Vec<crate::ModelUsage>,
 }
 
 /// The limits one call ran under, as a receipt records them.

@@ -217,6 +217,29 @@ impl Manifest {
             MAX_CAPABILITIES,
             MAX_CAPABILITY_BYTES,
         )?;
+        let names: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
+        check_names(
+            KIND,
+            "models",
+            &names,
+            crate::model::MAX_MODELS,
+            crate::model::MAX_MODEL_NAME_BYTES,
+        )?;
+        if let Some(model) = self.models.iter().find(|m| {
+            m.max_tokens_per_call == 0 || m.max_tokens_per_call > crate::model::MAX_TOKENS_PER_CALL
+        }) {
+            return Err(invalid(
+                KIND,
+                format!(
+                    "model {:?} must allow 1 to {} tokens per call",
+                    model.name,
+                    crate::model::MAX_TOKENS_PER_CALL
+                ),
+            ));
+        }
+        if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+            return Err(invalid(KIND, "a model is declared twice"));
+        }
         let limits = &self.limits;
         if limits.max_fuel == 0 || limits.max_wall_ms == 0 {
             return Err(invalid(
@@ -314,6 +337,23 @@ impl Receipt {
             ));
         }
         at_most(KIND, "charge", self.charge, MAX_CHARGE)?;
+        at_most(
+            KIND,
+            "model usage entries",
+            self.model_usage.len() as u64,
+            crate::model::MAX_MODELS as u64,
+        )?;
+        let usage_names: Vec<String> = self.model_usage.iter().map(|u| u.model.clone()).collect();
+        check_names(
+            KIND,
+            "model usage",
+            &usage_names,
+            crate::model::MAX_MODELS,
+            crate::model::MAX_MODEL_NAME_BYTES,
+        )?;
+        for usage in &self.model_usage {
+            at_most(KIND, "model charge", usage.charge, MAX_CHARGE)?;
+        }
         at_most(KIND, "wall_time_us", self.wall_time_us, MAX_WALL_TIME_US)?;
         at_most(
             KIND,

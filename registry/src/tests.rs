@@ -21,6 +21,7 @@ fn manifest(publisher: &SecretKey, version: &str, code: &[u8]) -> Manifest {
         price_per_mfuel: 7,
         description: "household energy agent".into(),
         created_at: 1_700_000_000,
+        models: vec![],
     }
 }
 
@@ -117,6 +118,7 @@ impl Chain {
             prev,
             timestamp_ms: now,
             limits: None,
+            model_usage: vec![],
         };
         edit(&mut body);
         (Signed::sign(body, &self.key).unwrap(), request)
@@ -165,6 +167,7 @@ pub(crate) fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt
         prev,
         timestamp_ms: 1,
         limits: None,
+        model_usage: vec![],
     }
 }
 
@@ -645,3 +648,36 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
 mod attacks;
 mod crash;
 mod quotas;
+
+#[test]
+fn a_manifest_declares_each_model_once_with_some_tokens() {
+    let key = SecretKey::generate();
+    let declare = |models: &[(&str, u32)]| Manifest {
+        models: models
+            .iter()
+            .map(|(name, tokens)| ModelDeclaration {
+                name: (*name).into(),
+                max_tokens_per_call: *tokens,
+            })
+            .collect(),
+        ..manifest(&key, "1.0.0", b"wasm")
+    };
+    let now = crate::rules::now_ms();
+    assert!(
+        declare(&[("smollm2", 256), ("embedder", 64)])
+            .check(now)
+            .is_ok()
+    );
+    for (models, says) in [
+        (&[("smollm2", 0)][..], "tokens per call"),
+        (&[("smollm2", 2_000_000)][..], "tokens per call"),
+        (&[("smollm2", 1), ("smollm2", 2)][..], "declared twice"),
+        (&[("small model", 1)][..], "printable"),
+    ] {
+        let error = declare(models).check(now).unwrap_err().to_string();
+        assert!(error.contains(says), "{models:?}: {error}");
+    }
+    // A manifest without models keeps the bytes it had before models existed.
+    let plain = Signed::sign(manifest(&key, "1.0.0", b"wasm"), &key).unwrap();
+    assert!(!String::from_utf8_lossy(plain.as_bytes()).contains("models"));
+}

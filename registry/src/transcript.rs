@@ -108,6 +108,17 @@ pub enum HostCall {
         /// The callee's answer.
         answer: CallAnswer,
     },
+    /// `complete` or `embed` on a language model: what it answered.
+    Model {
+        /// `complete` or `embed`.
+        op: String,
+        /// The model the guest named.
+        model: String,
+        /// [`model_request_hash`](crate::model::model_request_hash) of what the guest asked.
+        request_hash: Hash,
+        /// The answer.
+        answer: crate::ModelAnswer,
+    },
 }
 
 /// What `call-agent` returned to the guest.
@@ -131,6 +142,7 @@ impl HostCall {
             HostCall::KvGet { .. } => "kv-get",
             HostCall::KvSet { .. } => "kv-set",
             HostCall::CallAgent { .. } => "call-agent",
+            HostCall::Model { .. } => "model",
         }
     }
 }

@@ -381,6 +381,7 @@ fn sign_all(
                                 prev: None,
                                 timestamp_ms,
                                 limits: None,
+                                model_usage: vec![],
                             };
                             (host, body, request)
                         })

@@ -11,6 +11,7 @@ mod languages;
 mod loading;
 mod marketplace;
 mod mcp;
+mod models;
 mod network;
 mod publishing;
 mod receipts;

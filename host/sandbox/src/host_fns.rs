@@ -1,6 +1,7 @@
 //! The `agora:agent/host` interface an agent imports, and the per-call state it works on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_registry::transcript::MAX_TRANSCRIPT_BYTES;
@@ -27,7 +28,10 @@ pub const HOST_FUEL_PER_BYTE: u64 = 1;
 
 /// Takes what a host call moving `bytes` costs out of the call's fuel; with too little left the
 /// call ends `fuel-exhausted`, as if the guest had spent it itself.
-fn charge(store: &mut StoreContextMut<'_, AgentState>, bytes: usize) -> wasmtime::Result<()> {
+pub(super) fn charge(
+    store: &mut StoreContextMut<'_, AgentState>,
+    bytes: usize,
+) -> wasmtime::Result<()> {
     let cost = HOST_CALL_FUEL.saturating_add((bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE));
     let left = store.get_fuel()?;
     if left < cost {
@@ -55,6 +59,39 @@ pub struct CallState {
     pub transcript: TranscriptState,
     /// Set when a replayed guest's host call is not the one its transcript records.
     pub diverged: Option<Divergence>,
+    /// Time the host spent answering model requests, which the call's deadline moves on by:
+    /// model time is metered as tokens, not as the agent's wall time.
+    pub model_time: Arc<ModelTime>,
+}
+
+/// The time one call has spent waiting for models.
+#[derive(Debug, Default)]
+pub struct ModelTime {
+    paused_us: AtomicU64,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl ModelTime {
+    /// Time spent in finished model requests.
+    pub fn paused(&self) -> Duration {
+        Duration::from_micros(self.paused_us.load(Ordering::Relaxed))
+    }
+
+    /// Whether a model request is under way.
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn start(&self) {
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends a model request that took `elapsed`.
+    pub(super) fn finish(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.paused_us.fetch_add(micros, Ordering::Relaxed);
+        self.waiting.store(false, Ordering::Relaxed);
+    }
 }
 
 impl CallState {
@@ -82,7 +119,13 @@ impl CallState {
             nested: Vec::new(),
             transcript: TranscriptState::default(),
             diverged: None,
+            model_time: Arc::default(),
         }
+    }
+
+    /// When the call must be done, model time excluded.
+    pub fn deadline(&self) -> Instant {
+        self.deadline + self.model_time.paused()
     }
 }
 
@@ -99,7 +142,10 @@ pub struct TranscriptState {
 /// Adds a host call and its answer to the call's transcript: before the guest is charged for
 /// the answer, so a replay that runs out of fuel there records the same calls. A guest whose
 /// answers would make the transcript longer than a receipt may name ends `output-limit`.
-fn record(store: &mut StoreContextMut<'_, AgentState>, call: HostCall) -> wasmtime::Result<()> {
+pub(super) fn record(
+    store: &mut StoreContextMut<'_, AgentState>,
+    call: HostCall,
+) -> wasmtime::Result<()> {
     let state = store.data_mut();
     let transcript = &mut state.call.transcript;
     // `{"calls":[` … `]}`, then the entry and, after the first, a comma.
@@ -122,7 +168,10 @@ fn record(store: &mut StoreContextMut<'_, AgentState>, call: HostCall) -> wasmti
 }
 
 /// Ends a replayed call whose guest asked for something its transcript does not record.
-fn diverge(store: &mut StoreContextMut<'_, AgentState>, divergence: Divergence) -> wasmtime::Error {
+pub(super) fn diverge(
+    store: &mut StoreContextMut<'_, AgentState>,
+    divergence: Divergence,
+) -> wasmtime::Error {
     store.data_mut().call.diverged = Some(divergence.clone());
     wasmtime::Error::new(divergence)
 }
@@ -229,7 +278,7 @@ pub(super) fn add_host_interface(linker: &mut Linker<AgentState>) -> wasmtime::R
                     agent: agent.clone(),
                     request,
                     fuel: remaining,
-                    deadline: state.call.deadline,
+                    deadline: state.call.deadline(),
                     depth: state.call.depth + 1,
                     max_depth: state.call.max_depth,
                 };

@@ -61,6 +61,7 @@ mod host_fns;
 mod limiter;
 pub mod limits;
 mod load;
+mod model_fns;
 mod outcome;
 mod profile;
 mod services;
@@ -74,24 +75,28 @@ pub use host_fns::CallState;
 use host_fns::add_host_interface;
 use limiter::{GuestMemory, InstanceLimiter};
 pub use limits::{CallLimits, Limits};
+pub use load::MODEL_CAPABILITY;
 use load::{Compilation, Loaded};
 use outcome::classify_trap;
 pub use outcome::truncate;
 pub use profile::{AGORA_DET_1, Feature, Profile};
 pub use services::Divergence;
-pub use services::{AgentAnswer, AgentCall, HostServices, NoServices, Replay, ServiceFuture};
+pub use services::{
+    AgentAnswer, AgentCall, HostServices, ModelRequest, NoServices, Replay, ServiceFuture,
+};
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
-        world: "agent",
+        // The widest world: every agent's imports are a subset of it.
+        world: "thinking-agent",
         exports: { default: async },
     });
 }
 
 pub use bindings::agora::agent::host::LogLevel;
 pub use bindings::agora::agent::types::{AgentError, AgentInfo, Request};
-use bindings::{Agent, AgentPre};
+use bindings::{ThinkingAgent as Agent, ThinkingAgentPre as AgentPre};
 
 /// The runtime named in receipts: fuel counts compare only under the same wasmtime.
 pub const RUNTIME_VERSION: &str = "wasmtime 48.0.8";
@@ -237,6 +242,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         add_host_interface(&mut linker)?;
+        model_fns::add_model_interface(&mut linker)?;
 
         let slots = match allocation {
             Allocation::Pooling { instances } => {
@@ -402,9 +408,10 @@ impl Sandbox {
         // Fuel yields alone are not enough: a guest spinning in cheap host calls (a WASI clock)
         // spends little fuel per call, and would hold its thread for its whole wall time.
         let deadline = Instant::now() + limits.max_wall;
+        let model_time = store.data().call.model_time.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline + model_time.paused() {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // tokio's own yield: it lets the runtime poll its timers and I/O before the guest
@@ -446,6 +453,7 @@ impl Sandbox {
         let started = Instant::now();
         let wall = call.wall;
         let mut store = self.new_store(call, limits, fuel, world)?;
+        let model_time = store.data().call.model_time.clone();
         let run = async {
             let agent: Agent = component.pre.instantiate_async(&mut store).await?;
             agent
@@ -454,8 +462,25 @@ impl Sandbox {
                 .await
         };
         // The epoch deadline stops guest code; this backstop also stops a guest blocked in a
-        // host call.
-        let result = tokio::time::timeout(wall + EPOCH_TICK * 10, run).await;
+        // host call. Both move on by the time spent in model requests.
+        let result = {
+            let mut run = std::pin::pin!(run);
+            loop {
+                let paused = model_time.paused();
+                let mut until = started + wall + EPOCH_TICK * 10 + paused;
+                // A model request is bounded by the models' own timeout; wait it out.
+                if model_time.waiting() {
+                    until = until.max(Instant::now() + EPOCH_TICK);
+                }
+                match tokio::time::timeout_at(until.into(), &mut run).await {
+                    Ok(done) => break Ok(done),
+                    Err(elapsed) if !model_time.waiting() && model_time.paused() == paused => {
+                        break Err(elapsed);
+                    }
+                    Err(_) => continue,
+                }
+            }
+        };
         let wall_time = started.elapsed();
         let fuel_left = store.get_fuel().unwrap_or(0);
         let fuel_used = fuel.saturating_sub(fuel_left);

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use agora_registry::Hash;
 use wasmtime::component::Component;
 
-use super::bindings::AgentPre;
+use super::bindings::ThinkingAgentPre as AgentPre;
 use super::{CheckedComponent, Sandbox, lock, truncate};
 use crate::error::CheckError;
 
@@ -26,6 +26,10 @@ const WASI_PACKAGES: &[&str] = &[
 /// by runtimes that import them unconditionally still run, but every use is denied; the manifest
 /// records which of them a component imports.
 const AUTHORITY_PACKAGES: &[&str] = &["wasi:filesystem", "wasi:sockets", "wasi:http"];
+
+/// The interface through which an agent calls the host's language models: a capability, which
+/// the agent's manifest must declare models for.
+pub const MODEL_CAPABILITY: &str = "agora:agent/model";
 
 /// One component's compilation: whoever comes first compiles, the rest wait for its result.
 pub(super) type Compilation = Arc<OnceLock<Result<Arc<CheckedComponent>, CheckError>>>;
@@ -257,8 +261,7 @@ impl Sandbox {
             .filter_map(|name| {
                 let interface = name.split('@').next().unwrap_or(name);
                 let package = interface.split('/').next().unwrap_or(interface);
-                AUTHORITY_PACKAGES
-                    .contains(&package)
+                (AUTHORITY_PACKAGES.contains(&package) || interface == MODEL_CAPABILITY)
                     .then(|| interface.to_owned())
             })
             .collect();

@@ -10,7 +10,11 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use agora_registry::{CallAnswer, Hash, HostCall, Transcript, request_hash};
+use agora_registry::model::model_request_hash;
+use agora_registry::{
+    CallAnswer, ChatMessage, Hash, HostCall, ModelAnswer, ModelErrorKind, ModelParams, Transcript,
+    request_hash,
+};
 
 use super::Request;
 
@@ -58,6 +62,74 @@ impl AgentAnswer {
     }
 }
 
+/// A request to the `agora:agent/model` interface, as the guest made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelRequest {
+    /// `models()`.
+    Models,
+    /// `complete(model, messages, params)`.
+    Complete {
+        /// The model named.
+        model: String,
+        /// The chat.
+        messages: Vec<ChatMessage>,
+        /// How to generate.
+        params: ModelParams,
+    },
+    /// `embed(model, texts)`.
+    Embed {
+        /// The model named.
+        model: String,
+        /// The texts.
+        texts: Vec<String>,
+    },
+}
+
+impl ModelRequest {
+    /// The operation's name in transcripts: `models`, `complete` or `embed`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            ModelRequest::Models => "models",
+            ModelRequest::Complete { .. } => "complete",
+            ModelRequest::Embed { .. } => "embed",
+        }
+    }
+
+    /// The model named (empty for `models()`).
+    pub fn model(&self) -> &str {
+        match self {
+            ModelRequest::Models => "",
+            ModelRequest::Complete { model, .. } | ModelRequest::Embed { model, .. } => model,
+        }
+    }
+
+    /// What the transcript records of the request: the hash of what was asked.
+    pub fn hash(&self) -> Hash {
+        match self {
+            ModelRequest::Models => model_request_hash("models", "", &()),
+            ModelRequest::Complete {
+                model,
+                messages,
+                params,
+            } => model_request_hash("complete", model, &(messages, params)),
+            ModelRequest::Embed { model, texts } => model_request_hash("embed", model, texts),
+        }
+    }
+
+    /// Bytes the guest handed over, for fuel.
+    pub fn size(&self) -> usize {
+        match self {
+            ModelRequest::Models => 0,
+            ModelRequest::Complete {
+                model, messages, ..
+            } => model.len() + messages.iter().map(|m| m.content.len() + 8).sum::<usize>(),
+            ModelRequest::Embed { model, texts } => {
+                model.len() + texts.iter().map(String::len).sum::<usize>()
+            }
+        }
+    }
+}
+
 /// A replayed guest made a host call its transcript does not record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("host call {index} diverges from the transcript: {reason}")]
@@ -81,6 +153,8 @@ pub trait HostServices: Send + Sync {
     ) -> ServiceFuture<'_, Result<Result<(), String>, Divergence>>;
     /// Runs another agent.
     fn call_agent(&self, call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>>;
+    /// Asks a language model the host holds.
+    fn model(&self, request: ModelRequest) -> ServiceFuture<'_, Result<ModelAnswer, Divergence>>;
 }
 
 /// No host state at all, for `info()` while publishing: memory is empty and cannot be written,
@@ -109,6 +183,15 @@ impl HostServices for NoServices {
             Ok(AgentAnswer::refused(
                 "call-agent is not available while publishing".into(),
             ))
+        })
+    }
+
+    fn model(&self, _request: ModelRequest) -> ServiceFuture<'_, Result<ModelAnswer, Divergence>> {
+        Box::pin(async {
+            Ok(ModelAnswer::Error {
+                kind: ModelErrorKind::NotOffered,
+                message: "models are not available while publishing".into(),
+            })
         })
     }
 }
@@ -182,6 +265,12 @@ fn describe(call: &HostCall) -> String {
         HostCall::CallAgent {
             agent, input_hash, ..
         } => format!("call-agent {agent:?} (input {input_hash})"),
+        HostCall::Model {
+            op,
+            model,
+            request_hash,
+            ..
+        } => format!("model {op} {model:?} (request {request_hash})"),
     }
 }
 
@@ -232,6 +321,25 @@ impl HostServices for Replay {
                     charge: *charge,
                     answer: answer.clone(),
                 }),
+                _ => None,
+            },
+        );
+        Box::pin(async move { taken })
+    }
+
+    fn model(&self, request: ModelRequest) -> ServiceFuture<'_, Result<ModelAnswer, Divergence>> {
+        let (op, hash) = (request.op(), request.hash());
+        let taken = self.take(
+            &format!("model {op} {:?} (request {hash})", request.model()),
+            |recorded| match recorded {
+                HostCall::Model {
+                    op: recorded_op,
+                    model,
+                    request_hash,
+                    answer,
+                } if recorded_op == op && model == request.model() && *request_hash == hash => {
+                    Some(answer.clone())
+                }
                 _ => None,
             },
         );

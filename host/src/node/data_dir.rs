@@ -97,6 +97,8 @@ pub struct NodeConfig {
     /// Where components are compiled. Default: in this process (see [`Compiler`]); the `agora`
     /// command compiles in a child process of itself, bounded in memory.
     pub compiler: Compiler,
+    /// The language models this host offers its agents. Default: none.
+    pub models: crate::model::ModelConfig,
 }
 
 impl NodeConfig {
@@ -107,12 +109,19 @@ impl NodeConfig {
             limits: Limits::default(),
             trusted_publishers: Vec::new(),
             compiler: Compiler::InProcess,
+            models: crate::model::ModelConfig::default(),
         }
     }
 
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Offers these language models to the agents that declare them.
+    pub fn models(mut self, models: crate::model::ModelConfig) -> Self {
+        self.models = models;
         self
     }
 

@@ -23,6 +23,9 @@ pub struct PublishOptions {
     pub limits: Option<ManifestLimits>,
     /// Price per million fuel.
     pub price_per_mfuel: u64,
+    /// The language models the agent calls, with its tokens per call on each. Required (at
+    /// least one) for a component that imports `agora:agent/model`.
+    pub models: Vec<agora_registry::ModelDeclaration>,
 }
 
 /// The result of publishing.
@@ -66,6 +69,11 @@ impl Node {
     ) -> Result<Published, PublishError> {
         let hash = Hash::of(component);
         let checked = self.check_hashed(hash, component.to_vec()).await?;
+        let imports_model =
+            (checked.capabilities.iter()).any(|c| c == crate::sandbox::MODEL_CAPABILITY);
+        if imports_model && options.models.is_empty() {
+            return Err(PublishError::UndeclaredModels);
+        }
         let info = self.0.sandbox.info(&checked).await?;
         let limits = options
             .limits
@@ -85,6 +93,7 @@ impl Node {
             price_per_mfuel: options.price_per_mfuel,
             description: options.description.unwrap_or(info.description),
             created_at: unix_now().as_secs(),
+            models: options.models,
         };
         // `info()` is untrusted output and options come from the operator: the same rules
         // every peer applies to a manifest it receives.

@@ -251,6 +251,7 @@ impl Node {
                 agent: body.name.clone(),
             },
             manifest: manifest.hash(),
+            models: crate::model::ModelSession::new(self.0.models.clone(), body.models.clone()),
         };
         let depth = parent.map_or(0, |p| p.depth);
         let call = self
@@ -288,8 +289,11 @@ impl Node {
         let nested_charge =
             (invocation.nested.iter()).fold(0u64, |sum, n| sum.saturating_add(n.charge));
         let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
+        let model_usage = self.0.models.usage(&invocation.transcript);
+        let model_charge = (model_usage.iter()).fold(0u64, |sum, u| sum.saturating_add(u.charge));
         let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel)
-            .saturating_add(nested_charge);
+            .saturating_add(nested_charge)
+            .saturating_add(model_charge);
         let output_hash = invocation.output.as_deref().map(Hash::of);
         let input = Input {
             action: request.action,
@@ -328,6 +332,7 @@ impl Node {
                 wall_ms: u64::try_from(limits.max_wall.as_millis()).unwrap_or(u64::MAX),
                 output_bytes: limits.max_output_bytes,
             }),
+            model_usage,
         };
         // Signed and committed on the registry's writer thread, which wakes this task.
         let receipt = self

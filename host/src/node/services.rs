@@ -5,7 +5,8 @@ use agora_registry::{CallAnswer, Hash, KvNamespace, Outcome};
 
 use super::{Node, blocking};
 use crate::sandbox::{
-    AgentAnswer, AgentCall, Divergence, HostServices, MAX_MESSAGE_BYTES, ServiceFuture, truncate,
+    AgentAnswer, AgentCall, Divergence, HostServices, MAX_MESSAGE_BYTES, ModelRequest,
+    ServiceFuture, truncate,
 };
 
 /// The live answers to one call's host calls.
@@ -15,6 +16,8 @@ pub(crate) struct LiveServices {
     pub kv: KvNamespace,
     /// The calling agent's manifest, which its callees' receipts name as their parent.
     pub manifest: Hash,
+    /// The host's models, as far as this agent's manifest declares them.
+    pub models: crate::model::ModelSession,
 }
 
 impl HostServices for LiveServices {
@@ -102,5 +105,12 @@ impl HostServices for LiveServices {
                 answer,
             })
         })
+    }
+
+    fn model(
+        &self,
+        request: ModelRequest,
+    ) -> ServiceFuture<'_, Result<agora_registry::ModelAnswer, Divergence>> {
+        Box::pin(async move { Ok(self.models.answer(request).await) })
     }
 }

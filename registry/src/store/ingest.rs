@@ -359,12 +359,16 @@ fn check_and_store(
             proof,
         );
     };
-    let expected = charge_for(own_fuel, price as u64).saturating_add(nested_charge);
+    let model_charge = (body.model_usage.iter()).fold(0u64, |sum, u| sum.saturating_add(u.charge));
+    let expected = charge_for(own_fuel, price as u64)
+        .saturating_add(nested_charge)
+        .saturating_add(model_charge);
     if body.charge != expected {
         return lied(
             "charge",
             format!(
-                "its charge {} is not {expected}, what its manifest's price and its fuel give",
+                "its charge {} is not {expected}, what its manifest's price, its fuel and its \
+                 model usage give",
                 body.charge
             ),
             proof,

@@ -123,6 +123,7 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
                 prev: None,
                 timestamp_ms: 1,
                 limits: None,
+                model_usage: vec![],
             },
             &cheat,
         )

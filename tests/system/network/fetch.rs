@@ -513,6 +513,7 @@ async fn a_signed_manifest_for_something_that_is_not_a_component_is_rejected() {
             price_per_mfuel: 0,
             description: "signed, but not a component".into(),
             created_at: 0,
+            models: vec![],
         },
         &key,
     )

@@ -124,6 +124,7 @@ async fn invalid_announcements_are_dropped_and_counted() {
             price_per_mfuel: 1,
             description: "valid, from a stranger".into(),
             created_at: 0,
+            models: vec![],
         },
         &publisher,
     )
@@ -218,6 +219,7 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
             price_per_mfuel: 0,
             description: String::new(),
             created_at: 0,
+            models: vec![],
         };
         let signed = Signed::sign(manifest, &key).unwrap();
         let mut message = vec![1u8];

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agora_host::model::ModelConfig;
 use agora_host::net::{NetConfig, Network};
 use agora_host::{Compiler, DataDir, Limits, Node, NodeConfig, PublishOptions, report};
 use agora_registry::{Hash, ManifestLimits};
@@ -17,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminCommand;
 use crate::ui::{TransferBar, spinner};
 
-/// Opens the data dir's node for a host that serves. Components are compiled in a child
-/// process of this binary, so a component that needs too much memory to compile is refused
-/// without touching the host.
-pub(crate) async fn open(data_dir: DataDir) -> anyhow::Result<Node> {
-    open_with(data_dir, Limits::default()).await
+/// Opens the data dir's node for a host that serves, offering `models` to its agents.
+/// Components are compiled in a child process of this binary, so a component that needs too
+/// much memory to compile is refused without touching the host.
+pub(crate) async fn open(data_dir: DataDir, models: ModelConfig) -> anyhow::Result<Node> {
+    open_with(data_dir, Limits::default(), models).await
 }
 
 /// Instance slots a command that runs a few calls and exits keeps: a call and its nested calls
@@ -36,12 +37,16 @@ pub(crate) async fn open_for_one_command(data_dir: DataDir) -> anyhow::Result<No
         pooled_instances: ONE_COMMAND_POOL,
         ..Limits::default()
     };
-    open_with(data_dir, limits).await
+    open_with(data_dir, limits, ModelConfig::default()).await
 }
 
-async fn open_with(data_dir: DataDir, limits: Limits) -> anyhow::Result<Node> {
+async fn open_with(data_dir: DataDir, limits: Limits, models: ModelConfig) -> anyhow::Result<Node> {
     let compiler = Compiler::this_executable().context("finding the agora executable")?;
-    Ok(Node::open(NodeConfig::new(data_dir).limits(limits).compiler(compiler)).await?)
+    let config = NodeConfig::new(data_dir)
+        .limits(limits)
+        .compiler(compiler)
+        .models(models);
+    Ok(Node::open(config).await?)
 }
 
 /// What a command printed: its standard output and error, and its exit code.
@@ -71,6 +76,8 @@ pub(crate) struct PublishSpec {
     pub description: Option<String>,
     pub limits: ManifestLimits,
     pub price: u64,
+    #[serde(default)]
+    pub models: Vec<agora_registry::ModelDeclaration>,
 }
 
 /// `agora run`, as it travels: the payload already read.
@@ -100,6 +107,7 @@ impl PublishSpec {
                 max_output_bytes: args.max_output.unwrap_or(defaults.max_output_bytes),
             },
             price: args.price,
+            models: args.models,
         })
     }
 }
@@ -248,6 +256,7 @@ impl Work {
             description: spec.description,
             limits: Some(spec.limits),
             price_per_mfuel: spec.price,
+            models: spec.models,
         };
         let published = self.node.publish_file(&spec.component, options).await?;
         let manifest = &published.manifest;

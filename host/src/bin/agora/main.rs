@@ -3,6 +3,7 @@
 mod admin;
 mod call;
 mod commands;
+mod models;
 mod reputation;
 mod ui;
 mod verify;
@@ -79,6 +80,8 @@ enum Command {
         /// The same for hosts it holds little history with (default 0.5).
         #[arg(long, value_name = "SHARE", value_parser = share)]
         audit_new_host_rate: Option<f64>,
+        #[command(flatten)]
+        models: models::ModelArgs,
     },
     /// Call an agent on a host, by its API URL (HTTP) or its ticket (iroh), signed by this data
     /// dir's key; print the output and keep the verified receipt. Exits non-zero if the call fails.
@@ -171,6 +174,23 @@ struct PublishArgs {
     /// Price per million fuel.
     #[arg(long, default_value_t = 0)]
     price: u64,
+    /// A language model the agent calls, and the most tokens one call may spend on it
+    /// (`NAME:TOKENS`); repeatable. Required for a component that imports agora:agent/model.
+    #[arg(long = "model", value_parser = model_declaration)]
+    models: Vec<agora_registry::ModelDeclaration>,
+}
+
+fn model_declaration(text: &str) -> Result<agora_registry::ModelDeclaration, String> {
+    let (name, tokens) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:TOKENS"))?;
+    let max_tokens_per_call = tokens
+        .parse()
+        .map_err(|_| format!("{tokens:?} is not a number of tokens"))?;
+    Ok(agora_registry::ModelDeclaration {
+        name: name.to_owned(),
+        max_tokens_per_call,
+    })
 }
 
 #[derive(clap::Args)]
@@ -306,9 +326,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             allowed_origins,
             audit_rate,
             audit_new_host_rate,
+            models,
         } => {
             admin::claim(&data_dir).await?;
-            let node = open(data_dir.clone()).await?;
+            let node = open(data_dir.clone(), models.config()?).await?;
             let mut audit = agora_host::net::AuditConfig::default();
             audit.sample_rate = audit_rate.unwrap_or(audit.sample_rate);
             audit.new_host_sample_rate = audit_new_host_rate.unwrap_or(audit.new_host_sample_rate);

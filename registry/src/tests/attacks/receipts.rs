@@ -405,3 +405,56 @@ fn a_receipt_its_host_cannot_back_counts_for_nothing_and_the_chain_after_it_stil
     market.registry.mark_unbacked(&unbacked, "again").unwrap();
     assert_eq!(market.scores().of(victim.body()), after);
 }
+
+#[test]
+fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
+    let market = Market::new(5, 200);
+    let host = &market.hosts[2];
+    let usage = |charge| crate::ModelUsage {
+        model: "smollm2-135m-instruct".into(),
+        prompt_tokens: 40,
+        generated_tokens: 12,
+        charge,
+    };
+    let next = |registry: &crate::Registry| {
+        let head = registry.host_record(&host.key.public()).unwrap().head;
+        (head.map_or(0, |(s, _)| s + 1), head.map(|(_, h)| h))
+    };
+
+    // Charged for its tokens, and its charge says so: stored.
+    let (seq, prev) = next(&market.registry);
+    let (honest, request) = host.sign(
+        &market.agents[0].0,
+        &market.callers[0],
+        Outcome::Ok,
+        seq,
+        prev,
+        |r| {
+            r.model_usage = vec![usage(52)];
+            r.charge += 52;
+        },
+    );
+    market
+        .registry
+        .insert_receipt(&honest, Some(&request))
+        .unwrap();
+
+    // Model charges that its total leaves out (or adds to): refused, and held against the host.
+    let (seq, prev) = next(&market.registry);
+    let (padded, request) = host.sign(
+        &market.agents[0].0,
+        &market.callers[1],
+        Outcome::Ok,
+        seq,
+        prev,
+        |r| r.model_usage = vec![usage(52)],
+    );
+    let refused = market
+        .registry
+        .insert_receipt(&padded, Some(&request))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("model usage"), "{refused}");
+    let record = market.registry.host_record(&host.key.public()).unwrap();
+    assert_eq!(record.misbehaviour[0].kind, "charge", "{record:?}");
+}

@@ -35,6 +35,7 @@
 //!     price_per_mfuel: 10,
 //!     description: "quotes fares".into(),
 //!     created_at: 0,
+//!     models: vec![],
 //! };
 //! let signed = Signed::sign(manifest, &publisher)?;
 //! let received = Signed::<Manifest>::from_bytes(signed.as_bytes())?;

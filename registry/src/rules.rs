@@ -293,7 +293,13 @@ impl Validation {
         match &self.finding {
             Finding::Matches => {}
             Finding::Differs { fields } => {
-                let known = ["outcome", "output_hash", "fuel_used", "nested"];
+                let known = [
+                    "outcome",
+                    "output_hash",
+                    "fuel_used",
+                    "nested",
+                    "model_usage",
+                ];
                 let named = known
                     .iter()
                     .filter(|field| fields.iter().any(|f| f == *field))

@@ -46,7 +46,8 @@ pub enum Finding {
     /// Outcome, output hash and fuel are the receipt's.
     Matches,
     /// These of the receipt's fields are not what the call gives: `outcome`, `output_hash`,
-    /// `fuel_used`, `nested` (the callees' receipts, which the transcript names).
+    /// `fuel_used`, `nested` (the callees' receipts, which the transcript names), `model_usage`
+    /// (the tokens the transcript's model answers count).
     Differs {
         /// The fields, in that order.
         fields: Vec<String>,

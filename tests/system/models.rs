@@ -234,6 +234,24 @@ async fn the_host_sends_its_key_and_the_guest_transcript_and_receipt_never_see_i
         .await
         .unwrap();
     assert_eq!(again.verdict, agora_host::Verdict::Matches);
+
+    // A host that signs for more tokens than its model answered is caught by the same replay.
+    let key = agora_registry::SecretKey::load(&node.data_dir().key_path()).unwrap();
+    let mut inflated = body.clone();
+    inflated.model_usage[0].generated_tokens += 100;
+    inflated.model_usage[0].charge += 100;
+    inflated.charge += 100;
+    let inflated = agora_registry::Signed::sign(inflated, &key).unwrap();
+    let again = node
+        .reexecute(&inflated, MODEL_USER, &input, &kept)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.verdict,
+        agora_host::Verdict::Differs {
+            fields: vec!["model_usage"]
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

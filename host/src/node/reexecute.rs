@@ -39,7 +39,7 @@ pub enum Verdict {
     /// environment and transcript the call has one result, so this is proof that the host
     /// signed something its call did not produce.
     Differs {
-        /// `outcome`, `output_hash`, `fuel_used`, `nested`.
+        /// `outcome`, `output_hash`, `fuel_used`, `nested`, `model_usage` (its tokens).
         fields: Vec<&'static str>,
     },
     /// The guest's host calls are not the ones the transcript records: the receipt's host
@@ -285,6 +285,16 @@ impl Node {
                 .eq(body.nested.iter().copied())
             {
                 fields.push("nested");
+            }
+            // Tokens come from the transcript's model answers too (their price is the host's).
+            let tokens = |usage: &[agora_registry::ModelUsage]| -> Vec<(String, u64, u64)> {
+                (usage.iter())
+                    .map(|u| (u.model.clone(), u.prompt_tokens, u.generated_tokens))
+                    .collect()
+            };
+            let used = crate::model::ModelConfig::default().usage(&invocation.transcript);
+            if tokens(&used) != tokens(&body.model_usage) {
+                fields.push("model_usage");
             }
             if fields.is_empty() {
                 Verdict::Matches

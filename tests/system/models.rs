@@ -127,6 +127,12 @@ fn declare(models: &[(&str, u32)]) -> PublishOptions {
     }
 }
 
+/// Publishes `model-user` declaring `models`; its manifest hash, by which to run it.
+async fn publish_declaring(node: &Node, models: &[(&str, u32)]) -> String {
+    let published = node.publish(MODEL_USER, declare(models)).await.unwrap();
+    published.manifest.hash().to_hex()
+}
+
 async fn ask(node: &Node, agent: &str, payload: Value) -> (Value, agora_registry::SignedReceipt) {
     let execution = node
         .run(agent, "ask", payload.to_string().as_bytes(), None)
@@ -258,13 +264,7 @@ async fn the_host_sends_its_key_and_the_guest_transcript_and_receipt_never_see_i
 async fn a_model_the_manifest_does_not_declare_is_not_offered_and_costs_nothing() {
     let (addr, seen) = serve_openai().await;
     let (node, _dir) = thinking_host(addr, Limits::default()).await;
-    let agent = node
-        .publish(MODEL_USER, declare(&[("echo", 100), ("elsewhere", 100)]))
-        .await
-        .unwrap()
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish_declaring(&node, &[("echo", 100), ("elsewhere", 100)]).await;
     let listed = node
         .run(&agent, "models", b"{}", None)
         .await
@@ -294,13 +294,7 @@ async fn a_model_the_manifest_does_not_declare_is_not_offered_and_costs_nothing(
 async fn a_spent_budget_gives_budget_exhausted_and_the_agent_carries_on() {
     let (addr, seen) = serve_openai().await;
     let (node, _dir) = thinking_host(addr, Limits::default()).await;
-    let agent = node
-        .publish(MODEL_USER, declare(&[("echo", 12)]))
-        .await
-        .unwrap()
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish_declaring(&node, &[("echo", 12)]).await;
     // Each request: 2 + 2 prompt tokens, 2 generated: 6, then 12, and the third is refused.
     let (answers, receipt) = ask(
         &node,
@@ -324,13 +318,7 @@ async fn a_spent_budget_gives_budget_exhausted_and_the_agent_carries_on() {
 async fn a_busy_or_silent_backend_is_unavailable_and_not_charged() {
     let (addr, _) = serve_openai().await;
     let (node, _dir) = thinking_host(addr, Limits::default()).await;
-    let agent = node
-        .publish(MODEL_USER, declare(&[("busy", 100), ("slow", 100)]))
-        .await
-        .unwrap()
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish_declaring(&node, &[("busy", 100), ("slow", 100)]).await;
     for model in ["busy", "slow"] {
         let (answers, receipt) = ask(&node, &agent, json!({"model": model, "prompt": "hi"})).await;
         assert_eq!(answers[0]["error"], "unavailable", "{model}: {answers}");
@@ -363,13 +351,7 @@ async fn time_spent_in_a_model_is_not_counted_against_the_agents_wall_clock() {
         .timeout(Duration::from_secs(3))
         .offer(OfferedModel::new("slow", backend));
     let (node, _dir) = open_host(models, limits).await;
-    let agent = node
-        .publish(MODEL_USER, declare(&[("slow", 100)]))
-        .await
-        .unwrap()
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish_declaring(&node, &[("slow", 100)]).await;
     let (answers, receipt) = ask(&node, &agent, json!({"model": "slow", "prompt": "hi"})).await;
     assert_eq!(answers[0]["text"], "hi", "{answers}");
     assert!(receipt.body().outcome.is_ok());
@@ -379,13 +361,7 @@ async fn time_spent_in_a_model_is_not_counted_against_the_agents_wall_clock() {
 async fn embeddings_come_back_exactly_and_count_their_tokens() {
     let (addr, _) = serve_openai().await;
     let (node, _dir) = thinking_host(addr, Limits::default()).await;
-    let agent = node
-        .publish(MODEL_USER, declare(&[("echo", 100)]))
-        .await
-        .unwrap()
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish_declaring(&node, &[("echo", 100)]).await;
     let execution = node
         .run(
             &agent,
@@ -412,13 +388,7 @@ async fn a_call_that_keeps_asking_a_silent_model_is_cut_off_at_its_model_time() 
         .max_time_per_call(Duration::from_millis(700))
         .offer(OfferedModel::new("slow", backend));
     let (node, _dir) = open_host(models, Limits::default()).await;
-    let agent = node
-        .publish(MODEL_USER, declare(&[("slow", 100)]))
-        .await
-        .unwrap()
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish_declaring(&node, &[("slow", 100)]).await;
     let (answers, _) = ask(
         &node,
         &agent,

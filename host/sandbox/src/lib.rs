@@ -43,16 +43,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agora_registry::{CallEnvironment, Hash, Outcome};
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use agora_registry::{CallEnvironment, Hash};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
 
 mod cache;
+mod call;
+pub use call::{AgentState, CallWorld, Invocation, NestedCall};
 mod compile;
 mod engine;
 mod environment;
@@ -73,7 +72,7 @@ pub use engine::Allocation;
 pub use error::CheckError;
 pub use host_fns::CallState;
 use host_fns::add_host_interface;
-use limiter::{GuestMemory, InstanceLimiter};
+use limiter::GuestMemory;
 pub use limits::{CallLimits, Limits};
 pub use load::MODEL_CAPABILITY;
 use load::{Compilation, Loaded};
@@ -357,181 +356,6 @@ impl Sandbox {
             Err(_) => Err(CheckError::Info("timed out".into())),
         }
     }
-
-    fn new_store(
-        &self,
-        call: CallState,
-        limits: &CallLimits,
-        fuel: u64,
-        world: &CallWorld,
-    ) -> wasmtime::Result<Store<AgentState>> {
-        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes);
-        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes);
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }));
-        environment::virtualise(&mut wasi, &world.environment, &world.seed);
-        let wasi = wasi.build();
-        let mut http = WasiHttpCtx::new();
-        // Outgoing HTTP is denied, so fields are never sent: a little room for runtimes that
-        // build a request before finding out, and no more host memory than that per object.
-        http.set_field_size_limit(HTTP_FIELDS_BYTES);
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(self.limits.max_resource_handles);
-        let state = AgentState {
-            wasi,
-            http,
-            http_hooks: DenyOutgoingHttp,
-            table,
-            limiter: InstanceLimiter::new(
-                limits.max_memory_bytes,
-                self.guest_memory.clone(),
-                self.limits.max_table_elements,
-                self.limits.max_instances,
-            ),
-            stdout,
-            stderr,
-            call,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        // What the guest hands the host is counted before it is copied, per crossing.
-        store.set_hostcall_fuel(self.limits.max_transfer_bytes);
-        store.set_max_component_handles(self.limits.max_resource_handles);
-        store.set_fuel(fuel)?;
-        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
-        // At every epoch tick the guest yields to the executor, and past its deadline it stops.
-        // Fuel yields alone are not enough: a guest spinning in cheap host calls (a WASI clock)
-        // spends little fuel per call, and would hold its thread for its whole wall time.
-        let deadline = Instant::now() + limits.max_wall;
-        let model_time = store.data().call.model_time.clone();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline + model_time.paused() {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // tokio's own yield: it lets the runtime poll its timers and I/O before the guest
-                // resumes (a plain wake-up would put the guest straight back in the run queue).
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ))
-            }
-        });
-        Ok(store)
-    }
-
-    /// Runs `handle(request)` in a fresh instance. Never fails because of the guest: every guest
-    /// failure is an [`Outcome`].
-    pub async fn invoke(
-        &self,
-        component: &CheckedComponent,
-        call: CallState,
-        limits: &CallLimits,
-        fuel: u64,
-        request: &Request,
-        world: &CallWorld,
-    ) -> wasmtime::Result<Invocation> {
-        // A call starts only into a host with room for it; nested calls run within their
-        // caller's admission, and what anyone grows is charged as it happens.
-        if call.depth == 0
-            && !self
-                .guest_memory
-                .admit(limits.max_memory_bytes, HOST_MEMORY_WAIT)
-                .await
-        {
-            return Err(wasmtime::Error::new(HostBusy {
-                used: self.guest_memory.used(),
-                budget: self.limits.max_guest_memory_bytes,
-            }));
-        }
-        let _slot = self.slot(call.depth).await;
-        let started = Instant::now();
-        let wall = call.wall;
-        let mut store = self.new_store(call, limits, fuel, world)?;
-        let model_time = store.data().call.model_time.clone();
-        let run = async {
-            let agent: Agent = component.pre.instantiate_async(&mut store).await?;
-            agent
-                .agora_agent_handler()
-                .call_handle(&mut store, request)
-                .await
-        };
-        // The epoch deadline stops guest code; this backstop also stops a guest blocked in a
-        // host call. Both move on by the time spent in model requests.
-        let result = {
-            let mut run = std::pin::pin!(run);
-            loop {
-                let paused = model_time.paused();
-                let mut until = started + wall + EPOCH_TICK * 10 + paused;
-                // A model request is bounded by the models' own timeout; wait it out.
-                if model_time.waiting() {
-                    until = until.max(Instant::now() + EPOCH_TICK);
-                }
-                match tokio::time::timeout_at(until.into(), &mut run).await {
-                    Ok(done) => break Ok(done),
-                    Err(elapsed) if !model_time.waiting() && model_time.paused() == paused => {
-                        break Err(elapsed);
-                    }
-                    Err(_) => continue,
-                }
-            }
-        };
-        let wall_time = started.elapsed();
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let fuel_used = fuel.saturating_sub(fuel_left);
-        let state = store.into_data();
-
-        let (outcome, output) = match result {
-            Err(_elapsed) => (Outcome::Timeout, None),
-            Ok(Ok(Ok(output))) if output.len() as u64 > limits.max_output_bytes => {
-                (Outcome::OutputLimit, None)
-            }
-            Ok(Ok(Ok(output))) => (Outcome::Ok, Some(output)),
-            Ok(Ok(Err(agent_error))) => {
-                let (error, message) = match agent_error {
-                    AgentError::BadRequest(m) => ("bad-request", m),
-                    AgentError::Refused(m) => ("refused", m),
-                    AgentError::Internal(m) => ("internal", m),
-                };
-                (
-                    Outcome::AgentError {
-                        error: error.into(),
-                        message: truncate(&message, MAX_MESSAGE_BYTES),
-                    },
-                    None,
-                )
-            }
-            Ok(Err(error)) => (classify_trap(&error, &state), None),
-        };
-        Ok(Invocation {
-            outcome,
-            output,
-            fuel_used,
-            wall_time,
-            logs: state.call.log.lines,
-            stdout: state.stdout.contents().to_vec(),
-            stderr: state.stderr.contents().to_vec(),
-            nested: state.call.nested,
-            transcript: state.call.transcript.transcript,
-            diverged: state.call.diverged,
-        })
-    }
-
-    /// Builds the store state for a call; see [`CallState`].
-    pub fn call_state(
-        &self,
-        agent: String,
-        services: Arc<dyn HostServices>,
-        depth: u32,
-        wall: Duration,
-    ) -> CallState {
-        CallState::new(agent, services, depth, &self.limits, wall)
-    }
 }
 
 fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
@@ -546,93 +370,6 @@ fn spawn_epoch_ticker(engine: Engine, alive: Weak<()>) {
     if let Err(error) = spawned {
         // Without the ticker every deadline is "never"; fuel still bounds every call.
         tracing::error!(%error, "could not start the epoch ticker; wall-clock deadlines are off");
-    }
-}
-
-/// The clocks and randomness one call's guest sees (see `environment.rs`).
-pub struct CallWorld {
-    /// As the receipt records it.
-    pub environment: CallEnvironment,
-    /// [`CallEnvironment::seed`] of the call's input.
-    pub seed: [u8; 32],
-}
-
-/// What one call produced, before it is signed into a receipt.
-pub struct Invocation {
-    pub outcome: Outcome,
-    pub output: Option<Vec<u8>>,
-    pub fuel_used: u64,
-    pub wall_time: Duration,
-    pub logs: Vec<LogLine>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub nested: Vec<NestedCall>,
-    /// The host calls' answers, in order.
-    pub transcript: agora_registry::Transcript,
-    /// Set when the call replayed a transcript its guest's calls did not follow.
-    pub diverged: Option<Divergence>,
-}
-
-/// A `call-agent` made during a call, as recorded for the caller's receipt.
-#[derive(Clone, Copy, Debug)]
-pub struct NestedCall {
-    pub receipt: Hash,
-    pub fuel_used: u64,
-    pub charge: u64,
-}
-
-/// The store's data for one call.
-pub struct AgentState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    http_hooks: DenyOutgoingHttp,
-    table: ResourceTable,
-    limiter: InstanceLimiter,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    call: CallState,
-}
-
-impl WasiView for AgentState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for AgentState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.http_hooks,
-        }
-    }
-}
-
-/// Outgoing HTTP is a capability no agent has yet; every request is denied.
-struct DenyOutgoingHttp;
-
-impl WasiHttpHooks for DenyOutgoingHttp {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

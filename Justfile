@@ -19,6 +19,7 @@ guests-interpreted:
 # Run every test (the README's test command).
 test: guests-interpreted
     tests/clients/install.sh
+    host/embedded-model/fetch-default.sh
     cargo test --workspace
     tests/schemathesis/run.sh
 

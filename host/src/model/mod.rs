@@ -8,9 +8,11 @@
 //! backend: the guest names only a model, and neither its answer nor the call's transcript nor
 //! its receipt carries a key.
 //!
-//! Backends: [`RemoteBackend`], an OpenAI-compatible HTTP server (llama.cpp's server, Ollama,
-//! vLLM).
+//! Backends: [`EmbeddedBackend`], a GGUF model run in this process on CPU (no server, no
+//! network; greedy answers another host can compute again), and [`RemoteBackend`], an
+//! OpenAI-compatible HTTP server (llama.cpp's server, Ollama, vLLM).
 
+mod embedded;
 mod remote;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use agora_registry::{
     Transcript,
 };
 
+pub use embedded::EmbeddedBackend;
 pub use remote::{RemoteBackend, RemoteError};
 
 use crate::sandbox::ModelRequest;

@@ -57,6 +57,12 @@ impl DataDir {
         self.root.join("compiled")
     }
 
+    /// Where imported embedded models live: `models/<name>.gguf`, which `agora host
+    /// --offer-model <name>` runs in process.
+    pub fn models_path(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
     /// Creates the root if missing, readable only by its owner (mode 0700): it holds the secret
     /// key and agents' private memory. An existing directory keeps the mode it has.
     pub(super) fn create_private(&self) -> std::io::Result<()> {

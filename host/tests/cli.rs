@@ -130,19 +130,54 @@ fn keygen_publish_run_and_list_receipts() {
     }
 }
 
-#[test]
-fn the_demo_negotiates_a_ride_and_clears_an_energy_auction() {
+/// Runs `agora demo` with the embedded model looked for in `model_cache`.
+fn demo(model_cache: &Path) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = agora(
-        &dir.path().join("unused"),
-        &["demo", "--keep", dir.path().join("demo").to_str().unwrap()],
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["demo", "--keep", dir.path().join("demo").to_str().unwrap()])
+        .env("AGORA_MODEL_CACHE", model_cache)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run agora demo");
     assert!(out.status.success(), "{}", stderr(&out));
     let report = stdout(&out);
     assert!(report.contains("agreed with driver-ben"), "{report}");
     assert!(report.contains("cleared 5000 Wh at 20 c/kWh"), "{report}");
     assert!(
-        report.contains("receipts signed by this host (12)"),
+        report.contains("receipts signed by this host (13)"),
+        "{report}"
+    );
+    report
+}
+
+#[test]
+fn the_demo_negotiates_a_ride_and_clears_an_energy_auction_and_says_plainly_it_has_no_model() {
+    let empty = tempfile::tempdir().unwrap();
+    let report = demo(empty.path());
+    assert!(report.contains("model: none at "), "{report}");
+    assert!(
+        report.contains("concierge (written by rules: no model: "),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_demo_concierge_thinks_with_the_pinned_default_model() {
+    let path = agora_embedded_model::default_model_path();
+    assert!(
+        path.exists(),
+        "no default model at {}: run host/embedded-model/fetch-default.sh",
+        path.display()
+    );
+    let cache = path.parent().unwrap();
+    let report = demo(cache);
+    assert!(
+        report.contains("concierge (written by smollm2-135m-instruct, "),
+        "{report}"
+    );
+    // Greedy decoding: the same message every time, on every host holding the same file.
+    assert!(
+        report.contains("Sam, I'm so glad to hear that Ben will take you to the airport"),
         "{report}"
     );
 }

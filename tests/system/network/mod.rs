@@ -93,12 +93,15 @@ async fn raw_gossip_peer(
     (router, topic)
 }
 
+/// Waits until `done`, for at most 60 s: generous, since a loaded two-core machine running the
+/// whole suite is many times slower than one test alone; a passing test waits only as long as
+/// it needs.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what} did not happen within 15 s"
+            "{what} did not happen within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -67,10 +67,23 @@ pub enum ClientError {
     },
 }
 
-/// A client of one host's API.
-#[derive(Clone, Debug)]
+/// A client of one host's API (or of any JSON-over-HTTP server, such as a model server).
+#[derive(Clone)]
 pub struct ApiClient {
     authority: String,
+    /// Sent as `Authorization: Bearer …`; never shown by `Debug`.
+    bearer: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("authority", &self.authority)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl ApiClient {
@@ -88,7 +101,21 @@ impl ApiClient {
         }
         Ok(ApiClient {
             authority: authority.to_string(),
+            bearer: None,
+            timeout: TIMEOUT,
         })
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_bearer(mut self, token: impl Into<String>) -> Self {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// Waits this long for an answer (connection included) instead of 15 s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// GETs `path` (with any query) and parses the JSON answer. A non-2xx status is an error
@@ -146,7 +173,7 @@ impl ApiClient {
         })
     }
 
-    /// One exchange under [`TIMEOUT`]: the status and the body.
+    /// One exchange under the client's timeout: the status and the body.
     async fn timed(
         &self,
         url: &str,
@@ -155,11 +182,11 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<(hyper::StatusCode, Bytes), ClientError> {
         let exchange = self.send(url, method, path, body, MAX_RESPONSE_BYTES);
-        match tokio::time::timeout(TIMEOUT, exchange).await {
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(answer) => answer,
             Err(_) => Err(ClientError::Timeout {
                 url: url.to_owned(),
-                after: TIMEOUT,
+                after: self.timeout,
             }),
         }
     }
@@ -190,6 +217,9 @@ impl ApiClient {
             .header(hyper::header::ACCEPT, "application/json");
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = &self.bearer {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

@@ -234,7 +234,7 @@ impl ModelConfig {
 /// One call's use of the host's models: which it may call (declared by its manifest and offered
 /// here) and how many tokens it has spent on each.
 pub struct ModelSession {
-    config: ModelConfig,
+    config: Arc<ModelConfig>,
     declared: Vec<ModelDeclaration>,
     spent: Mutex<HashMap<String, u64>>,
     waited: Mutex<Duration>,
@@ -242,7 +242,7 @@ pub struct ModelSession {
 
 impl ModelSession {
     /// A session for a call of an agent whose manifest declares `declared`.
-    pub fn new(config: ModelConfig, declared: Vec<ModelDeclaration>) -> Self {
+    pub fn new(config: Arc<ModelConfig>, declared: Vec<ModelDeclaration>) -> Self {
         ModelSession {
             config,
             declared,

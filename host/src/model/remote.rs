@@ -2,22 +2,21 @@
 //! `POST /v1/embeddings`, as llama.cpp's server, Ollama and vLLM speak them.
 //!
 //! The key (if any) is read once from a file the operator names, sent only as the
-//! `Authorization` header to that server, and never logged: this type's `Debug` shows only
-//! whether there is one.
+//! `Authorization` header to that server, and never logged: `Debug` shows only whether there is
+//! one. The HTTP exchange is the API client's ([`ApiClient`]).
 
-use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::{BackendError, BackendFuture, Completed, Completion, Embedded, ModelBackend};
+use crate::client::ApiClient;
 use agora_registry::FinishReason;
 
-/// Largest answer read from the server, in bytes; a longer one is `unavailable`.
-pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// The longest the HTTP client itself waits: a backstop only, since each request is bounded by
+/// the shorter [`ModelConfig::timeout`](super::ModelConfig::timeout) and per-call model time.
+const BACKSTOP: Duration = Duration::from_secs(600);
 
 /// Why a [`RemoteBackend`] could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -36,42 +35,25 @@ pub enum RemoteError {
     },
 }
 
-/// An OpenAI-compatible server at a fixed address, with an optional bearer key.
+/// An OpenAI-compatible server at a fixed address, with an optional bearer key (which the
+/// client's `Debug` does not show).
+#[derive(Debug)]
 pub struct RemoteBackend {
-    authority: String,
-    key: Option<String>,
-}
-
-impl fmt::Debug for RemoteBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteBackend")
-            .field("authority", &self.authority)
-            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    client: ApiClient,
 }
 
 impl RemoteBackend {
     /// The server at `base` (`http://127.0.0.1:8080`), without a key.
     pub fn new(base: &str) -> Result<Self, RemoteError> {
-        let bad = || RemoteError::BadAddress(base.to_owned());
-        let uri: hyper::Uri = base.parse().map_err(|_| bad())?;
-        if uri.scheme_str() != Some("http") || !(uri.path().is_empty() || uri.path() == "/") {
-            return Err(bad());
-        }
-        let authority = uri
-            .authority()
-            .filter(|a| a.port_u16().is_some())
-            .ok_or_else(bad)?;
+        let client = ApiClient::new(base).map_err(|_| RemoteError::BadAddress(base.to_owned()))?;
         Ok(RemoteBackend {
-            authority: authority.to_string(),
-            key: None,
+            client: client.with_timeout(BACKSTOP),
         })
     }
 
     /// Sends `key` as the bearer token.
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
+        self.client = self.client.with_bearer(key);
         self
     }
 
@@ -84,44 +66,14 @@ impl RemoteBackend {
         Ok(self.with_key(text.lines().next().unwrap_or("").trim().to_owned()))
     }
 
+    /// POSTs `body`; any failure (unreachable, an error status such as 429, an answer that is
+    /// not JSON or too large) is `unavailable`.
     async fn post(&self, path: &str, body: Value) -> Result<Value, BackendError> {
-        let unavailable = |what: String| BackendError::Unavailable(what);
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| unavailable(format!("cannot reach the model server: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(format!("model server handshake: {e}")))?;
-        let driver = tokio::spawn(connection);
-        let mut request = hyper::Request::builder()
-            .method(hyper::Method::POST)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &self.key {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| unavailable(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unavailable(format!("model server: {e}")))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| unavailable(format!("reading the model server's answer: {e}")))?
-            .to_bytes();
-        driver.abort();
-        if !status.is_success() {
-            return Err(unavailable(format!(
-                "the model server answered HTTP {status}"
-            )));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| unavailable(format!("the model server's answer is not JSON: {e}")))
+        (self
+            .client
+            .post_json(path, body.to_string().into_bytes())
+            .await)
+            .map_err(|e| BackendError::Unavailable(format!("model server: {e}")))
     }
 }
 

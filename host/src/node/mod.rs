@@ -37,8 +37,8 @@ struct NodeInner {
     registry: Registry,
     blobs: BlobStore,
     sandbox: Sandbox,
-    /// The language models offered to agents.
-    models: crate::model::ModelConfig,
+    /// The language models offered to agents, shared by every call's session.
+    models: Arc<crate::model::ModelConfig>,
     /// Manifests looked up by hash, so a warm call reads nothing from the registry. Manifests
     /// are immutable; bounded like the loaded agents.
     manifests: std::sync::Mutex<std::collections::HashMap<Hash, SignedManifest>>,
@@ -105,7 +105,7 @@ impl Node {
             registry,
             blobs,
             sandbox,
-            models: config.models,
+            models: Arc::new(config.models),
             manifests: Default::default(),
             component_source: std::sync::RwLock::new(None),
         })))

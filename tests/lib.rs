@@ -201,6 +201,7 @@ impl SigningHost {
             timestamp_ms: now_ms(),
             limits: None,
             model_usage: vec![],
+            egress: None,
         };
         edit(&mut body);
         let receipt = agora_registry::Signed::sign(body, &self.key).expect("sign receipt");

@@ -23,6 +23,8 @@
 //! - [`invoke`] calls an agent on another host with a caller-signed request, over HTTP or iroh
 //!   ([`net::invoke`]), admits such calls on the host ([`invoke::Admission`]), and checks the
 //!   signed receipt a caller gets back.
+//! - [`model`] holds the language models a host offers its agents, and [`egress`] decides where
+//!   their granted outbound HTTP may go.
 //! - [`examples`] holds the example agents, compiled from `guest-examples/` when this crate is
 //!   built, and [`demo`] runs the marketplace demo with them.
 //!
@@ -44,6 +46,7 @@ pub mod api;
 mod blobs;
 pub mod client;
 pub mod demo;
+pub mod egress;
 mod error;
 pub mod examples;
 pub mod invoke;

@@ -405,6 +405,7 @@ fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
                 timestamp_ms: at,
                 limits: None,
                 model_usage: vec![],
+                egress: None,
             },
             &third,
         )

@@ -36,6 +36,7 @@
 //!     description: "quotes fares".into(),
 //!     created_at: 0,
 //!     models: vec![],
+//!     egress: vec![],
 //! };
 //! let signed = Signed::sign(manifest, &publisher)?;
 //! let received = Signed::<Manifest>::from_bytes(signed.as_bytes())?;
@@ -43,6 +44,7 @@
 //! # Ok::<(), agora_registry::Error>(())
 //! ```
 
+pub mod egress;
 mod error;
 mod evidence;
 mod hash;

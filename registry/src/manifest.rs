@@ -45,6 +45,12 @@ pub struct Manifest {
     /// answers `not-offered` for any model not declared here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<crate::ModelDeclaration>,
+    /// The origins the agent sends outbound HTTP requests to, as
+    /// [`OriginPattern`](crate::egress::OriginPattern)s (`https://api.example.com`,
+    /// `https://*.example.com:8443`). A host sends a request only to an origin declared here that
+    /// its operator grants; every other request is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 /// A component named by its content hash, with its size so that a fetcher can refuse an

@@ -90,6 +90,10 @@ pub struct Receipt {
     /// Their charges are part of [`Receipt::charge`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_usage: Vec<crate::ModelUsage>,
+    /// What the call spent on outbound HTTP; absent when it sent nothing. Its charge is part of
+    /// [`Receipt::charge`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressUsage>,
 }
 
 /// The limits one call ran under, as a receipt records them.

@@ -15,6 +15,7 @@
 //! | description | at most 4,096 bytes, no control characters but newline and tab |
 //! | actions | at most 64, each 1–64 bytes of printable ASCII |
 //! | capabilities | at most 32, each 1–128 bytes of printable ASCII |
+//! | egress origins | at most 16, each an [`OriginPattern`](crate::egress::OriginPattern) of at most 300 bytes |
 //! | `max_fuel`, a receipt's fuel | at most [`MAX_FUEL`] (10¹¹) |
 //! | `max_memory_bytes` | at most 4 GiB |
 //! | `max_wall_ms` | at most 10 minutes |
@@ -240,6 +241,17 @@ impl Manifest {
         if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
             return Err(invalid(KIND, "a model is declared twice"));
         }
+        at_most(
+            KIND,
+            "egress origins",
+            self.egress.len() as u64,
+            crate::egress::MAX_EGRESS_ORIGINS as u64,
+        )?;
+        for origin in &self.egress {
+            if let Err(e) = origin.parse::<crate::egress::OriginPattern>() {
+                return Err(invalid(KIND, format!("egress {e}")));
+            }
+        }
         let limits = &self.limits;
         if limits.max_fuel == 0 || limits.max_wall_ms == 0 {
             return Err(invalid(
@@ -299,6 +311,7 @@ impl Validation {
                     "fuel_used",
                     "nested",
                     "model_usage",
+                    "egress",
                 ];
                 let named = known
                     .iter()
@@ -359,6 +372,9 @@ impl Receipt {
         )?;
         for usage in &self.model_usage {
             at_most(KIND, "model charge", usage.charge, MAX_CHARGE)?;
+        }
+        if let Some(egress) = &self.egress {
+            at_most(KIND, "egress charge", egress.charge, MAX_CHARGE)?;
         }
         at_most(KIND, "wall_time_us", self.wall_time_us, MAX_WALL_TIME_US)?;
         at_most(

@@ -22,6 +22,7 @@ fn manifest(publisher: &SecretKey, version: &str, code: &[u8]) -> Manifest {
         description: "household energy agent".into(),
         created_at: 1_700_000_000,
         models: vec![],
+        egress: vec![],
     }
 }
 
@@ -119,6 +120,7 @@ impl Chain {
             timestamp_ms: now,
             limits: None,
             model_usage: vec![],
+            egress: None,
         };
         edit(&mut body);
         (Signed::sign(body, &self.key).unwrap(), request)
@@ -168,6 +170,7 @@ pub(crate) fn receipt(host: &SecretKey, seq: u64, prev: Option<Hash>) -> Receipt
         timestamp_ms: 1,
         limits: None,
         model_usage: vec![],
+        egress: None,
     }
 }
 
@@ -680,4 +683,38 @@ fn a_manifest_declares_each_model_once_with_some_tokens() {
     // A manifest without models keeps the bytes it had before models existed.
     let plain = Signed::sign(manifest(&key, "1.0.0", b"wasm"), &key).unwrap();
     assert!(!String::from_utf8_lossy(plain.as_bytes()).contains("models"));
+}
+
+#[test]
+fn a_manifest_declares_at_most_sixteen_egress_origins_each_a_valid_pattern() {
+    let key = SecretKey::generate();
+    let declare = |origins: Vec<String>| Manifest {
+        egress: origins,
+        ..manifest(&key, "1.0.0", b"wasm")
+    };
+    let now = crate::rules::now_ms();
+    let good = vec![
+        "https://api.example.com".to_owned(),
+        "http://127.0.0.1:8080".to_owned(),
+    ];
+    assert!(declare(good).check(now).is_ok());
+    let many = (0..17)
+        .map(|i| format!("https://h{i}.example.com"))
+        .collect();
+    let error = declare(many).check(now).unwrap_err().to_string();
+    assert!(error.contains("egress origins"), "{error}");
+    for bad in [
+        "api.example.com",
+        "https://example.com/path",
+        "https://u@example.com",
+    ] {
+        let error = declare(vec![bad.into()])
+            .check(now)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("egress"), "{bad}: {error}");
+    }
+    // A manifest without egress keeps the bytes it had before egress existed.
+    let plain = Signed::sign(manifest(&key, "1.0.0", b"wasm"), &key).unwrap();
+    assert!(!String::from_utf8_lossy(plain.as_bytes()).contains("egress"));
 }

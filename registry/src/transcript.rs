@@ -119,6 +119,28 @@ pub enum HostCall {
         /// The answer.
         answer: crate::ModelAnswer,
     },
+    /// An outbound request through `wasi:http/outgoing-handler`: what it got back.
+    ///
+    /// Requests answer in the order the network does, not the order they were made, so a
+    /// transcript keeps them apart from the other calls, after them in the order the guest made
+    /// them, and a replay answers each by its `index`.
+    Http {
+        /// Which of the call's outbound requests, from 0, in the order the guest made them.
+        index: u32,
+        /// The method.
+        method: String,
+        /// `scheme://authority/path?query`.
+        url: String,
+        /// [`http_request_hash`](crate::egress::http_request_hash) of what the guest sent;
+        /// `None` when the call ended before the guest finished its request.
+        request_hash: Option<Hash>,
+        /// Bytes the host sent (0 for a request it refused).
+        bytes_sent: u64,
+        /// Bytes the host received.
+        bytes_received: u64,
+        /// The answer.
+        answer: crate::egress::HttpAnswer,
+    },
 }
 
 /// What `call-agent` returned to the guest.
@@ -143,6 +165,7 @@ impl HostCall {
             HostCall::KvSet { .. } => "kv-set",
             HostCall::CallAgent { .. } => "call-agent",
             HostCall::Model { .. } => "model",
+            HostCall::Http { .. } => "http",
         }
     }
 }
@@ -177,7 +200,7 @@ impl Transcript {
     }
 }
 
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {

@@ -47,7 +47,8 @@ pub enum Finding {
     Matches,
     /// These of the receipt's fields are not what the call gives: `outcome`, `output_hash`,
     /// `fuel_used`, `nested` (the callees' receipts, which the transcript names), `model_usage`
-    /// (the tokens the transcript's model answers count).
+    /// (the tokens the transcript's model answers count), `egress` (the requests and bytes its
+    /// outbound HTTP exchanges count).
     Differs {
         /// The fields, in that order.
         fields: Vec<String>,

@@ -382,6 +382,7 @@ fn sign_all(
                                 timestamp_ms,
                                 limits: None,
                                 model_usage: vec![],
+                                egress: None,
                             };
                             (host, body, request)
                         })

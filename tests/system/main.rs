@@ -3,6 +3,7 @@
 
 mod determinism;
 mod edge;
+mod egress;
 mod evidence;
 mod handmade;
 mod http;

@@ -9,7 +9,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::http_fns::GuestHttp;
 
 use super::limiter::InstanceLimiter;
 use super::{
@@ -38,15 +40,16 @@ impl Sandbox {
         environment::virtualise(&mut wasi, &world.environment, &world.seed);
         let wasi = wasi.build();
         let mut http = WasiHttpCtx::new();
-        // Outgoing HTTP is denied, so fields are never sent: a little room for runtimes that
-        // build a request before finding out, and no more host memory than that per object.
+        // Room for the headers of real requests and responses, and no more host memory than
+        // that per fields object.
         http.set_field_size_limit(HTTP_FIELDS_BYTES);
+        let http_hooks = GuestHttp::new(call.services.clone(), &self.limits);
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.limits.max_resource_handles);
         let state = AgentState {
             wasi,
             http,
-            http_hooks: DenyOutgoingHttp,
+            http_hooks,
             table,
             limiter: InstanceLimiter::new(
                 limits.max_memory_bytes,
@@ -145,10 +148,20 @@ impl Sandbox {
         let wall_time = started.elapsed();
         let fuel_left = store.get_fuel().unwrap_or(0);
         let fuel_used = fuel.saturating_sub(fuel_left);
-        let state = store.into_data();
+        let mut state = store.into_data();
+        // Requests still under way end with the call (their tasks are aborted with its table).
+        let (http, http_diverged) = super::lock(&state.http_hooks.record).close();
+        drop(std::mem::take(&mut state.table));
+        let transcript_full = !http
+            .into_iter()
+            .all(|call| state.call.transcript.append(call));
+        if state.call.diverged.is_none() {
+            state.call.diverged = http_diverged;
+        }
 
         let (outcome, output) = match result {
             Err(_elapsed) => (Outcome::Timeout, None),
+            Ok(_) if transcript_full => (Outcome::OutputLimit, None),
             Ok(Ok(Ok(output))) if output.len() as u64 > limits.max_output_bytes => {
                 (Outcome::OutputLimit, None)
             }
@@ -231,7 +244,7 @@ pub struct NestedCall {
 pub struct AgentState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
-    pub(crate) http_hooks: DenyOutgoingHttp,
+    pub(crate) http_hooks: GuestHttp,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: InstanceLimiter,
     pub(crate) stdout: MemoryOutputPipe,
@@ -255,29 +268,5 @@ impl WasiHttpView for AgentState {
             table: &mut self.table,
             hooks: &mut self.http_hooks,
         }
-    }
-}
-
-/// Outgoing HTTP is a capability no agent has yet; every request is denied.
-pub(crate) struct DenyOutgoingHttp;
-
-impl WasiHttpHooks for DenyOutgoingHttp {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }

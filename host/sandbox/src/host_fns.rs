@@ -139,6 +139,23 @@ pub struct TranscriptState {
     pub(super) exceeded: bool,
 }
 
+impl TranscriptState {
+    /// Adds `call` unless that would make the transcript longer than a receipt may name; then
+    /// marks it exceeded and says `false`.
+    pub(super) fn append(&mut self, call: HostCall) -> bool {
+        // `{"calls":[` … `]}`, then the entry and, after the first, a comma.
+        let framing = if self.bytes == 0 { 12 } else { 1 };
+        let entry = serde_json::to_vec(&call).map_or(usize::MAX, |bytes| bytes.len());
+        self.bytes = self.bytes.saturating_add(framing).saturating_add(entry);
+        if self.bytes as u64 > MAX_TRANSCRIPT_BYTES {
+            self.exceeded = true;
+            return false;
+        }
+        self.transcript.calls.push(call);
+        true
+    }
+}
+
 /// Adds a host call and its answer to the call's transcript: before the guest is charged for
 /// the answer, so a replay that runs out of fuel there records the same calls. A guest whose
 /// answers would make the transcript longer than a receipt may name ends `output-limit`.
@@ -147,23 +164,13 @@ pub(super) fn record(
     call: HostCall,
 ) -> wasmtime::Result<()> {
     let state = store.data_mut();
-    let transcript = &mut state.call.transcript;
-    // `{"calls":[` … `]}`, then the entry and, after the first, a comma.
-    let framing = if transcript.bytes == 0 { 12 } else { 1 };
-    let entry = serde_json::to_vec(&call).map_or(usize::MAX, |bytes| bytes.len());
-    transcript.bytes = transcript
-        .bytes
-        .saturating_add(framing)
-        .saturating_add(entry);
-    if transcript.bytes as u64 > MAX_TRANSCRIPT_BYTES {
-        transcript.exceeded = true;
+    if !state.call.transcript.append(call) {
         return Err(wasmtime::format_err!(
             "agent {}'s host calls got more than the {MAX_TRANSCRIPT_BYTES} bytes of answers a \
              transcript may hold",
             state.call.agent
         ));
     }
-    transcript.transcript.calls.push(call);
     Ok(())
 }
 

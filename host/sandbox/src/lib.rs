@@ -3,8 +3,8 @@
 //!
 //! An agent gets exactly the `agora:agent/host` interface and a locked-down WASI 0.2: no
 //! preopened directories, no environment or arguments, stdout and stderr captured into bounded
-//! buffers, sockets, name lookup and outgoing HTTP linked (language runtimes import them) but
-//! denied on every use. Each call runs under fuel (deterministic metering, reported in the
+//! buffers, sockets and name lookup linked (language runtimes import them) but denied on every
+//! use, and outgoing HTTP handed to the host, which sends only what the agent was granted. Each call runs under fuel (deterministic metering, reported in the
 //! receipt), an epoch deadline (wall clock, so a guest stuck in a loop with fuel to spare still
 //! stops), a limiter that counts all memories and tables of the instance together, a bounded
 //! wasm stack, and bounds on output and logs. Clocks are virtual and randomness is seeded
@@ -36,8 +36,9 @@
 //! its fallback), `profile` (the deterministic execution profile), `cache` (compiled code on
 //! disk, authenticated), `limiter` (memory and tables of one call), `environment` (virtual
 //! clocks and seeded randomness), `services` (the host services a guest reaches, live or
-//! replayed), `outcome` (how a call's end becomes an outcome) and `host_fns` (the
-//! `agora:agent/host` interface).
+//! replayed), `outcome` (how a call's end becomes an outcome), `host_fns` (the
+//! `agora:agent/host` interface), `model_fns` (`agora:agent/model`) and `http_fns`
+//! (`wasi:http/outgoing-handler`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -57,6 +58,7 @@ mod engine;
 mod environment;
 pub mod error;
 mod host_fns;
+mod http_fns;
 mod limiter;
 pub mod limits;
 mod load;
@@ -81,7 +83,8 @@ pub use outcome::truncate;
 pub use profile::{AGORA_DET_1, Feature, Profile};
 pub use services::Divergence;
 pub use services::{
-    AgentAnswer, AgentCall, HostServices, ModelRequest, NoServices, Replay, ServiceFuture,
+    AgentAnswer, AgentCall, HostServices, HttpExchange, HttpRequest, ModelRequest, NoServices,
+    Replay, ServiceFuture,
 };
 
 mod bindings {

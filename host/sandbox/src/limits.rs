@@ -74,6 +74,22 @@ pub struct Limits {
     pub max_log_message_bytes: usize,
     /// Depth of `call-agent` chains: a top-level call is depth 0. Default 4.
     pub max_call_depth: u32,
+    /// Outbound HTTP requests one call may make, where its manifest declares the origins and the
+    /// host grants them. Default 16. Past it a request fails with `connection-limit-reached`
+    /// before it leaves the sandbox.
+    pub max_http_requests: u32,
+    /// Body of one outbound request, in bytes. Default 1 MiB. A larger body fails the request
+    /// with `HTTP-request-body-size`; nothing is sent.
+    pub max_http_request_bytes: u64,
+    /// One outbound response, headers and body, in bytes. Default 256 KiB: the transcript keeps
+    /// every response (in hex) for replay, so 16 of them fill at most 8 MiB of its 16. A larger
+    /// response is cut: the request fails with `HTTP-response-body-size` and the bytes read are
+    /// counted in the receipt.
+    pub max_http_response_bytes: u64,
+    /// Longest one outbound request may take: resolving, connecting, sending and reading the
+    /// whole response. Default 10 s, and never past the call's own deadline (HTTP time counts
+    /// as the agent's wall time). Past it the request fails with `connection-timeout`.
+    pub max_http_time: Duration,
     /// Each agent's persistent memory on this host.
     pub kv: KvQuota,
     /// What keys this host does not trust may have stored here: manifests, waiting records,
@@ -105,6 +121,10 @@ impl Default for Limits {
             max_log_bytes: 64 << 10,
             max_log_message_bytes: 1 << 10,
             max_call_depth: 4,
+            max_http_requests: 16,
+            max_http_request_bytes: 1 << 20,
+            max_http_response_bytes: 256 << 10,
+            max_http_time: Duration::from_secs(10),
             kv: KvQuota::default(),
             strangers: StrangerQuotas::default(),
         }

@@ -1,4 +1,5 @@
-//! What a guest's host calls reach outside the sandbox: agent memory and other agents.
+//! What a guest's host calls reach outside the sandbox: agent memory, other agents, language
+//! models and outbound HTTP.
 //!
 //! The sandbox asks one [`HostServices`] for every answer its input does not decide, and records
 //! each answer in the call's [`Transcript`]. A host's node answers live (its registry, its other
@@ -6,10 +7,12 @@
 //! notices a guest whose calls are not the ones recorded. Publishing answers with
 //! [`NoServices`]: `info()` must not depend on any host's state.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use agora_registry::egress::{HttpAnswer, HttpErrorKind, http_request_hash};
 use agora_registry::model::model_request_hash;
 use agora_registry::{
     CallAnswer, ChatMessage, Hash, HostCall, ModelAnswer, ModelErrorKind, ModelParams, Transcript,
@@ -130,6 +133,66 @@ impl ModelRequest {
     }
 }
 
+/// An outbound HTTP request as the guest made it, whole: the sandbox has read its body and
+/// refused credential headers (`authorization`, `cookie`, `proxy-*`) when the guest set them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Which of the call's outbound requests, from 0, in the order the guest made them.
+    pub index: u32,
+    /// The method.
+    pub method: String,
+    /// `http` or `https` (anything else was refused).
+    pub scheme: String,
+    /// `host[:port]`.
+    pub authority: String,
+    /// `/path?query`.
+    pub path_and_query: String,
+    /// The headers the guest set, in order (with `host`).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// `scheme://authority/path?query`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.scheme, self.authority, self.path_and_query
+        )
+    }
+
+    /// What the transcript records of the request.
+    pub fn hash(&self) -> Hash {
+        http_request_hash(&self.method, &self.url(), &self.headers, &self.body)
+    }
+}
+
+/// What an outbound request got, and the bytes the exchange moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpExchange {
+    /// Bytes sent (0 when the host refused the request).
+    pub bytes_sent: u64,
+    /// Bytes received, as far as they were read.
+    pub bytes_received: u64,
+    /// The answer.
+    pub answer: HttpAnswer,
+}
+
+impl HttpExchange {
+    /// A request that never left the host.
+    pub fn refused(kind: HttpErrorKind, message: impl Into<String>) -> Self {
+        HttpExchange {
+            bytes_sent: 0,
+            bytes_received: 0,
+            answer: HttpAnswer::Error {
+                kind,
+                message: message.into(),
+            },
+        }
+    }
+}
+
 /// A replayed guest made a host call its transcript does not record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("host call {index} diverges from the transcript: {reason}")]
@@ -155,6 +218,8 @@ pub trait HostServices: Send + Sync {
     fn call_agent(&self, call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>>;
     /// Asks a language model the host holds.
     fn model(&self, request: ModelRequest) -> ServiceFuture<'_, Result<ModelAnswer, Divergence>>;
+    /// Sends an outbound HTTP request, if the agent may send it where it goes.
+    fn http(&self, request: HttpRequest) -> ServiceFuture<'_, Result<HttpExchange, Divergence>>;
 }
 
 /// No host state at all, for `info()` while publishing: memory is empty and cannot be written,
@@ -194,20 +259,46 @@ impl HostServices for NoServices {
             })
         })
     }
+
+    fn http(&self, _request: HttpRequest) -> ServiceFuture<'_, Result<HttpExchange, Divergence>> {
+        Box::pin(async {
+            Ok(HttpExchange::refused(
+                HttpErrorKind::Denied,
+                "outbound HTTP is not available while publishing",
+            ))
+        })
+    }
 }
 
 /// Answers from a recorded transcript, in order, checking that each call asks what the record
-/// says it asked: the same key, the same value written, the same callee and input.
+/// says it asked: the same key, the same value written, the same callee and input. Outbound
+/// HTTP requests are answered by their index, since they finish in the network's order.
 pub struct Replay {
     calls: Vec<HostCall>,
     next: Mutex<usize>,
+    /// Each recorded request by index: its place in the transcript and whether it was asked.
+    http: Mutex<HashMap<u32, (usize, bool)>>,
+    /// Index into `calls` of each non-HTTP call, in order.
+    sequence: Vec<usize>,
 }
 
 impl Replay {
     pub fn new(transcript: Transcript) -> Self {
+        let mut http = HashMap::new();
+        let mut sequence = Vec::new();
+        for (at, call) in transcript.calls.iter().enumerate() {
+            match call {
+                HostCall::Http { index, .. } => {
+                    http.entry(*index).or_insert((at, false));
+                }
+                _ => sequence.push(at),
+            }
+        }
         Replay {
             calls: transcript.calls,
             next: Mutex::new(0),
+            http: Mutex::new(http),
+            sequence,
         }
     }
 
@@ -215,15 +306,35 @@ impl Replay {
     /// diverges as surely as one that asks for something else).
     pub fn finish(&self) -> Result<(), Divergence> {
         let next = *super::lock(&self.next);
-        match self.calls.get(next) {
-            None => Ok(()),
-            Some(call) => Err(Divergence {
-                index: next,
+        if let Some(&at) = self.sequence.get(next) {
+            return Err(Divergence {
+                index: at,
                 reason: format!(
                     "the guest made no more host calls, the transcript records {} more (next: {})",
-                    self.calls.len() - next,
-                    call.name()
+                    self.sequence.len() - next,
+                    self.calls[at].name()
                 ),
+            });
+        }
+        // A request the call ended before answering may never have been finished by the guest.
+        let unasked = (super::lock(&self.http).values())
+            .filter(|(at, asked)| {
+                !asked
+                    && !matches!(
+                        &self.calls[*at],
+                        HostCall::Http {
+                            answer: HttpAnswer::Cancelled,
+                            ..
+                        }
+                    )
+            })
+            .map(|(at, _)| *at)
+            .min();
+        match unasked {
+            None => Ok(()),
+            Some(at) => Err(Divergence {
+                index: at,
+                reason: "the guest made no such outbound request".into(),
             }),
         }
     }
@@ -236,16 +347,17 @@ impl Replay {
         answer: impl FnOnce(&HostCall) -> Option<T>,
     ) -> Result<T, Divergence> {
         let mut next = super::lock(&self.next);
-        let index = *next;
+        let position = *next;
         *next += 1;
-        let Some(call) = self.calls.get(index) else {
+        let Some(&index) = self.sequence.get(position) else {
             return Err(Divergence {
-                index,
+                index: self.calls.len(),
                 reason: format!(
-                    "the guest called {asked}, the transcript ends after {index} calls"
+                    "the guest called {asked}, the transcript ends after {position} calls"
                 ),
             });
         };
+        let call = &self.calls[index];
         answer(call).ok_or_else(|| Divergence {
             index,
             reason: format!(
@@ -271,6 +383,15 @@ fn describe(call: &HostCall) -> String {
             request_hash,
             ..
         } => format!("model {op} {model:?} (request {request_hash})"),
+        HostCall::Http {
+            method,
+            url,
+            request_hash,
+            ..
+        } => match request_hash {
+            Some(hash) => format!("{method} {url} (request {hash})"),
+            None => format!("{method} {url} (unfinished)"),
+        },
     }
 }
 
@@ -344,5 +465,54 @@ impl HostServices for Replay {
             },
         );
         Box::pin(async move { taken })
+    }
+
+    fn http(&self, request: HttpRequest) -> ServiceFuture<'_, Result<HttpExchange, Divergence>> {
+        let hash = request.hash();
+        let asked = format!("{} {} (request {hash})", request.method, request.url());
+        let found = super::lock(&self.http)
+            .get_mut(&request.index)
+            .map(|(at, taken)| (*at, std::mem::replace(taken, true)));
+        let answer = match found {
+            None => Err(Divergence {
+                index: self.calls.len(),
+                reason: format!(
+                    "the guest sent outbound request {} ({asked}), the transcript records none",
+                    request.index
+                ),
+            }),
+            Some((at, true)) => Err(Divergence {
+                index: at,
+                reason: format!("outbound request {} was sent twice", request.index),
+            }),
+            Some((at, false)) => match &self.calls[at] {
+                HostCall::Http {
+                    answer: HttpAnswer::Cancelled,
+                    ..
+                } => {
+                    // The guest never saw an answer to it; neither does this one.
+                    return Box::pin(std::future::pending());
+                }
+                HostCall::Http {
+                    request_hash: Some(recorded),
+                    bytes_sent,
+                    bytes_received,
+                    answer,
+                    ..
+                } if *recorded == hash => Ok(HttpExchange {
+                    bytes_sent: *bytes_sent,
+                    bytes_received: *bytes_received,
+                    answer: answer.clone(),
+                }),
+                other => Err(Divergence {
+                    index: at,
+                    reason: format!(
+                        "the guest sent {asked}, the transcript records {}",
+                        describe(other)
+                    ),
+                }),
+            },
+        };
+        Box::pin(async move { answer })
     }
 }

@@ -105,6 +105,8 @@ pub struct NodeConfig {
     pub compiler: Compiler,
     /// The language models this host offers its agents. Default: none.
     pub models: crate::model::ModelConfig,
+    /// Where agents' outbound HTTP may go. Default: nowhere.
+    pub egress: crate::egress::EgressConfig,
 }
 
 impl NodeConfig {
@@ -116,6 +118,7 @@ impl NodeConfig {
             trusted_publishers: Vec::new(),
             compiler: Compiler::InProcess,
             models: crate::model::ModelConfig::default(),
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 
@@ -128,6 +131,12 @@ impl NodeConfig {
     /// Offers these language models to the agents that declare them.
     pub fn models(mut self, models: crate::model::ModelConfig) -> Self {
         self.models = models;
+        self
+    }
+
+    /// Lets agents send outbound HTTP where `egress` allows.
+    pub fn egress(mut self, egress: crate::egress::EgressConfig) -> Self {
+        self.egress = egress;
         self
     }
 

@@ -39,6 +39,8 @@ struct NodeInner {
     sandbox: Sandbox,
     /// The language models offered to agents, shared by every call's session.
     models: Arc<crate::model::ModelConfig>,
+    /// Where agents' outbound HTTP may go, shared by every call's session.
+    egress: Arc<crate::egress::EgressPolicy>,
     /// Manifests looked up by hash, so a warm call reads nothing from the registry. Manifests
     /// are immutable; bounded like the loaded agents.
     manifests: std::sync::Mutex<std::collections::HashMap<Hash, SignedManifest>>,
@@ -106,6 +108,7 @@ impl Node {
             blobs,
             sandbox,
             models: Arc::new(config.models),
+            egress: Arc::new(crate::egress::EgressPolicy::new(config.egress)),
             manifests: Default::default(),
             component_source: std::sync::RwLock::new(None),
         })))

@@ -26,6 +26,10 @@ pub struct PublishOptions {
     /// The language models the agent calls, with its tokens per call on each. Required (at
     /// least one) for a component that imports `agora:agent/model`.
     pub models: Vec<agora_registry::ModelDeclaration>,
+    /// The origins the agent sends outbound HTTP requests to (`https://api.example.com`,
+    /// `https://*.example.com:8443`); written into the manifest in their canonical form. A host
+    /// sends an agent's request only to an origin declared here that its operator grants.
+    pub egress: Vec<String>,
 }
 
 /// The result of publishing.
@@ -74,6 +78,13 @@ impl Node {
         if imports_model && options.models.is_empty() {
             return Err(PublishError::UndeclaredModels);
         }
+        let egress = (options.egress.iter())
+            .map(|origin| {
+                (origin.parse::<agora_registry::egress::OriginPattern>())
+                    .map(|pattern| pattern.to_string())
+                    .map_err(|e| PublishError::InvalidManifest(format!("egress {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let info = self.0.sandbox.info(&checked).await?;
         let limits = options
             .limits
@@ -94,6 +105,7 @@ impl Node {
             description: options.description.unwrap_or(info.description),
             created_at: unix_now().as_secs(),
             models: options.models,
+            egress,
         };
         // `info()` is untrusted output and options come from the operator: the same rules
         // every peer applies to a manifest it receives.

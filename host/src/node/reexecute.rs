@@ -39,7 +39,8 @@ pub enum Verdict {
     /// environment and transcript the call has one result, so this is proof that the host
     /// signed something its call did not produce.
     Differs {
-        /// `outcome`, `output_hash`, `fuel_used`, `nested`, `model_usage` (its tokens).
+        /// `outcome`, `output_hash`, `fuel_used`, `nested`, `model_usage` (its tokens),
+        /// `egress` (its requests and bytes).
         fields: Vec<&'static str>,
     },
     /// The guest's host calls are not the ones the transcript records: the receipt's host
@@ -295,6 +296,15 @@ impl Node {
             let used = crate::model::ModelConfig::default().usage(&invocation.transcript);
             if tokens(&used) != tokens(&body.model_usage) {
                 fields.push("model_usage");
+            }
+            // Requests and bytes are the transcript's exchanges' (the price is the host's).
+            let traffic = |usage: Option<agora_registry::egress::EgressUsage>| {
+                let usage = usage.unwrap_or_default();
+                (usage.requests, usage.bytes_sent, usage.bytes_received)
+            };
+            let exchanged = agora_registry::egress::EgressUsage::recount(&invocation.transcript);
+            if traffic(Some(exchanged)) != traffic(body.egress) {
+                fields.push("egress");
             }
             if fields.is_empty() {
                 Verdict::Matches

@@ -252,6 +252,11 @@ impl Node {
             },
             manifest: manifest.hash(),
             models: crate::model::ModelSession::new(self.0.models.clone(), body.models.clone()),
+            egress: crate::egress::EgressSession::new(
+                self.0.egress.clone(),
+                &body.egress,
+                self.0.sandbox.limits(),
+            ),
         };
         let depth = parent.map_or(0, |p| p.depth);
         let call = self
@@ -291,9 +296,11 @@ impl Node {
         let own_fuel = invocation.fuel_used.saturating_sub(nested_fuel);
         let model_usage = self.0.models.usage(&invocation.transcript);
         let model_charge = (model_usage.iter()).fold(0u64, |sum, u| sum.saturating_add(u.charge));
+        let egress = self.0.egress.config().usage(&invocation.transcript);
         let charge = agora_registry::rules::charge_for(own_fuel, body.price_per_mfuel)
             .saturating_add(nested_charge)
-            .saturating_add(model_charge);
+            .saturating_add(model_charge)
+            .saturating_add(egress.map_or(0, |e| e.charge));
         let output_hash = invocation.output.as_deref().map(Hash::of);
         let input = Input {
             action: request.action,
@@ -333,6 +340,7 @@ impl Node {
                 output_bytes: limits.max_output_bytes,
             }),
             model_usage,
+            egress,
         };
         // Signed and committed on the registry's writer thread, which wakes this task.
         let receipt = self

@@ -1,12 +1,12 @@
-//! The host services a node gives the agents it runs: their memory in its registry, and the
-//! other agents it can run.
+//! The host services a node gives the agents it runs: their memory in its registry, the other
+//! agents it can run, its language models and granted outbound HTTP.
 
 use agora_registry::{CallAnswer, Hash, KvNamespace, Outcome};
 
 use super::{Node, blocking};
 use crate::sandbox::{
-    AgentAnswer, AgentCall, Divergence, HostServices, MAX_MESSAGE_BYTES, ModelRequest,
-    ServiceFuture, truncate,
+    AgentAnswer, AgentCall, Divergence, HostServices, HttpExchange, HttpRequest, MAX_MESSAGE_BYTES,
+    ModelRequest, ServiceFuture, truncate,
 };
 
 /// The live answers to one call's host calls.
@@ -18,6 +18,8 @@ pub(crate) struct LiveServices {
     pub manifest: Hash,
     /// The host's models, as far as this agent's manifest declares them.
     pub models: crate::model::ModelSession,
+    /// Where the agent's outbound HTTP may go.
+    pub egress: crate::egress::EgressSession,
 }
 
 impl HostServices for LiveServices {
@@ -112,5 +114,9 @@ impl HostServices for LiveServices {
         request: ModelRequest,
     ) -> ServiceFuture<'_, Result<agora_registry::ModelAnswer, Divergence>> {
         Box::pin(async move { Ok(self.models.answer(request).await) })
+    }
+
+    fn http(&self, request: HttpRequest) -> ServiceFuture<'_, Result<HttpExchange, Divergence>> {
+        Box::pin(async move { Ok(self.egress.send(request).await) })
     }
 }

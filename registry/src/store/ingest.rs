@@ -360,15 +360,17 @@ fn check_and_store(
         );
     };
     let model_charge = (body.model_usage.iter()).fold(0u64, |sum, u| sum.saturating_add(u.charge));
+    let egress_charge = body.egress.map_or(0, |e| e.charge);
     let expected = charge_for(own_fuel, price as u64)
         .saturating_add(nested_charge)
-        .saturating_add(model_charge);
+        .saturating_add(model_charge)
+        .saturating_add(egress_charge);
     if body.charge != expected {
         return lied(
             "charge",
             format!(
-                "its charge {} is not {expected}, what its manifest's price, its fuel and its \
-                 model usage give",
+                "its charge {} is not {expected}, what its manifest's price, its fuel, its \
+                 model usage and its outbound HTTP give",
                 body.charge
             ),
             proof,

@@ -124,6 +124,7 @@ async fn a_forked_receipt_chain_is_recorded_as_evidence_and_forgeries_are_droppe
                 timestamp_ms: 1,
                 limits: None,
                 model_usage: vec![],
+                egress: None,
             },
             &cheat,
         )

@@ -514,6 +514,7 @@ async fn a_signed_manifest_for_something_that_is_not_a_component_is_rejected() {
             description: "signed, but not a component".into(),
             created_at: 0,
             models: vec![],
+            egress: vec![],
         },
         &key,
     )

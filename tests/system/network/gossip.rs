@@ -125,6 +125,7 @@ async fn invalid_announcements_are_dropped_and_counted() {
             description: "valid, from a stranger".into(),
             created_at: 0,
             models: vec![],
+            egress: vec![],
         },
         &publisher,
     )
@@ -220,6 +221,7 @@ async fn a_flood_of_manifests_from_fresh_keys_is_bounded_and_counted() {
             description: String::new(),
             created_at: 0,
             models: vec![],
+            egress: vec![],
         };
         let signed = Signed::sign(manifest, &key).unwrap();
         let mut message = vec![1u8];

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agora_host::egress::EgressConfig;
 use agora_host::model::ModelConfig;
 use agora_host::net::{NetConfig, Network};
 use agora_host::{Compiler, DataDir, Limits, Node, NodeConfig, PublishOptions, report};
@@ -18,11 +19,16 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminCommand;
 use crate::ui::{TransferBar, spinner};
 
-/// Opens the data dir's node for a host that serves, offering `models` to its agents.
-/// Components are compiled in a child process of this binary, so a component that needs too
-/// much memory to compile is refused without touching the host.
-pub(crate) async fn open(data_dir: DataDir, models: ModelConfig) -> anyhow::Result<Node> {
-    open_with(data_dir, Limits::default(), models).await
+/// Opens the data dir's node for a host that serves, offering `models` to its agents and
+/// letting their outbound HTTP go where `egress` says. Components are compiled in a child
+/// process of this binary, so a component that needs too much memory to compile is refused
+/// without touching the host.
+pub(crate) async fn open(
+    data_dir: DataDir,
+    models: ModelConfig,
+    egress: EgressConfig,
+) -> anyhow::Result<Node> {
+    open_with(data_dir, Limits::default(), models, egress).await
 }
 
 /// Instance slots a command that runs a few calls and exits keeps: a call and its nested calls
@@ -37,15 +43,27 @@ pub(crate) async fn open_for_one_command(data_dir: DataDir) -> anyhow::Result<No
         pooled_instances: ONE_COMMAND_POOL,
         ..Limits::default()
     };
-    open_with(data_dir, limits, ModelConfig::default()).await
+    open_with(
+        data_dir,
+        limits,
+        ModelConfig::default(),
+        EgressConfig::default(),
+    )
+    .await
 }
 
-async fn open_with(data_dir: DataDir, limits: Limits, models: ModelConfig) -> anyhow::Result<Node> {
+async fn open_with(
+    data_dir: DataDir,
+    limits: Limits,
+    models: ModelConfig,
+    egress: EgressConfig,
+) -> anyhow::Result<Node> {
     let compiler = Compiler::this_executable().context("finding the agora executable")?;
     let config = NodeConfig::new(data_dir)
         .limits(limits)
         .compiler(compiler)
-        .models(models);
+        .models(models)
+        .egress(egress);
     Ok(Node::open(config).await?)
 }
 
@@ -78,6 +96,8 @@ pub(crate) struct PublishSpec {
     pub price: u64,
     #[serde(default)]
     pub models: Vec<agora_registry::ModelDeclaration>,
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 /// `agora run`, as it travels: the payload already read.
@@ -108,6 +128,7 @@ impl PublishSpec {
             },
             price: args.price,
             models: args.models,
+            egress: args.egress,
         })
     }
 }
@@ -257,6 +278,7 @@ impl Work {
             limits: Some(spec.limits),
             price_per_mfuel: spec.price,
             models: spec.models,
+            egress: spec.egress,
         };
         let published = self.node.publish_file(&spec.component, options).await?;
         let manifest = &published.manifest;
@@ -274,6 +296,13 @@ impl Work {
                 out,
                 "imports   {} (denied unless granted)",
                 body.capabilities.join(", ")
+            )?;
+        }
+        if !body.egress.is_empty() {
+            writeln!(
+                out,
+                "egress    {} (sent only where a host grants)",
+                body.egress.join(", ")
             )?;
         }
         if published.inserted == agora_registry::Inserted::AlreadyPresent {

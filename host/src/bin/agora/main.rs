@@ -3,6 +3,7 @@
 mod admin;
 mod call;
 mod commands;
+mod egress;
 mod models;
 mod reputation;
 mod ui;
@@ -82,6 +83,8 @@ enum Command {
         audit_new_host_rate: Option<f64>,
         #[command(flatten)]
         models: models::ModelArgs,
+        #[command(flatten)]
+        egress: egress::EgressArgs,
     },
     /// Call an agent on a host, by its API URL (HTTP) or its ticket (iroh), signed by this data
     /// dir's key; print the output and keep the verified receipt. Exits non-zero if the call fails.
@@ -181,6 +184,11 @@ struct PublishArgs {
     /// (`NAME:TOKENS`); repeatable. Required for a component that imports agora:agent/model.
     #[arg(long = "model", value_parser = model_declaration)]
     models: Vec<agora_registry::ModelDeclaration>,
+    /// An origin the agent sends outbound HTTP requests to (`https://api.example.com`,
+    /// `https://*.example.com`); repeatable. A host sends them only where its operator grants
+    /// (`agora host --grant-egress`).
+    #[arg(long = "egress", value_name = "ORIGIN")]
+    egress: Vec<String>,
 }
 
 fn model_declaration(text: &str) -> Result<agora_registry::ModelDeclaration, String> {
@@ -330,9 +338,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             audit_rate,
             audit_new_host_rate,
             models,
+            egress,
         } => {
             admin::claim(&data_dir).await?;
-            let node = open(data_dir.clone(), models.config(&data_dir)?).await?;
+            let node = open(
+                data_dir.clone(),
+                models.config(&data_dir)?,
+                egress.config()?,
+            )
+            .await?;
             let mut audit = agora_host::net::AuditConfig::default();
             audit.sample_rate = audit_rate.unwrap_or(audit.sample_rate);
             audit.new_host_sample_rate = audit_new_host_rate.unwrap_or(audit.new_host_sample_rate);

@@ -458,3 +458,56 @@ fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
     let record = market.registry.host_record(&host.key.public()).unwrap();
     assert_eq!(record.misbehaviour[0].kind, "charge", "{record:?}");
 }
+
+#[test]
+fn outbound_bytes_a_receipt_charges_for_must_add_up_to_its_charge() {
+    let market = Market::new(5, 200);
+    let host = &market.hosts[2];
+    let usage = |charge| crate::egress::EgressUsage {
+        requests: 2,
+        bytes_sent: 300,
+        bytes_received: 4_000,
+        charge,
+    };
+    let next = |registry: &crate::Registry| {
+        let head = registry.host_record(&host.key.public()).unwrap().head;
+        (head.map_or(0, |(s, _)| s + 1), head.map(|(_, h)| h))
+    };
+
+    // Charged for its bytes, and its charge says so: stored.
+    let (seq, prev) = next(&market.registry);
+    let (honest, request) = host.sign(
+        &market.agents[0].0,
+        &market.callers[0],
+        Outcome::Ok,
+        seq,
+        prev,
+        |r| {
+            r.egress = Some(usage(43));
+            r.charge += 43;
+        },
+    );
+    market
+        .registry
+        .insert_receipt(&honest, Some(&request))
+        .unwrap();
+
+    // An egress charge its total leaves out: refused, and held against the host.
+    let (seq, prev) = next(&market.registry);
+    let (padded, request) = host.sign(
+        &market.agents[0].0,
+        &market.callers[1],
+        Outcome::Ok,
+        seq,
+        prev,
+        |r| r.egress = Some(usage(43)),
+    );
+    let refused = market
+        .registry
+        .insert_receipt(&padded, Some(&request))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("outbound HTTP"), "{refused}");
+    let record = market.registry.host_record(&host.key.public()).unwrap();
+    assert_eq!(record.misbehaviour[0].kind, "charge", "{record:?}");
+}

@@ -28,9 +28,12 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Why a request to a host's API failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The base address is not an `http://host:port` URL.
-    #[error("`{0}` is not an API address like http://127.0.0.1:7070")]
+    /// The base address is not an `http://host:port` or `https://host[:port]` URL.
+    #[error("`{0}` is not an API address like http://127.0.0.1:7070 or https://api.example.com")]
     BadAddress(String),
+    /// A trust root given for HTTPS is not usable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The host could not be reached or the exchange broke off.
     #[error("cannot reach {url}: {reason}")]
     Unreachable {
@@ -71,6 +74,15 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct ApiClient {
     authority: String,
+    /// `host:port` to connect to (the authority with the scheme's default port).
+    address: String,
+    /// Set for `https`: the configuration and the name the certificate must carry.
+    tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// Roots trusted besides Mozilla's, for `https`.
+    extra_roots: Vec<Vec<u8>>,
     /// Sent as `Authorization: Bearer …`; never shown by `Debug`.
     bearer: Option<String>,
     timeout: Duration,
@@ -80,6 +92,7 @@ impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
             .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
             .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .finish()
@@ -87,23 +100,65 @@ impl std::fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    /// A client of the API at `base`, e.g. `http://127.0.0.1:7070` (plain HTTP: the API is
-    /// meant for loopback or a TLS-terminating proxy).
+    /// A client of the API at `base`: `http://127.0.0.1:7070` (plain HTTP, for loopback or
+    /// behind a TLS-terminating proxy), or `https://host[:port]`, whose certificate must chain to
+    /// one of Mozilla's roots (compiled in) or a root given with [`ApiClient::with_trust_root`].
     pub fn new(base: &str) -> Result<Self, ClientError> {
         let bad = || ClientError::BadAddress(base.to_owned());
         let uri: hyper::Uri = base.parse().map_err(|_| bad())?;
-        if uri.scheme_str() != Some("http") || uri.path() != "/" && !uri.path().is_empty() {
+        if uri.path() != "/" && !uri.path().is_empty() {
             return Err(bad());
         }
         let authority = uri.authority().ok_or_else(bad)?;
-        if authority.port_u16().is_none() {
-            return Err(bad());
-        }
-        Ok(ApiClient {
+        let (address, tls) = match (uri.scheme_str(), authority.port_u16()) {
+            (Some("http"), Some(_)) => (authority.to_string(), false),
+            (Some("https"), Some(_)) => (authority.to_string(), true),
+            (Some("https"), None) => (format!("{}:443", authority.host()), true),
+            _ => return Err(bad()),
+        };
+        let mut client = ApiClient {
             authority: authority.to_string(),
+            address,
+            tls: None,
+            extra_roots: Vec::new(),
             bearer: None,
             timeout: TIMEOUT,
-        })
+        };
+        if tls {
+            client.configure_tls()?;
+        }
+        Ok(client)
+    }
+
+    /// For `https`: also trusts certificates issued by `der` (a DER-encoded CA certificate),
+    /// e.g. an operator's own authority for its model server.
+    pub fn with_trust_root(mut self, der: Vec<u8>) -> Result<Self, ClientError> {
+        self.extra_roots.push(der);
+        if self.tls.is_some() {
+            self.configure_tls()?;
+        }
+        Ok(self)
+    }
+
+    fn configure_tls(&mut self) -> Result<(), ClientError> {
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, p)| {
+                if p.parse::<u16>().is_ok() {
+                    h
+                } else {
+                    self.authority.as_str()
+                }
+            });
+        let name = crate::tls::server_name(host)
+            .ok_or_else(|| ClientError::BadAddress(self.authority.clone()))?;
+        self.tls = Some((crate::tls::client_config(&self.extra_roots)?, name));
+        Ok(())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Sends `token` as a bearer token with every request.
@@ -127,7 +182,7 @@ impl ApiClient {
     /// GETs `path` and returns the answer as text (for `/metrics`, `/healthz`). A non-2xx
     /// status is an error carrying the message the host gave.
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("http://{}{path}", self.authority);
+        let url = format!("{}://{}{path}", self.scheme(), self.authority);
         let (status, body) = self.timed(&url, hyper::Method::GET, path, None).await?;
         check_status(&url, status, &body)?;
         Ok(String::from_utf8_lossy(&body).into_owned())
@@ -137,7 +192,7 @@ impl ApiClient {
     /// components, inputs, transcripts). A non-2xx status is an error carrying the message the
     /// host gave.
     pub async fn get_bytes(&self, path: &str, max_bytes: usize) -> Result<Bytes, ClientError> {
-        let url = format!("http://{}{path}", self.authority);
+        let url = format!("{}://{}{path}", self.scheme(), self.authority);
         let exchange = self.send(&url, hyper::Method::GET, path, None, max_bytes);
         let (status, body) = match tokio::time::timeout(BLOB_TIMEOUT, exchange).await {
             Ok(answer) => answer?,
@@ -164,7 +219,7 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Value, ClientError> {
-        let url = format!("http://{}{path}", self.authority);
+        let url = format!("{}://{}{path}", self.scheme(), self.authority);
         let (status, body) = self.timed(&url, method, path, body).await?;
         check_status(&url, status, &body)?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
@@ -203,13 +258,29 @@ impl ApiClient {
             url: url.to_owned(),
             reason,
         };
-        let stream = tokio::net::TcpStream::connect(&self.authority)
+        let tcp = tokio::net::TcpStream::connect(&self.address)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let driver = tokio::spawn(connection);
+        // The connection's errors are the request's, which `send_request` reports.
+        let (mut sender, driver) = match &self.tls {
+            None => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (sender, tokio::spawn(async move { drop(connection.await) }))
+            }
+            Some((config, name)) => {
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| unreachable(e.to_string()))?;
+                (sender, tokio::spawn(async move { drop(connection.await) }))
+            }
+        };
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)

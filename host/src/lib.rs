@@ -55,6 +55,7 @@ pub mod net;
 mod node;
 pub mod report;
 pub mod sync;
+pub mod tls;
 
 /// The sandbox agents run in (the `agora-sandbox` crate).
 pub use agora_sandbox as sandbox;

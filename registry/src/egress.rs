@@ -316,7 +316,10 @@ pub enum HttpErrorKind {
     /// The call has made as many requests as the host allows one call
     /// (`connection-limit-reached`).
     TooManyRequests,
-    /// The server did not speak HTTP/1.1 well enough (`HTTP-protocol-error`).
+    /// The server's TLS certificate is not one the host trusts for the name
+    /// (`TLS-certificate-error`).
+    TlsCertificate,
+    /// The server did not speak TLS or HTTP/1.1 well enough (`HTTP-protocol-error`).
     Protocol,
 }
 

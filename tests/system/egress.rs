@@ -477,3 +477,26 @@ async fn a_call_with_outbound_http_is_re_checked_by_replaying_its_exchanges() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_origin_is_reached_over_tls_only_with_a_certificate_the_host_trusts() {
+    let hello = axum::Router::new().route("/", axum::routing::get(|| async { "hello over tls" }));
+    let (addr, certificate) = crate::tls::serve(hello).await;
+    let origin = format!("https://{addr}");
+    let egress = EgressConfig::default()
+        .grant(origin.parse().unwrap())
+        .allow_network("127.0.0.1/32".parse().unwrap());
+
+    // Mozilla's roots do not vouch for a certificate made a moment ago.
+    let (node, _dir) = open_host(egress.clone(), Limits::default()).await;
+    let agent = publish_declaring(&node, std::slice::from_ref(&origin)).await;
+    let (answer, _) = fetch(&node, &agent, json!({ "url": format!("{origin}/") })).await;
+    assert_eq!(answer["error"], "TlsCertificateError", "{answer}");
+
+    // An operator that trusts it as a root reaches the server.
+    let (node, _dir) = open_host(egress.trust_root(certificate), Limits::default()).await;
+    let agent = publish_declaring(&node, std::slice::from_ref(&origin)).await;
+    let (answer, receipt) = fetch(&node, &agent, json!({ "url": format!("{origin}/") })).await;
+    assert_eq!(answer["body"], "hello over tls", "{answer}");
+    assert_eq!(receipt.body().egress.unwrap().requests, 1);
+}

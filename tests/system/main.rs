@@ -18,4 +18,5 @@ mod publishing;
 mod receipts;
 mod reputation;
 mod sandbox;
+mod tls;
 mod verification;

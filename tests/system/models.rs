@@ -26,7 +26,7 @@ struct Seen(Arc<Mutex<Vec<Request>>>);
 /// An OpenAI-compatible server. Model `busy` answers 429, `slow` answers after 2 s; any other
 /// model echoes the last message's first words: as many as `max_tokens` allows, up to 4, one
 /// token per word, the prompt counted as one token per word of every message.
-async fn serve_openai() -> (SocketAddr, Seen) {
+fn openai_app() -> (axum::Router, Seen) {
     async fn complete(
         State(seen): State<Seen>,
         headers: HeaderMap,
@@ -81,6 +81,12 @@ async fn serve_openai() -> (SocketAddr, Seen) {
         .route("/v1/chat/completions", axum::routing::post(complete))
         .route("/v1/embeddings", axum::routing::post(embed))
         .with_state(seen.clone());
+    (app, seen)
+}
+
+/// [`openai_app`] over plain HTTP on loopback.
+async fn serve_openai() -> (SocketAddr, Seen) {
+    let (app, seen) = openai_app();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -456,4 +462,42 @@ async fn an_embedded_model_answers_alike_on_two_hosts_and_its_receipt_verifies()
         .await
         .unwrap();
     assert_eq!(again.verdict, agora_host::Verdict::Matches);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_server_over_https_is_reached_only_with_a_certificate_the_host_trusts() {
+    let (app, seen) = openai_app();
+    let (addr, certificate) = crate::tls::serve(app).await;
+    let url = format!("https://{addr}");
+    let ask_echo = json!({"model": "echo", "prompt": "to the airport", "max_tokens": 8});
+    let host_with = |backend: RemoteBackend| {
+        let models = ModelConfig::default()
+            .timeout(Duration::from_secs(5))
+            .offer(OfferedModel::new("echo", Arc::new(backend.with_key(KEY))));
+        open_host(models, Limits::default())
+    };
+
+    // Mozilla's roots do not vouch for a certificate made a moment ago: unavailable, uncharged.
+    let (node, _dir) = host_with(RemoteBackend::new(&url).unwrap()).await;
+    let agent = publish_declaring(&node, &[("echo", 100)]).await;
+    let (answers, receipt) = ask(&node, &agent, ask_echo.clone()).await;
+    assert_eq!(answers[0]["error"], "unavailable", "{answers}");
+    assert!(
+        answers[0]["message"].to_string().contains("certificate"),
+        "{answers}"
+    );
+    assert!(receipt.body().model_usage.is_empty());
+    assert!(seen.0.lock().unwrap().is_empty());
+
+    // Trusting it as a root, the host reaches the server and sends its key over TLS.
+    let trusted = RemoteBackend::new(&url)
+        .unwrap()
+        .with_trust_root(certificate)
+        .unwrap();
+    let (node, _dir) = host_with(trusted).await;
+    let agent = publish_declaring(&node, &[("echo", 100)]).await;
+    let (answers, _) = ask(&node, &agent, ask_echo).await;
+    assert_eq!(answers[0]["text"], "to the airport", "{answers}");
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(seen[0].0.as_deref(), Some(format!("Bearer {KEY}").as_str()));
 }

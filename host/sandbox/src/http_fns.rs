@@ -119,6 +119,7 @@ fn error_code(kind: HttpErrorKind) -> Error {
         HttpErrorKind::RequestTooLarge => Error::HttpRequestBodySize(None),
         HttpErrorKind::ResponseTooLarge => Error::HttpResponseBodySize(None),
         HttpErrorKind::TooManyRequests => Error::ConnectionLimitReached,
+        HttpErrorKind::TlsCertificate => Error::TlsCertificateError,
         HttpErrorKind::Protocol => Error::HttpProtocolError,
     }
 }

@@ -38,21 +38,7 @@ impl EgressPolicy {
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         self.tls
             .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                for der in &self.config.extra_roots {
-                    let der = rustls::pki_types::CertificateDer::from(der.to_vec());
-                    roots
-                        .add(der)
-                        .map_err(|e| format!("an operator trust root is not usable: {e}"))?;
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                Ok(Arc::new(config))
+                crate::tls::client_config(&self.config.extra_roots).map_err(|e| e.to_string())
             })
             .clone()
     }
@@ -145,15 +131,27 @@ impl EgressSession {
                     .policy
                     .tls()
                     .map_err(|e| (HttpErrorKind::Protocol, e))?;
-                let name = match origin.ip() {
-                    Some(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
-                    None => rustls::pki_types::ServerName::try_from(origin.host.clone())
-                        .map_err(|e| (HttpErrorKind::Denied, format!("{origin}: {e}")))?,
-                };
+                let name = crate::tls::server_name(&origin.host).ok_or_else(|| {
+                    (
+                        HttpErrorKind::Denied,
+                        format!("{origin} is not a name a certificate can carry"),
+                    )
+                })?;
                 let stream = tokio_rustls::TlsConnector::from(tls)
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| (HttpErrorKind::Protocol, format!("TLS with {origin}: {e}")))?;
+                    .map_err(|e| {
+                        let certificate = e
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+                        let kind = if certificate {
+                            HttpErrorKind::TlsCertificate
+                        } else {
+                            HttpErrorKind::Protocol
+                        };
+                        (kind, format!("TLS with {origin}: {e}"))
+                    })?;
                 self.over(stream, origin, request, sent, received).await
             }
         }

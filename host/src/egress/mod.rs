@@ -35,7 +35,6 @@ mod client;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use agora_registry::egress::{EgressUsage, OriginPattern, charge_for_bytes};
 use agora_registry::{HostCall, Transcript};
@@ -116,7 +115,7 @@ pub struct EgressConfig {
     pub price_per_mbyte: u64,
     /// Trust roots besides the built-in Mozilla set (webpki-roots), DER-encoded: for an
     /// operator's own certificate authority, or a test's. Default none.
-    extra_roots: Vec<Arc<[u8]>>,
+    extra_roots: Vec<Vec<u8>>,
 }
 
 impl EgressConfig {
@@ -147,7 +146,7 @@ impl EgressConfig {
 
     /// Trusts TLS certificates issued by `der` (a DER-encoded CA certificate) as well.
     pub fn trust_root(mut self, der: impl Into<Vec<u8>>) -> Self {
-        self.extra_roots.push(der.into().into());
+        self.extra_roots.push(der.into());
         self
     }
 

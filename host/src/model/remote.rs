@@ -3,7 +3,7 @@
 //!
 //! The key (if any) is read once from a file the operator names, sent only as the
 //! `Authorization` header to that server, and never logged: `Debug` shows only whether there is
-//! one. The HTTP exchange is the API client's ([`ApiClient`]).
+//! one. The HTTP exchange is the API client's ([`ApiClient`]), over HTTPS for a hosted API.
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,9 +21,12 @@ const BACKSTOP: Duration = Duration::from_secs(600);
 /// Why a [`RemoteBackend`] could not be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    /// The address is not `http://host:port`.
-    #[error("model server address {0:?} is not http://host:port")]
+    /// The address is not `http://host:port` or `https://host[:port]`.
+    #[error("model server address {0:?} is not http://host:port or https://host[:port]")]
     BadAddress(String),
+    /// A trust root for the server's certificate is not usable.
+    #[error("model server trust root: {0}")]
+    Tls(String),
     /// The key file could not be read.
     #[error("reading the model server's key from {path}")]
     Key {
@@ -43,12 +46,21 @@ pub struct RemoteBackend {
 }
 
 impl RemoteBackend {
-    /// The server at `base` (`http://127.0.0.1:8080`), without a key.
+    /// The server at `base` (`http://127.0.0.1:8080`, `https://api.example.com`), without a
+    /// key. Over HTTPS its certificate must chain to one of Mozilla's roots (compiled in) or to
+    /// one given with [`RemoteBackend::with_trust_root`].
     pub fn new(base: &str) -> Result<Self, RemoteError> {
         let client = ApiClient::new(base).map_err(|_| RemoteError::BadAddress(base.to_owned()))?;
         Ok(RemoteBackend {
             client: client.with_timeout(BACKSTOP),
         })
+    }
+
+    /// Also trusts certificates issued by `der` (a DER-encoded CA certificate).
+    pub fn with_trust_root(mut self, der: Vec<u8>) -> Result<Self, RemoteError> {
+        self.client =
+            (self.client.with_trust_root(der)).map_err(|e| RemoteError::Tls(e.to_string()))?;
+        Ok(self)
     }
 
     /// Sends `key` as the bearer token.

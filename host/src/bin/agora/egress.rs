@@ -25,6 +25,10 @@ pub(crate) struct EgressArgs {
     /// value is never shown to agents, logged, or put in a transcript or receipt.
     #[arg(long = "egress-credential", value_name = "ORIGIN=FILE")]
     credentials: Vec<String>,
+    /// Also trust TLS certificates issued by the CA certificates in this PEM file (Mozilla's
+    /// roots are always trusted).
+    #[arg(long, value_name = "PEM")]
+    egress_ca: Option<PathBuf>,
     /// Price per million bytes sent or received, in the marketplace's smallest unit.
     #[arg(long, value_name = "PRICE", default_value_t = 0)]
     egress_price: u64,
@@ -36,6 +40,11 @@ impl EgressArgs {
         let mut config = EgressConfig::default().price_per_mbyte(self.egress_price);
         for grant in &self.grants {
             config = config.grant(grant.clone());
+        }
+        if let Some(path) = &self.egress_ca {
+            for der in agora_host::tls::read_pem_certificates(path)? {
+                config = config.trust_root(der);
+            }
         }
         for network in &self.networks {
             config = config.allow_network(*network);

@@ -110,6 +110,10 @@ pub(crate) struct ModelArgs {
     /// AGORA_MODEL_KEY environment variable, if set. Never shown to agents or logged.
     #[arg(long, value_name = "PATH")]
     model_key_file: Option<PathBuf>,
+    /// For an https:// model server: also trust certificates issued by the CA certificates in
+    /// this PEM file (Mozilla's roots are always trusted).
+    #[arg(long, value_name = "PEM")]
+    model_server_ca: Option<PathBuf>,
     /// Price per million tokens of every offered model, in the marketplace's smallest unit.
     #[arg(long, value_name = "PRICE", default_value_t = 0)]
     model_price: u64,
@@ -145,6 +149,11 @@ impl ModelArgs {
 
     fn remote(&self, url: &str) -> anyhow::Result<Arc<dyn ModelBackend>> {
         let mut backend = RemoteBackend::new(url)?;
+        if let Some(path) = &self.model_server_ca {
+            for der in agora_host::tls::read_pem_certificates(path)? {
+                backend = backend.with_trust_root(der)?;
+            }
+        }
         if let Some(path) = &self.model_key_file {
             backend = backend.with_key_file(path)?;
         } else if let Ok(key) = std::env::var(KEY_VARIABLE) {

@@ -495,3 +495,60 @@ fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
         );
     }
 }
+
+#[test]
+fn publish_declares_egress_origins_and_a_host_refuses_a_credential_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(agora(&data, &["keygen"]).status.success());
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, agora_host::examples::RIDE_DRIVER).unwrap();
+    let component = component.to_str().unwrap();
+
+    let out = agora(
+        &data,
+        &["publish", component, "--egress", "fares.example.com"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("fares.example.com"),
+        "{}",
+        stderr(&out)
+    );
+    let out = agora(
+        &data,
+        &["publish", component, "--egress", "https://*.example.com"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("egress    https://*.example.com:443 (sent only where a host grants)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A credential file anyone may read is refused before the host starts, without its value.
+    let credential = dir.path().join("fares.header");
+    std::fs::write(&credential, "Authorization: Bearer sk-fares-0123").unwrap();
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let grant = format!("https://api.example.com={}", credential.display());
+    let host = [
+        "host",
+        "--grant-egress",
+        "https://api.example.com",
+        "--egress-credential",
+        &grant,
+    ];
+    let out = agora(&data, &host);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("sk-fares"), "{}", stderr(&out));
+    let out = agora(
+        &data,
+        &["host", "--grant-egress", "https://api.example.com/v1"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no path"), "{}", stderr(&out));
+}

@@ -313,8 +313,8 @@ pub enum HttpErrorKind {
     /// The response is larger than the host reads (`HTTP-response-body-size`); what was read
     /// is counted, not delivered.
     ResponseTooLarge,
-    /// The call has made as many requests as the host allows one call
-    /// (`connection-limit-reached`).
+    /// The host has as many outbound connections open as it allows, for all its agents
+    /// together (`connection-limit-reached`).
     TooManyRequests,
     /// The server's TLS certificate is not one the host trusts for the name
     /// (`TLS-certificate-error`).

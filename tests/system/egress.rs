@@ -500,3 +500,49 @@ async fn an_https_origin_is_reached_over_tls_only_with_a_certificate_the_host_tr
     assert_eq!(answer["body"], "hello over tls", "{answer}");
     assert_eq!(receipt.body().egress.unwrap().requests, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_keeps_at_most_its_number_of_outbound_connections_open_for_all_agents() {
+    let (addr, seen) = serve_upstream().await;
+    let limits = Limits {
+        max_http_time: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let (node, _dir) = open_host(granting(addr).max_connections(1), limits).await;
+    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+
+    // One call holds the only connection, waiting on a slow server…
+    let slow = tokio::spawn({
+        let (node, agent) = (node.clone(), agent.clone());
+        async move {
+            fetch(
+                &node,
+                &agent,
+                json!({ "url": format!("http://{addr}/slow") }),
+            )
+            .await
+        }
+    });
+    while !seen.paths().contains(&"/slow".to_owned()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // …so another call's request waits a second for it, then is refused, uncounted.
+    let (answer, receipt) = fetch(
+        &node,
+        &agent,
+        json!({ "url": format!("http://{addr}/hello") }),
+    )
+    .await;
+    assert_eq!(answer["error"], "ConnectionLimitReached", "{answer}");
+    assert_eq!(receipt.body().egress, None);
+
+    let (answer, _) = slow.await.unwrap();
+    assert_eq!(answer["error"], "ConnectionTimeout", "{answer}");
+    let (answer, _) = fetch(
+        &node,
+        &agent,
+        json!({ "url": format!("http://{addr}/hello") }),
+    )
+    .await;
+    assert_eq!(answer["body"], "hello from upstream", "{answer}");
+}

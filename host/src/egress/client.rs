@@ -21,11 +21,13 @@ use crate::sandbox::{HttpExchange, HttpRequest};
 pub(crate) struct EgressPolicy {
     config: EgressConfig,
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl EgressPolicy {
     pub(crate) fn new(config: EgressConfig) -> Self {
         EgressPolicy {
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             config,
             tls: OnceLock::new(),
         }
@@ -87,6 +89,18 @@ impl EgressSession {
                 format!("this host does not grant {origin}"),
             );
         }
+        let connections = self.policy.connections.clone();
+        let Ok(Ok(_connection)) =
+            tokio::time::timeout(super::CONNECTION_WAIT, connections.acquire_owned()).await
+        else {
+            return HttpExchange::refused(
+                HttpErrorKind::TooManyRequests,
+                format!(
+                    "this host's {} outbound connections are all in use",
+                    config.max_connections
+                ),
+            );
+        };
         let mut sent = 0u64;
         let mut received = 0u64;
         let exchanged = tokio::time::timeout(

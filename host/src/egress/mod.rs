@@ -105,7 +105,7 @@ pub enum CredentialError {
 
 /// Where a host lets its agents' outbound HTTP go. Default: nowhere, so every request is
 /// `HTTP-request-denied` whatever a manifest declares.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EgressConfig {
     grants: Vec<OriginPattern>,
     allowed_networks: Vec<IpNetwork>,
@@ -113,12 +113,39 @@ pub struct EgressConfig {
     /// Price per million bytes, sent and received alike, in the marketplace's smallest unit.
     /// Default 0.
     pub price_per_mbyte: u64,
+    /// Outbound connections open at once, for all agents together. Default 256, so agents
+    /// cannot run the host out of sockets (each call is bounded on its own by
+    /// [`Limits::max_http_requests`](crate::Limits::max_http_requests)). A request that finds
+    /// none free within [`CONNECTION_WAIT`] fails with `connection-limit-reached`.
+    pub max_connections: usize,
     /// Trust roots besides the built-in Mozilla set (webpki-roots), DER-encoded: for an
     /// operator's own certificate authority, or a test's. Default none.
     extra_roots: Vec<Vec<u8>>,
 }
 
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            grants: Vec::new(),
+            allowed_networks: Vec::new(),
+            credentials: Vec::new(),
+            price_per_mbyte: 0,
+            max_connections: 256,
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+/// Longest a request waits for one of the host's [`EgressConfig::max_connections`].
+pub const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl EgressConfig {
+    /// Sets [`EgressConfig::max_connections`].
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
     /// Lets agents that declare a matching origin send requests to `origin`.
     pub fn grant(mut self, origin: OriginPattern) -> Self {
         self.grants.push(origin);

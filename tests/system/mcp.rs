@@ -220,3 +220,48 @@ async fn what_mcp_refuses_is_a_json_error_like_every_other() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tool_reaches_the_open_world_only_when_its_manifest_declares_egress() {
+    let host = TestHost::new().await;
+    let driver = host.publish(examples::RIDE_DRIVER).await;
+    let options = agora_host::PublishOptions {
+        egress: vec!["https://api.open-meteo.com".into()],
+        ..agora_host::PublishOptions::default()
+    };
+    let fetcher = host
+        .node
+        .publish(agora_tests::FETCHER, options)
+        .await
+        .unwrap()
+        .manifest;
+    let server = ApiServer::start(host.node.clone(), ApiConfig::default())
+        .await
+        .unwrap();
+
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let (status, answer) = post_mcp(&server, list).await;
+    assert_eq!(status, 200, "{answer}");
+    let tool = |manifest: &agora_registry::SignedManifest| {
+        let name = format!(
+            "{}.{}",
+            manifest.body().name,
+            &manifest.hash().to_hex()[..8]
+        );
+        (answer["result"]["tools"].as_array().unwrap().iter())
+            .find(|tool| tool["name"] == name.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no tool {name}: {answer}"))
+    };
+    let (driver, fetcher) = (tool(&driver), tool(&fetcher));
+    assert_eq!(driver["annotations"]["openWorldHint"], false, "{driver}");
+    assert_eq!(fetcher["annotations"]["openWorldHint"], true, "{fetcher}");
+    let egress = fetcher["_meta"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(key, _)| key.ends_with("/egress"))
+        .map(|(_, value)| value.clone());
+    assert_eq!(egress, Some(json!(["https://api.open-meteo.com:443"])));
+    server.shutdown().await;
+}

@@ -358,6 +358,7 @@ fn describe(offered: &Offered) -> Tool {
             ("publisher", json!(body.publisher)),
             ("version", json!(body.version)),
             ("price_per_mfuel", json!(body.price_per_mfuel)),
+            ("egress", json!(body.egress)),
         ]
         .into_iter()
         .map(|(key, value)| (format!("{META}/{key}"), value))
@@ -365,8 +366,9 @@ fn describe(offered: &Offered) -> Tool {
     );
     let mut annotations = ToolAnnotations::new();
     annotations.title = Some(format!("{} {}", body.name, body.version));
-    // An agent that imports no authority-bearing interface reaches nothing outside the host.
-    annotations.open_world_hint = Some(!body.capabilities.is_empty());
+    // Outbound HTTP to the origins its manifest declares is the only way an agent reaches
+    // anything outside the host (other imports are denied; models are the host's own).
+    annotations.open_world_hint = Some(!body.egress.is_empty());
     Tool::new_with_raw(
         offered.tool_name.clone(),
         Some(Cow::Owned(body.description.clone())),

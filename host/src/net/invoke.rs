@@ -24,7 +24,7 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REPLY_BYTES: usize = 8 << 20;
 /// Longest a caller waits for a reply: the host's own wall-clock limit and then some.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most connections served at once: each may hold a stream open for [`MESSAGE_TIMEOUT`] before
+/// Most connections served at once: each may hold a stream open for `MESSAGE_TIMEOUT` before
 /// sending anything, so without a cap a peer could hold any number. Beyond it a connection is
 /// closed at once, saying why; calls that run are bounded by the [`Admission`] besides.
 pub const MAX_INVOKE_CONNECTIONS: usize = 256;

@@ -272,7 +272,7 @@ impl Network {
         })
     }
 
-    /// How many peers this host remembers (see [`PeerBook`]): the ones it rejoins on restart.
+    /// How many peers this host remembers (see `PeerBook`): the ones it rejoins on restart.
     pub fn remembered_peers(&self) -> usize {
         self.remembered.len()
     }

@@ -89,7 +89,7 @@ impl DataDir {
     }
 }
 
-/// How to open a [`Node`].
+/// How to open a [`Node`](crate::Node).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// Where state lives.

@@ -47,7 +47,7 @@ pub const MAX_STRANGER_RECEIPTS: i64 = 1_000_000;
 /// Most feedback records stored here from all raters this host does not trust together.
 pub const MAX_STRANGER_FEEDBACK: i64 = 1_000_000;
 
-/// The quotas on keys this host does not trust (see the [module docs](self) for what each
+/// The quotas on keys this host does not trust (see the module docs for what each
 /// bounds). Each field is a count of records; at the limit, the next record is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StrangerQuotas {

@@ -241,7 +241,9 @@ fn split_authority(authority: &str) -> Result<(String, Option<u16>), &'static st
     if host.is_empty() || host.len() > 253 {
         return Err("the host must be 1 to 253 bytes");
     }
-    if !host.contains(':') && !host.chars().all(name_like) {
+    // An IPv6 address was checked in its brackets; anything else is a name or IPv4 address.
+    let bracketed = authority.starts_with('[');
+    if !bracketed && !host.chars().all(name_like) {
         return Err("the host is not a DNS name or IP address");
     }
     Ok((host, port))
@@ -427,6 +429,8 @@ mod tests {
             "https://example.com:99999",
             "https://[not-v6]",
             "https://exa mple.com",
+            "https://::1:443",
+            "https:// _x0::1",
         ] {
             assert!(bad.parse::<OriginPattern>().is_err(), "{bad} parsed");
         }
@@ -443,5 +447,66 @@ mod tests {
             assert_eq!(pattern(p).to_string(), p);
             assert_eq!(pattern(&pattern(p).to_string()), pattern(p));
         }
+    }
+
+    /// Strings from the characters that matter to origins, about `len` pieces long; half are
+    /// shaped like an origin, so that many parse. A fixed seed, so a failure reproduces.
+    fn origin_like(rng: &mut impl rand::RngExt, len: usize) -> String {
+        const PIECES: &[&str] = &[
+            "http", "https", "://", "*.", ".", ":", "[", "]", "::1", "/", "@", "?", "#", "0", "80",
+            "443", "65536", "a", "B", "example", "com", "-", "_", " ", "é", "%2e", "1.2.3.4",
+        ];
+        let mut junk = |n: usize| -> String {
+            (0..rng.random_range(0..n))
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect()
+        };
+        if len % 2 == 0 {
+            let scheme = if len % 4 == 0 { "https://" } else { "http://" };
+            format!("{scheme}{}", junk(len / 2))
+        } else {
+            junk(len)
+        }
+    }
+
+    #[test]
+    fn any_string_parses_or_is_refused_without_panicking_and_what_parses_prints_back_to_itself() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let mut parsed = 0;
+        for i in 0..200_000 {
+            let text = origin_like(&mut rng, 8 + i % 8);
+            if let Ok(pattern) = text.parse::<OriginPattern>() {
+                parsed += 1;
+                let printed = pattern.to_string();
+                assert_eq!(
+                    printed.parse::<OriginPattern>(),
+                    Ok(pattern.clone()),
+                    "{text:?}"
+                );
+                // An exact pattern covers the origin it names, and only on its own port.
+                if let HostPattern::Exact(host) = &pattern.host {
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.clone()
+                    };
+                    let scheme = pattern.scheme.as_str();
+                    let origin = Origin::parse(scheme, &format!("{host}:{}", pattern.port));
+                    let origin = origin.unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                    assert!(pattern.matches(&origin), "{text:?}");
+                    let other = Origin {
+                        port: pattern.port.wrapping_add(1).max(1),
+                        ..origin
+                    };
+                    assert!(!pattern.matches(&other), "{text:?}");
+                }
+            }
+            let _ = Origin::parse("https", &text);
+        }
+        assert!(
+            parsed > 1_000,
+            "the generator should make many valid patterns: {parsed}"
+        );
     }
 }

@@ -461,8 +461,8 @@ mod tests {
                 .map(|_| PIECES[rng.random_range(0..PIECES.len())])
                 .collect()
         };
-        if len % 2 == 0 {
-            let scheme = if len % 4 == 0 { "https://" } else { "http://" };
+        if len.is_multiple_of(2) {
+            let scheme = if len.is_multiple_of(4) { "https://" } else { "http://" };
             format!("{scheme}{}", junk(len / 2))
         } else {
             junk(len)

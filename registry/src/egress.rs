@@ -462,7 +462,11 @@ mod tests {
                 .collect()
         };
         if len.is_multiple_of(2) {
-            let scheme = if len.is_multiple_of(4) { "https://" } else { "http://" };
+            let scheme = if len.is_multiple_of(4) {
+                "https://"
+            } else {
+                "http://"
+            };
             format!("{scheme}{}", junk(len / 2))
         } else {
             junk(len)

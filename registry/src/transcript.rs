@@ -4,9 +4,12 @@
 //!
 //! A guest's input and its virtual clocks and randomness (see [`CallEnvironment`]) decide
 //! everything it computes except what the host answers: what `kv-get` found, whether `kv-set`
-//! stored, what a `call-agent` callee returned and what it cost. A transcript records exactly
-//! those answers, and what each call asked (a key, the hash of a value written, a callee and the
-//! hash of its input) so that a replay notices a guest whose calls diverge from the record. A
+//! stored, what a `call-agent` callee returned and what it cost, what a language model said and
+//! what an outbound HTTP request got. A transcript records exactly those answers, and what each
+//! call asked (a key, the hash of a value written, a callee and the hash of its input, the hash
+//! of a model request or of an HTTP request) so that a replay notices a guest whose calls
+//! diverge from the record. Outbound HTTP exchanges come after the other calls, in the order the
+//! guest made the requests (they finish in the network's order). A
 //! receipt names its transcript by [`BlobRef`]: BLAKE3 of the transcript's bytes, and their
 //! length.
 //!

@@ -497,7 +497,7 @@ fn two_host_processes_with_the_same_evidence_report_bit_identical_scores() {
 }
 
 #[test]
-fn publish_declares_egress_origins_and_a_host_refuses_a_credential_others_can_read() {
+fn publish_declares_egress_origins_and_a_host_refuses_secret_files_others_can_read() {
     use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use agora_host::egress::{Credential, EgressConfig, IpNetwork};
 use agora_registry::egress::OriginPattern;
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// Outbound HTTP for agents whose manifests declare the origins (`agora publish --egress`).
 #[derive(Debug, clap::Args)]
@@ -54,34 +54,11 @@ impl EgressArgs {
                 format!("--egress-credential {credential:?} is not ORIGIN=FILE")
             })?;
             let origin: OriginPattern = origin.parse()?;
-            let line = read_secret(Path::new(path))?;
+            let line = crate::secret_file::read(Path::new(path))?;
             let credential = Credential::from_header_line(origin.clone(), &line)
                 .with_context(|| format!("reading the credential for {origin} from {path}"))?;
             config = config.credential(credential);
         }
         Ok(config)
     }
-}
-
-/// The first line of a secret file that only its owner may read.
-fn read_secret(path: &Path) -> anyhow::Result<String> {
-    let path = PathBuf::from(path);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "{} holds a credential but is readable by others (mode {:o}); `chmod 600` it",
-                path.display(),
-                mode & 0o777
-            );
-        }
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().next().unwrap_or_default().to_owned())
 }

@@ -6,6 +6,7 @@ mod commands;
 mod egress;
 mod models;
 mod reputation;
+mod secret_file;
 mod ui;
 mod verify;
 

@@ -106,8 +106,9 @@ pub(crate) struct ModelArgs {
     /// vLLM), e.g. http://127.0.0.1:8080.
     #[arg(long, value_name = "URL")]
     model_server: Option<String>,
-    /// A file whose first line is the model server's key, sent as a bearer token; else the
-    /// AGORA_MODEL_KEY environment variable, if set. Never shown to agents or logged.
+    /// A file whose first line is the model server's key, sent as a bearer token (the file must
+    /// not be readable by group or others); else the AGORA_MODEL_KEY environment variable, if
+    /// set. Never shown to agents or logged.
     #[arg(long, value_name = "PATH")]
     model_key_file: Option<PathBuf>,
     /// For an https:// model server: also trust certificates issued by the CA certificates in
@@ -155,7 +156,7 @@ impl ModelArgs {
             }
         }
         if let Some(path) = &self.model_key_file {
-            backend = backend.with_key_file(path)?;
+            backend = backend.with_key(crate::secret_file::read(path)?.trim());
         } else if let Ok(key) = std::env::var(KEY_VARIABLE) {
             backend = backend.with_key(key);
         }

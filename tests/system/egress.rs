@@ -135,6 +135,35 @@ async fn open_host(egress: EgressConfig, limits: Limits) -> (Node, tempfile::Tem
     (Node::open(config).await.unwrap(), dir)
 }
 
+/// An upstream on loopback, and a host [`granting`] it that has published `fetcher` declaring it.
+struct Granted {
+    addr: SocketAddr,
+    seen: Seen,
+    node: Node,
+    agent: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Granted {
+    async fn open(limits: Limits) -> Self {
+        Self::open_with(limits, |egress| egress).await
+    }
+
+    /// With the host's egress configuration changed by `edit` first.
+    async fn open_with(limits: Limits, edit: impl FnOnce(EgressConfig) -> EgressConfig) -> Self {
+        let (addr, seen) = serve_upstream().await;
+        let (node, _dir) = open_host(edit(granting(addr)), limits).await;
+        let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+        Granted {
+            addr,
+            seen,
+            node,
+            agent,
+            _dir,
+        }
+    }
+}
+
 /// Publishes `fetcher` declaring `origins`; its manifest hash.
 async fn publish_declaring(node: &Node, origins: &[String]) -> String {
     let options = PublishOptions {
@@ -182,9 +211,13 @@ fn exchanges(transcript: &[u8]) -> Vec<(u64, u64, HttpAnswer)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_reaches_an_origin_it_declares_and_the_host_grants_and_its_bytes_are_metered() {
-    let (addr, seen) = serve_upstream().await;
-    let (node, _dir) = open_host(granting(addr), Limits::default()).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(Limits::default()).await;
 
     let (answer, receipt) = fetch(
         &node,
@@ -294,9 +327,13 @@ async fn a_name_or_address_on_loopback_is_refused_unless_the_operator_allows_the
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redirects_are_not_followed_and_a_redirect_to_another_host_is_refused() {
-    let (addr, seen) = serve_upstream().await;
-    let (node, _dir) = open_host(granting(addr), Limits::default()).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(Limits::default()).await;
     let url = format!("http://{addr}/redirect");
 
     let (answer, _) = fetch(&node, &agent, json!({ "url": url })).await;
@@ -315,13 +352,17 @@ async fn redirects_are_not_followed_and_a_redirect_to_another_host_is_refused() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_makes_at_most_the_hosts_number_of_requests() {
-    let (addr, seen) = serve_upstream().await;
     let limits = Limits {
         max_http_requests: 3,
         ..Limits::default()
     };
-    let (node, _dir) = open_host(granting(addr), limits).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(limits).await;
     let (answer, receipt) = fetch(
         &node,
         &agent,
@@ -336,9 +377,13 @@ async fn a_call_makes_at_most_the_hosts_number_of_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_response_is_cut_with_a_typed_error_its_bytes_counted_and_the_host_serves_on()
 {
-    let (addr, _seen) = serve_upstream().await;
-    let (node, _dir) = open_host(granting(addr), Limits::default()).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen: _,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(Limits::default()).await;
 
     let (answer, receipt) = fetch(
         &node,
@@ -375,9 +420,13 @@ async fn an_oversized_response_is_cut_with_a_typed_error_its_bytes_counted_and_t
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_host_adds_its_credential_and_the_guest_can_neither_set_nor_see_one() {
-    let (addr, seen) = serve_upstream().await;
-    let (node, _dir) = open_host(granting(addr), Limits::default()).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(Limits::default()).await;
 
     let (answer, receipt) = fetch(
         &node,
@@ -412,13 +461,17 @@ async fn the_host_adds_its_credential_and_the_guest_can_neither_set_nor_see_one(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_does_not_answer_in_time_gives_a_timeout_and_the_call_carries_on() {
-    let (addr, _seen) = serve_upstream().await;
     let limits = Limits {
         max_http_time: Duration::from_millis(300),
         ..Limits::default()
     };
-    let (node, _dir) = open_host(granting(addr), limits).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen: _,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(limits).await;
     let started = std::time::Instant::now();
     let (answer, receipt) = fetch(
         &node,
@@ -433,9 +486,13 @@ async fn a_server_that_does_not_answer_in_time_gives_a_timeout_and_the_call_carr
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_with_outbound_http_is_re_checked_by_replaying_its_exchanges() {
-    let (addr, seen) = serve_upstream().await;
-    let (node, _dir) = open_host(granting(addr), Limits::default()).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen,
+        node,
+        agent,
+        _dir,
+    } = Granted::open(Limits::default()).await;
     let (_, receipt) = fetch(
         &node,
         &agent,
@@ -503,13 +560,17 @@ async fn an_https_origin_is_reached_over_tls_only_with_a_certificate_the_host_tr
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_keeps_at_most_its_number_of_outbound_connections_open_for_all_agents() {
-    let (addr, seen) = serve_upstream().await;
     let limits = Limits {
         max_http_time: Duration::from_secs(3),
         ..Limits::default()
     };
-    let (node, _dir) = open_host(granting(addr).max_connections(1), limits).await;
-    let agent = publish_declaring(&node, &[format!("http://{addr}")]).await;
+    let Granted {
+        addr,
+        seen,
+        node,
+        agent,
+        _dir,
+    } = Granted::open_with(limits, |egress| egress.max_connections(1)).await;
 
     // One call holds the only connection, waiting on a slow server…
     let slow = tokio::spawn({

@@ -406,22 +406,17 @@ fn a_receipt_its_host_cannot_back_counts_for_nothing_and_the_chain_after_it_stil
     assert_eq!(market.scores().of(victim.body()), after);
 }
 
-#[test]
-fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
+/// A receipt that spent `amount` besides its fuel (`spend` records what on) is stored when its
+/// charge includes it, and refused, saying `says` and held against its host, when it does not.
+fn a_charge_must_include(amount: u64, spend: impl Fn(&mut Receipt), says: &str) {
     let market = Market::new(5, 200);
     let host = &market.hosts[2];
-    let usage = |charge| crate::ModelUsage {
-        model: "smollm2-135m-instruct".into(),
-        prompt_tokens: 40,
-        generated_tokens: 12,
-        charge,
-    };
     let next = |registry: &crate::Registry| {
         let head = registry.host_record(&host.key.public()).unwrap().head;
         (head.map_or(0, |(s, _)| s + 1), head.map(|(_, h)| h))
     };
 
-    // Charged for its tokens, and its charge says so: stored.
+    // Charged for what it spent, and its charge says so: stored.
     let (seq, prev) = next(&market.registry);
     let (honest, request) = host.sign(
         &market.agents[0].0,
@@ -430,8 +425,8 @@ fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
         seq,
         prev,
         |r| {
-            r.model_usage = vec![usage(52)];
-            r.charge += 52;
+            spend(r);
+            r.charge += amount;
         },
     );
     market
@@ -439,7 +434,7 @@ fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
         .insert_receipt(&honest, Some(&request))
         .unwrap();
 
-    // Model charges that its total leaves out (or adds to): refused, and held against the host.
+    // A charge its total leaves out: refused, and held against the host.
     let (seq, prev) = next(&market.registry);
     let (padded, request) = host.sign(
         &market.agents[0].0,
@@ -447,67 +442,36 @@ fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
         Outcome::Ok,
         seq,
         prev,
-        |r| r.model_usage = vec![usage(52)],
+        &spend,
     );
     let refused = market
         .registry
         .insert_receipt(&padded, Some(&request))
         .unwrap_err()
         .to_string();
-    assert!(refused.contains("model usage"), "{refused}");
+    assert!(refused.contains(says), "{refused}");
     let record = market.registry.host_record(&host.key.public()).unwrap();
     assert_eq!(record.misbehaviour[0].kind, "charge", "{record:?}");
 }
 
 #[test]
+fn model_tokens_a_receipt_charges_for_must_add_up_to_its_charge() {
+    let usage = crate::ModelUsage {
+        model: "smollm2-135m-instruct".into(),
+        prompt_tokens: 40,
+        generated_tokens: 12,
+        charge: 52,
+    };
+    a_charge_must_include(52, |r| r.model_usage = vec![usage.clone()], "model usage");
+}
+
+#[test]
 fn outbound_bytes_a_receipt_charges_for_must_add_up_to_its_charge() {
-    let market = Market::new(5, 200);
-    let host = &market.hosts[2];
-    let usage = |charge| crate::egress::EgressUsage {
+    let usage = crate::egress::EgressUsage {
         requests: 2,
         bytes_sent: 300,
         bytes_received: 4_000,
-        charge,
+        charge: 43,
     };
-    let next = |registry: &crate::Registry| {
-        let head = registry.host_record(&host.key.public()).unwrap().head;
-        (head.map_or(0, |(s, _)| s + 1), head.map(|(_, h)| h))
-    };
-
-    // Charged for its bytes, and its charge says so: stored.
-    let (seq, prev) = next(&market.registry);
-    let (honest, request) = host.sign(
-        &market.agents[0].0,
-        &market.callers[0],
-        Outcome::Ok,
-        seq,
-        prev,
-        |r| {
-            r.egress = Some(usage(43));
-            r.charge += 43;
-        },
-    );
-    market
-        .registry
-        .insert_receipt(&honest, Some(&request))
-        .unwrap();
-
-    // An egress charge its total leaves out: refused, and held against the host.
-    let (seq, prev) = next(&market.registry);
-    let (padded, request) = host.sign(
-        &market.agents[0].0,
-        &market.callers[1],
-        Outcome::Ok,
-        seq,
-        prev,
-        |r| r.egress = Some(usage(43)),
-    );
-    let refused = market
-        .registry
-        .insert_receipt(&padded, Some(&request))
-        .unwrap_err()
-        .to_string();
-    assert!(refused.contains("outbound HTTP"), "{refused}");
-    let record = market.registry.host_record(&host.key.public()).unwrap();
-    assert_eq!(record.misbehaviour[0].kind, "charge", "{record:?}");
+    a_charge_must_include(43, |r| r.egress = Some(usage), "outbound HTTP");
 }

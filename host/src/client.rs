@@ -74,6 +74,8 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct ApiClient {
     authority: String,
+    /// The authority's host, which an `https` server's certificate must name.
+    host: String,
     /// `host:port` to connect to (the authority with the scheme's default port).
     address: String,
     /// Set for `https`: the configuration and the name the certificate must carry.
@@ -118,6 +120,7 @@ impl ApiClient {
         };
         let mut client = ApiClient {
             authority: authority.to_string(),
+            host: authority.host().to_owned(),
             address,
             tls: None,
             extra_roots: Vec::new(),
@@ -141,17 +144,7 @@ impl ApiClient {
     }
 
     fn configure_tls(&mut self) -> Result<(), ClientError> {
-        let host = self
-            .authority
-            .rsplit_once(':')
-            .map_or(self.authority.as_str(), |(h, p)| {
-                if p.parse::<u16>().is_ok() {
-                    h
-                } else {
-                    self.authority.as_str()
-                }
-            });
-        let name = crate::tls::server_name(host)
+        let name = crate::tls::server_name(&self.host)
             .ok_or_else(|| ClientError::BadAddress(self.authority.clone()))?;
         self.tls = Some((crate::tls::client_config(&self.extra_roots)?, name));
         Ok(())
@@ -261,26 +254,17 @@ impl ApiClient {
         let tcp = tokio::net::TcpStream::connect(&self.address)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        // The connection's errors are the request's, which `send_request` reports.
         let (mut sender, driver) = match &self.tls {
-            None => {
-                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-                (sender, tokio::spawn(async move { drop(connection.await) }))
-            }
+            None => http1(tcp).await,
             Some((config, name)) => {
                 let stream = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| unreachable(format!("TLS: {e}")))?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| unreachable(e.to_string()))?;
-                (sender, tokio::spawn(async move { drop(connection.await) }))
+                http1(stream).await
             }
-        };
+        }
+        .map_err(|e| unreachable(e.to_string()))?;
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -308,6 +292,22 @@ impl ApiClient {
         driver.abort();
         Ok((status, body))
     }
+}
+
+/// An HTTP/1.1 client connection over `stream`, for one exchange: the sender, and the task
+/// driving the connection (abort it when done). The connection's errors are the exchange's,
+/// which `send_request` reports.
+pub(crate) async fn http1<S>(
+    stream: S,
+) -> hyper::Result<(
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    Ok((sender, tokio::spawn(async move { drop(connection.await) })))
 }
 
 /// A non-2xx status as the error naming what the host said.

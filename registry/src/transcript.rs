@@ -134,9 +134,8 @@ pub enum HostCall {
         method: String,
         /// `scheme://authority/path?query`.
         url: String,
-        /// [`http_request_hash`](crate::egress::http_request_hash) of what the guest sent;
-        /// `None` when the call ended before the guest finished its request.
-        request_hash: Option<Hash>,
+        /// [`http_request_hash`](crate::egress::http_request_hash) of what the guest sent.
+        request_hash: Hash,
         /// Bytes the host sent (0 for a request it refused).
         bytes_sent: u64,
         /// Bytes the host received.

@@ -15,8 +15,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use agora_registry::HostCall;
 use agora_registry::egress::{HttpAnswer, HttpErrorKind};
+use agora_registry::{Hash, HostCall};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -24,17 +24,17 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use super::limits::Limits;
 use super::services::{Divergence, HostServices, HttpRequest};
 
-/// Header names a guest may not set: credentials, which only the host adds.
-fn is_credential(name: &http::HeaderName) -> bool {
-    let name = name.as_str();
+/// Whether a header (its name in lower case) carries a credential: `authorization`, `cookie`
+/// or `proxy-*`. A guest may not set one; only the host adds them.
+pub fn is_credential_header(name: &str) -> bool {
     name == "authorization" || name == "cookie" || name.starts_with("proxy-")
 }
 
 /// What a call's outbound requests produced, shared between the requests' tasks and the call.
 #[derive(Default)]
 pub(crate) struct HttpRecord {
-    /// Requests handed to the services, by number: method and URL.
-    issued: Vec<(u32, String, String)>,
+    /// Requests handed to the services: number, method, URL and hash.
+    issued: Vec<(u32, String, String, Hash)>,
     /// Their exchanges as they finish.
     exchanges: Vec<(u32, HostCall)>,
     /// Set when a replayed request is not the one the transcript records.
@@ -49,13 +49,13 @@ impl HttpRecord {
     pub(crate) fn close(&mut self) -> (Vec<HostCall>, Option<Divergence>) {
         self.closed = true;
         let mut calls = std::mem::take(&mut self.exchanges);
-        for (index, method, url) in self.issued.drain(..) {
+        for (index, method, url, request_hash) in self.issued.drain(..) {
             if !calls.iter().any(|(i, _)| *i == index) {
                 let cancelled = HostCall::Http {
                     index,
                     method,
                     url,
-                    request_hash: None,
+                    request_hash,
                     bytes_sent: 0,
                     bytes_received: 0,
                     answer: HttpAnswer::Cancelled,
@@ -165,7 +165,8 @@ fn response(answer: HttpAnswer) -> SendResult {
 impl WasiHttpHooks for GuestHttp {
     fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
         Arc::new(|name| {
-            is_credential(name) || wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+            is_credential_header(name.as_str())
+                || wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
         })
     }
 
@@ -192,36 +193,35 @@ impl WasiHttpHooks for GuestHttp {
             .unwrap_or_else(|| "/".into());
         let method = parts.method.as_str().to_owned();
         let headers = (parts.headers.iter())
-            .filter(|(name, _)| !is_credential(name))
+            .filter(|(name, _)| !is_credential_header(name.as_str()))
             .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
             .collect();
-        let url = format!("{scheme}://{authority}{path_and_query}");
         let record = self.record.clone();
         let services = self.services.clone();
         let max_body = self.max_request_bytes;
         Box::new(async move {
             // Decided by the guest alone, so a replay refuses it the same way: not recorded.
             let body = read_body(body, max_body).await?;
-            super::lock(&record)
-                .issued
-                .push((index, method.clone(), url.clone()));
             let request = HttpRequest {
                 index,
-                method: method.clone(),
+                method,
                 scheme,
                 authority,
                 path_and_query,
                 headers,
                 body,
             };
-            let request_hash = request.hash();
+            let (method, url, request_hash) =
+                (request.method.clone(), request.url(), request.hash());
+            let issued = (index, method.clone(), url.clone(), request_hash);
+            super::lock(&record).issued.push(issued);
             match services.http(request).await {
                 Ok(exchange) => {
                     let call = HostCall::Http {
                         index,
                         method,
                         url,
-                        request_hash: Some(request_hash),
+                        request_hash,
                         bytes_sent: exchange.bytes_sent,
                         bytes_received: exchange.bytes_received,
                         answer: exchange.answer.clone(),

@@ -59,6 +59,7 @@ mod environment;
 pub mod error;
 mod host_fns;
 mod http_fns;
+pub use http_fns::is_credential_header;
 mod limiter;
 pub mod limits;
 mod load;

@@ -388,10 +388,7 @@ fn describe(call: &HostCall) -> String {
             url,
             request_hash,
             ..
-        } => match request_hash {
-            Some(hash) => format!("{method} {url} (request {hash})"),
-            None => format!("{method} {url} (unfinished)"),
-        },
+        } => format!("{method} {url} (request {request_hash})"),
     }
 }
 
@@ -487,14 +484,15 @@ impl HostServices for Replay {
             }),
             Some((at, false)) => match &self.calls[at] {
                 HostCall::Http {
+                    request_hash,
                     answer: HttpAnswer::Cancelled,
                     ..
-                } => {
+                } if *request_hash == hash => {
                     // The guest never saw an answer to it; neither does this one.
                     return Box::pin(std::future::pending());
                 }
                 HostCall::Http {
-                    request_hash: Some(recorded),
+                    request_hash: recorded,
                     bytes_sent,
                     bytes_received,
                     answer,

@@ -10,7 +10,6 @@ use agora_registry::egress::{
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -49,7 +48,9 @@ impl EgressPolicy {
 /// One call's outbound HTTP: the origins its manifest declares, under the host's policy.
 pub(crate) struct EgressSession {
     policy: Arc<EgressPolicy>,
-    declared: Vec<OriginPattern>,
+    /// As the manifest writes them: parsed only when the agent sends a request, so a call that
+    /// sends none pays nothing.
+    declared: Vec<String>,
     max_response_bytes: u64,
     max_time: Duration,
 }
@@ -59,12 +60,12 @@ impl EgressSession {
     /// were refused when the manifest was admitted; any left are ignored).
     pub(crate) fn new(
         policy: Arc<EgressPolicy>,
-        declared: &[String],
+        declared: Vec<String>,
         limits: &crate::Limits,
     ) -> Self {
         EgressSession {
             policy,
-            declared: declared.iter().filter_map(|d| d.parse().ok()).collect(),
+            declared,
             max_response_bytes: limits.max_http_response_bytes,
             max_time: limits.max_http_time,
         }
@@ -76,7 +77,8 @@ impl EgressSession {
             Ok(origin) => origin,
             Err(e) => return HttpExchange::refused(HttpErrorKind::Denied, e.to_string()),
         };
-        if !self.declared.iter().any(|d| d.matches(&origin)) {
+        let mut declared = (self.declared.iter()).filter_map(|d| d.parse::<OriginPattern>().ok());
+        if !declared.any(|d| d.matches(&origin)) {
             return HttpExchange::refused(
                 HttpErrorKind::Denied,
                 format!("the agent's manifest does not declare {origin}"),
@@ -214,11 +216,8 @@ impl EgressSession {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let protocol = |e: hyper::Error| (HttpErrorKind::Protocol, format!("{origin}: {e}"));
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(protocol)?;
+        let (mut sender, driver) = crate::client::http1(stream).await.map_err(protocol)?;
         // The connection is this request's alone; it ends when the exchange does.
-        let driver = tokio::spawn(connection);
         let _stop = AbortOnDrop(driver);
 
         let outgoing = self.build(origin, request, sent)?;
@@ -287,8 +286,8 @@ impl EgressSession {
         let mut has_host = false;
         for (name, value) in &request.headers {
             let lower = name.to_ascii_lowercase();
-            let credential =
-                lower == "authorization" || lower == "cookie" || lower.starts_with("proxy-");
+            // The sandbox refused these already; a credential is the host's whatever the caller.
+            let credential = crate::sandbox::is_credential_header(&lower);
             let replaced = credentials.iter().any(|c| c.name.as_str() == lower);
             if credential || replaced || lower == "content-length" || lower == "transfer-encoding" {
                 continue;

@@ -36,8 +36,8 @@ mod client;
 use std::fmt;
 use std::net::IpAddr;
 
+use agora_registry::Transcript;
 use agora_registry::egress::{EgressUsage, OriginPattern, charge_for_bytes};
-use agora_registry::{HostCall, Transcript};
 
 pub use address::{IpNetwork, ParseNetworkError, is_public};
 pub(crate) use client::{EgressPolicy, EgressSession};
@@ -190,13 +190,6 @@ impl EgressConfig {
     /// What a call that made the exchanges in `transcript` spent on outbound HTTP, and what it
     /// costs at this host's price; `None` if it sent and received nothing.
     pub fn usage(&self, transcript: &Transcript) -> Option<EgressUsage> {
-        if !transcript
-            .calls
-            .iter()
-            .any(|c| matches!(c, HostCall::Http { .. }))
-        {
-            return None;
-        }
         let mut usage = EgressUsage::recount(transcript);
         if usage.is_empty() {
             return None;

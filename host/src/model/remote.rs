@@ -1,11 +1,10 @@
 //! An OpenAI-compatible model server as a backend: `POST /v1/chat/completions` and
 //! `POST /v1/embeddings`, as llama.cpp's server, Ollama and vLLM speak them.
 //!
-//! The key (if any) is read once from a file the operator names, sent only as the
-//! `Authorization` header to that server, and never logged: `Debug` shows only whether there is
-//! one. The HTTP exchange is the API client's ([`ApiClient`]), over HTTPS for a hosted API.
+//! The key (if any) is the operator's (the `agora` command reads it from a file only its owner
+//! can read), sent only as the `Authorization` header to that server, and never logged: `Debug`
+//! shows only whether there is one. The HTTP exchange is the API client's ([`ApiClient`]), over HTTPS for a hosted API.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -27,15 +26,6 @@ pub enum RemoteError {
     /// A trust root for the server's certificate is not usable.
     #[error("model server trust root: {0}")]
     Tls(String),
-    /// The key file could not be read.
-    #[error("reading the model server's key from {path}")]
-    Key {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// An OpenAI-compatible server at a fixed address, with an optional bearer key (which the
@@ -67,15 +57,6 @@ impl RemoteBackend {
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
         self.client = self.client.with_bearer(key);
         self
-    }
-
-    /// Reads the bearer token from the first line of `path`.
-    pub fn with_key_file(self, path: &Path) -> Result<Self, RemoteError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RemoteError::Key {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(self.with_key(text.lines().next().unwrap_or("").trim().to_owned()))
     }
 
     /// POSTs `body`; any failure (unreachable, an error status such as 429, an answer that is

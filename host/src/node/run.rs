@@ -254,7 +254,7 @@ impl Node {
             models: crate::model::ModelSession::new(self.0.models.clone(), body.models.clone()),
             egress: crate::egress::EgressSession::new(
                 self.0.egress.clone(),
-                &body.egress,
+                body.egress.clone(),
                 self.0.sandbox.limits(),
             ),
         };

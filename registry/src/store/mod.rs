@@ -93,7 +93,7 @@ pub enum Inserted {
 pub struct Registry {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
-    writer: Option<mpsc::Sender<Box<dyn writer::WriteJob>>>,
+    writer: std::sync::Arc<writer::Writer>,
     writer_thread: Option<JoinHandle<()>>,
     /// Stops the checkpointer thread when dropped, and the thread to wait for.
     checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
@@ -101,8 +101,6 @@ pub struct Registry {
     trust: std::sync::RwLock<quota::Trust>,
     /// Records refused because their signer was over a quota.
     over_quota: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Times the writer flushed the WAL to the disk.
-    wal_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Precomputed signing nonces for the key this registry's host signs receipts with, and
     /// how many receipts it signed before the pool started.
     nonces: Mutex<(Option<std::sync::Arc<crate::nonces::NoncePool>>, u64)>,
@@ -164,13 +162,11 @@ impl Registry {
         // chain continues past everything it reserved.
         conn.execute_batch("UPDATE receipt_seq SET resume_at = reserved_until")
             .map_err(db_error)?;
-        let (writer, jobs) = mpsc::channel();
-        let thread_path = path.to_owned();
-        let wal_flushes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let flushes = wal_flushes.clone();
+        let (writer, woken) = writer::Writer::new(conn, path);
+        let thread_writer = writer.clone();
         let writer_thread = std::thread::Builder::new()
             .name("agora-registry-writer".into())
-            .spawn(move || writer::write_loop(conn, &thread_path, jobs, &flushes))
+            .spawn(move || writer::write_loop(&thread_writer, woken))
             .map_err(|e| Error::WriteFailed {
                 path: path.to_owned(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -187,12 +183,11 @@ impl Registry {
         Ok(Registry {
             path: path.to_owned(),
             readers: Mutex::new(Vec::new()),
-            writer: Some(writer),
+            writer,
             writer_thread: Some(writer_thread),
             checkpointer: Some((stop_checkpoints, checkpointer)),
             trust: std::sync::RwLock::default(),
             over_quota: std::sync::Arc::default(),
-            wal_flushes,
             nonces: Mutex::new((None, 0)),
         })
     }
@@ -245,7 +240,7 @@ impl Registry {
     /// How many times the writer flushed the WAL to the disk since the registry opened: on
     /// schedule (see [`WAL_SYNC_INTERVAL`]) and for receipt sequence reservations.
     pub fn wal_flushes(&self) -> u64 {
-        self.wal_flushes.load(std::sync::atomic::Ordering::Relaxed)
+        self.writer.flushes()
     }
 
     /// Bytes of memory SQLite holds in this process, over every registry and connection: page
@@ -296,44 +291,40 @@ impl Registry {
         result
     }
 
-    /// Runs `write` on the writer thread inside a transaction shared with whatever other writes
-    /// are queued, and returns once that transaction is committed. If `write` fails, its
-    /// changes are rolled back and the others still commit.
+    /// Runs `write` inside a transaction shared with whatever other writes are queued, and
+    /// returns once that transaction is committed: on this thread if no other is committing
+    /// (see [`writer::Writer`]). If `write` fails, its changes are rolled back and the others
+    /// still commit.
     fn write<R: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.queue(write, writer::Reply::Blocking(reply))?;
+        self.writer.queue(Box::new(writer::Job::new(
+            write,
+            writer::Reply::Blocking(reply),
+        )));
+        self.writer.commit_inline();
         answer.recv().map_err(|_| self.writer_stopped())?
     }
 
-    /// Like [`Registry::write`], for async callers: the writer thread wakes the caller's task
-    /// itself, so no thread waits in between.
+    /// Like [`Registry::write`], for async callers: committed when the returned future is first
+    /// polled, on its thread, if no other is committing; otherwise whoever commits it wakes the
+    /// caller's task itself, so no thread waits in between.
     fn write_async<R: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
     ) -> impl Future<Output = Result<R, Error>> + Send + 'static {
         let (reply, answer) = writer::oneshot();
-        let queued = self.queue(write, writer::Reply::Async(reply));
-        let stopped = self.writer_stopped();
+        self.writer.queue(Box::new(writer::Job::new(
+            write,
+            writer::Reply::Async(reply),
+        )));
+        let (writer, stopped) = (self.writer.clone(), self.writer_stopped());
         async move {
-            queued?;
+            writer.commit_inline();
             answer.await.unwrap_or(Err(stopped))
         }
-    }
-
-    fn queue<R: Send + 'static>(
-        &self,
-        write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
-        reply: writer::Reply<R>,
-    ) -> Result<(), Error> {
-        let job = Box::new(writer::Job::new(write, reply));
-        self.writer
-            .as_ref()
-            .ok_or_else(|| self.writer_stopped())?
-            .send(job)
-            .map_err(|_| self.writer_stopped())
     }
 
     fn writer_stopped(&self) -> Error {
@@ -350,9 +341,9 @@ impl Drop for Registry {
             drop(stop);
             let _ = thread.join();
         }
-        // Closing the queue lets the writer finish what is queued and exit; waiting for it
-        // means the database is closed when the registry is gone.
-        drop(self.writer.take());
+        // The writer thread commits what is queued and exits; waiting for it means the
+        // database is closed when the registry is gone.
+        self.writer.close();
         if let Some(thread) = self.writer_thread.take() {
             let _ = thread.join();
         }

@@ -1,9 +1,12 @@
-//! The writer thread: every write to the registry runs here, batched into shared transactions
-//! (group commit), and the WAL is flushed on a schedule rather than at every commit; and the
-//! checkpointer thread, which copies the WAL into the database file off the writer's path.
+//! Committing writes: batched into shared transactions (group commit) on the caller's own
+//! thread when the connection is free, by the writer thread when writes pile up; the WAL
+//! flushed on a schedule rather than at every commit; and the checkpointer thread, which
+//! copies the WAL into the database file off the writers' path.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use crate::Error;
 pub const WAL_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 thread_local! {
-    /// Set by a write on the writer thread that must be on the disk, not just committed,
+    /// Set by a write, on the thread committing it, that must be on the disk, not just committed,
     /// before it is answered (a receipt sequence reservation).
     static SYNC_BEFORE_ANSWERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -101,105 +104,245 @@ where
     }
 }
 
-/// The writer thread: takes every write queued so far, commits them in one transaction, answers
-/// each caller, and repeats until the registry is dropped; then releases its receipt sequence
-/// reservations (a clean shutdown, so the next open continues without a skip).
-pub(super) fn write_loop(
+/// Writes queued in this process, and the one connection that commits them.
+///
+/// Whichever thread finds the connection free commits what is queued, in one transaction
+/// (group commit). That is usually the writing caller itself: a write nobody competes with is
+/// committed on its caller's thread, with no hand-off to another thread and back, which on a
+/// virtual machine cost more than the write. A caller that finds the connection taken leaves
+/// its write queued; whoever holds the connection looks at the queue again after letting go,
+/// and wakes the writer thread ([`write_loop`]) to commit the rest. So a caller commits at most
+/// one batch of [`INLINE_BATCH`] writes, and nothing queued is ever left behind.
+pub(super) struct Writer {
+    queue: Mutex<VecDeque<Box<dyn WriteJob>>>,
+    committer: Mutex<Option<Committer>>,
+    /// Wakes the writer thread: writes are left queued, or a commit is waiting to be flushed.
+    kicks: mpsc::Sender<()>,
+    closing: AtomicBool,
+    path: PathBuf,
+    wal: PathBuf,
+    flushes: AtomicU64,
+}
+
+/// The write connection, and when the oldest commit not yet flushed to the disk was made.
+struct Committer {
     conn: Connection,
-    path: &Path,
-    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
-    flushes: &std::sync::atomic::AtomicU64,
-) {
-    let wal = wal_path(path);
-    let sync_wal = |wal: &Path| {
-        let synced = sync_wal(wal);
-        if synced.is_ok() {
-            flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        synced
-    };
-    // When the oldest commit not yet flushed to the disk was made: it is flushed at most
-    // `WAL_SYNC_INTERVAL` later, however busy the writer is.
-    let mut unsynced_since: Option<Instant> = None;
-    loop {
-        let wait = unsynced_since.map_or(Duration::from_secs(3600), |since| {
-            WAL_SYNC_INTERVAL.saturating_sub(since.elapsed())
-        });
-        let first = match jobs.recv_timeout(wait) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if unsynced_since.is_some() && sync_wal(&wal).is_ok() {
-                    unsynced_since = None;
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+    unsynced_since: Option<Instant>,
+}
+
+/// Most writes a caller commits on its own thread; the writer thread commits the rest.
+const INLINE_BATCH: usize = 64;
+
+/// What a committed batch leaves to do once the connection is free again.
+struct Committed {
+    batch: Vec<Box<dyn WriteJob>>,
+    result: rusqlite::Result<()>,
+    /// The batch left the first commit waiting to be flushed: the writer thread must know when
+    /// to flush it.
+    first_unsynced: bool,
+}
+
+impl Writer {
+    /// A writer committing on `conn`, and the receiver the writer thread waits on.
+    pub(super) fn new(conn: Connection, path: &Path) -> (Arc<Self>, mpsc::Receiver<()>) {
+        let (kicks, woken) = mpsc::channel();
+        let writer = Writer {
+            queue: Mutex::new(VecDeque::new()),
+            committer: Mutex::new(Some(Committer {
+                conn,
+                unsynced_since: None,
+            })),
+            kicks,
+            closing: AtomicBool::new(false),
+            path: path.to_owned(),
+            wal: wal_path(path),
+            flushes: AtomicU64::new(0),
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITE_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        (Arc::new(writer), woken)
+    }
+
+    /// Times the WAL was flushed to the disk.
+    pub(super) fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Queues `job`; it is committed by [`Writer::commit_inline`] or the writer thread.
+    pub(super) fn queue(&self, job: Box<dyn WriteJob>) {
+        lock(&self.queue).push_back(job);
+    }
+
+    /// Commits one batch of queued writes on this thread, unless another thread is committing
+    /// (which then sees them); wakes the writer thread for whatever is still queued after.
+    pub(super) fn commit_inline(&self) {
+        let committed = match self.committer.try_lock() {
+            Ok(mut committer) => self.commit(&mut committer, INLINE_BATCH),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                self.commit(&mut poisoned.into_inner(), INLINE_BATCH)
             }
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let first_unsynced = committed.as_ref().is_some_and(|c| c.first_unsynced);
+        if let Some(committed) = committed {
+            self.answer(committed);
         }
+        // Looked at after letting go of the connection: a write queued while it was held, by
+        // a caller that found it taken, is seen here.
+        if first_unsynced || !lock(&self.queue).is_empty() {
+            let _ = self.kicks.send(());
+        }
+    }
+
+    /// Asks the writer thread to commit what is left and stop.
+    pub(super) fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = self.kicks.send(());
+    }
+
+    /// Commits up to `max` queued writes in one transaction, flushing the WAL first if a write
+    /// asked for it. `None` if the connection is closed.
+    fn commit(&self, committer: &mut Option<Committer>, max: usize) -> Option<Committed> {
+        let committer = committer.as_mut()?;
+        let batch: Vec<_> = {
+            let mut queue = lock(&self.queue);
+            let n = queue.len().min(max);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return None;
+        }
+        let mut batch = batch;
         SYNC_BEFORE_ANSWERING.set(false);
-        let mut committed = commit_batch(&conn, path, &mut batch);
-        if let Err(error) = &committed {
+        let mut result = commit_batch(&committer.conn, &self.path, &mut batch);
+        let mut first_unsynced = false;
+        if let Err(error) = &result {
             tracing::error!(%error, writes = batch.len(), "registry transaction failed");
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = committer.conn.execute_batch("ROLLBACK");
         } else if SYNC_BEFORE_ANSWERING.replace(false) {
-            committed = sync_wal(&wal).map_err(|e| {
+            result = self.sync_wal().map_err(|e| {
                 tracing::error!(error = %e, "cannot flush the registry's WAL");
                 rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
-                    Some(format!("flushing {}: {e}", wal.display())),
+                    Some(format!("flushing {}: {e}", self.wal.display())),
                 )
             });
-            if committed.is_ok() {
-                unsynced_since = None;
+            if result.is_ok() {
+                committer.unsynced_since = None;
             }
-        } else {
-            unsynced_since.get_or_insert_with(Instant::now);
+        } else if committer.unsynced_since.is_none() {
+            committer.unsynced_since = Some(Instant::now());
+            first_unsynced = true;
         }
-        for job in batch {
-            job.finish(path, committed.as_ref().map(|_| ()));
-        }
-        // A writer that never idles still flushes on schedule (after answering, so the flush
-        // delays nobody).
-        if unsynced_since.is_some_and(|since| since.elapsed() >= WAL_SYNC_INTERVAL)
-            && sync_wal(&wal).is_ok()
-        {
-            unsynced_since = None;
+        Some(Committed {
+            batch,
+            result,
+            first_unsynced,
+        })
+    }
+
+    /// Answers each write of a committed batch (after the connection is let go, so that the
+    /// next batch need not wait for the answers).
+    fn answer(&self, committed: Committed) {
+        for job in committed.batch {
+            job.finish(&self.path, committed.result.as_ref().map(|_| ()));
         }
     }
-    let released = conn
+
+    /// Flushes the WAL if a commit has waited [`WAL_SYNC_INTERVAL`] for it; returns how long
+    /// until the next flush is due, if one is pending.
+    fn flush_when_due(&self) -> Option<Duration> {
+        let since = {
+            let mut committer = lock(&self.committer);
+            let committer = committer.as_mut()?;
+            let since = committer.unsynced_since?;
+            if since.elapsed() < WAL_SYNC_INTERVAL {
+                return Some(WAL_SYNC_INTERVAL - since.elapsed());
+            }
+            committer.unsynced_since = None;
+            since
+        };
+        // Flushed without holding the connection: commits go on meanwhile, and one made after
+        // the mark was taken marks itself again.
+        if self.sync_wal().is_err() {
+            let mut committer = lock(&self.committer);
+            if let Some(committer) = committer.as_mut() {
+                committer.unsynced_since.get_or_insert(since);
+            }
+            return Some(WAL_SYNC_INTERVAL);
+        }
+        None
+    }
+
+    /// Flushes the WAL file to the disk: every transaction committed so far becomes durable.
+    fn sync_wal(&self) -> std::io::Result<()> {
+        let synced = match std::fs::File::open(&self.wal) {
+            Ok(file) => file.sync_data(),
+            // Checkpointed away and deleted: everything is already in the database file, which
+            // SQLite syncs when it checkpoints.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if synced.is_ok() {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        synced
+    }
+}
+
+/// The writer thread: commits the writes callers left queued, flushes the WAL on schedule, and
+/// when the registry closes, commits what is left, releases its receipt sequence reservations
+/// (a clean shutdown, so the next open continues without a skip) and closes the connection.
+pub(super) fn write_loop(writer: &Writer, woken: mpsc::Receiver<()>) {
+    loop {
+        // However busy the callers keep the connection, a commit is flushed at most
+        // `WAL_SYNC_INTERVAL` after it was made.
+        let wait = writer.flush_when_due().unwrap_or(Duration::from_secs(3600));
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = woken.recv_timeout(wait) {
+            break;
+        }
+        while woken.try_recv().is_ok() {}
+        loop {
+            let committed = writer.commit(&mut lock(&writer.committer), MAX_WRITE_BATCH);
+            match committed {
+                Some(committed) => writer.answer(committed),
+                None => break,
+            }
+        }
+        if writer.closing.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    loop {
+        let committed = writer.commit(&mut lock(&writer.committer), MAX_WRITE_BATCH);
+        match committed {
+            Some(committed) => writer.answer(committed),
+            None => break,
+        }
+    }
+    let Some(committer) = lock(&writer.committer).take() else {
+        return;
+    };
+    let released = committer
+        .conn
         .execute_batch(
             "UPDATE receipt_seq SET reserved_until = MAX(resume_at, 1 + COALESCE(
                  (SELECT MAX(seq) FROM receipts WHERE receipts.host = receipt_seq.host), -1))",
         )
         .map_err(|e| e.to_string())
-        .and_then(|()| sync_wal(&wal).map_err(|e| e.to_string()));
+        .and_then(|()| writer.sync_wal().map_err(|e| e.to_string()));
     if let Err(error) = released {
         // The next open skips ahead; nothing is lost.
         tracing::warn!(%error, "cannot release receipt sequence reservations");
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn wal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
     PathBuf::from(name)
-}
-
-/// Flushes the WAL file to the disk: every transaction committed so far becomes durable.
-fn sync_wal(wal: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
-        Ok(file) => file.sync_data(),
-        // Checkpointed away and deleted: everything is already in the database file, which
-        // SQLite syncs when it checkpoints.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 fn commit_batch(

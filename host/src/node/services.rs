@@ -3,7 +3,7 @@
 
 use agora_registry::{CallAnswer, Hash, KvNamespace, Outcome};
 
-use super::{Node, blocking};
+use super::Node;
 use crate::sandbox::{
     AgentAnswer, AgentCall, Divergence, HostServices, HttpExchange, HttpRequest, MAX_MESSAGE_BYTES,
     ModelRequest, ServiceFuture, truncate,
@@ -24,10 +24,11 @@ pub(crate) struct LiveServices {
 
 impl HostServices for LiveServices {
     fn kv_get(&self, key: String) -> ServiceFuture<'_, Result<Option<Vec<u8>>, Divergence>> {
+        // On this thread: a point lookup on a pooled read connection, which in WAL mode never
+        // waits for the writer, costs less than handing it to the blocking pool and back.
+        let read = self.node.registry().kv_get(&self.kv, &key);
         Box::pin(async move {
-            let (node, kv) = (self.node.clone(), self.kv.clone());
-            // A read can wait behind the registry's writer; off the async executor.
-            match blocking(move || node.registry().kv_get(&kv, &key)).await {
+            match read {
                 Ok(value) => Ok(value),
                 // A storage failure is the host's problem; the agent sees an absent key and the
                 // operator sees the error.
@@ -44,16 +45,12 @@ impl HostServices for LiveServices {
         key: String,
         value: Vec<u8>,
     ) -> ServiceFuture<'_, Result<Result<(), String>, Divergence>> {
-        Box::pin(async move {
-            let (node, kv) = (self.node.clone(), self.kv.clone());
-            // A write waits for a durable commit; keep that wait off the async executor.
-            let written = blocking(move || {
-                let quota = node.sandbox().limits().kv;
-                node.registry().kv_set(&kv, &key, &value, &quota)
-            })
-            .await;
-            Ok(written.map_err(|e| e.to_string()))
-        })
+        let quota = self.node.sandbox().limits().kv;
+        let written = self
+            .node
+            .registry()
+            .kv_set_async(&self.kv, &key, &value, &quota);
+        Box::pin(async move { Ok(written.await.map_err(|e| e.to_string())) })
     }
 
     fn call_agent(&self, call: AgentCall) -> ServiceFuture<'_, Result<AgentAnswer, Divergence>> {

@@ -1,6 +1,8 @@
 //! Agents' private key-value memory, bounded by a quota.
 
-use rusqlite::{OptionalExtension, params};
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Registry, db_error};
 use crate::Error;
@@ -40,12 +42,15 @@ impl Registry {
     /// Reads a key from an agent's memory.
     pub fn kv_get(&self, ns: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.read(|conn| {
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT value FROM agent_kv WHERE publisher = ?1 AND agent = ?2 AND key = ?3",
-                params![ns.publisher.to_hex(), ns.agent, key],
-                |row| row.get(0),
             )
-            .optional()
+            .and_then(|mut stmt| {
+                stmt.query_row(params![ns.publisher.to_hex(), ns.agent, key], |row| {
+                    row.get(0)
+                })
+                .optional()
+            })
             .map_err(|e| self.db_error(e))
         })
     }
@@ -58,51 +63,76 @@ impl Registry {
         value: &[u8],
         quota: &KvQuota,
     ) -> Result<(), Error> {
-        if key.len() > quota.max_key_bytes {
-            return Err(Error::KvQuota(format!(
-                "key is {} bytes; the limit is {}",
-                key.len(),
-                quota.max_key_bytes
-            )));
-        }
-        if value.len() > quota.max_value_bytes {
-            return Err(Error::KvQuota(format!(
-                "value is {} bytes; the limit is {}",
-                value.len(),
-                quota.max_value_bytes
-            )));
-        }
-        let (ns, key, value, max_total) = (
-            ns.clone(),
-            key.to_owned(),
-            value.to_vec(),
-            quota.max_total_bytes,
-        );
-        self.write(move |conn, path| {
-            let db = |e| db_error(path, e);
-            let used_by_others: i64 = conn
-                .query_row(
-                    // Bytes, not characters: length() of TEXT stops at the first NUL, so keys
-                    // starting with one would cost nothing.
-                    "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM agent_kv
-                     WHERE publisher = ?1 AND agent = ?2 AND key != ?3",
-                    params![ns.publisher.to_hex(), ns.agent, key],
-                    |row| row.get(0),
-                )
-                .map_err(db)?;
-            let total = used_by_others as u64 + (key.len() + value.len()) as u64;
-            if total > max_total {
-                return Err(Error::KvQuota(format!(
-                    "the agent's memory would hold {total} bytes; the quota is {max_total}"
-                )));
-            }
-            conn.execute(
-                "INSERT INTO agent_kv (publisher, agent, key, value) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (publisher, agent, key) DO UPDATE SET value = excluded.value",
-                params![ns.publisher.to_hex(), ns.agent, key, value],
-            )
-            .map_err(db)?;
-            Ok(())
-        })
+        self.write(kv_write(ns, key, value, quota)?)
     }
+
+    /// [`Registry::kv_set`] for async callers, without a thread blocked on the commit.
+    pub fn kv_set_async(
+        &self,
+        ns: &KvNamespace,
+        key: &str,
+        value: &[u8],
+        quota: &KvQuota,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let write = kv_write(ns, key, value, quota).map(|write| self.write_async(write));
+        async move { write?.await }
+    }
+}
+
+/// The write that sets `key` in `ns`, once its sizes are checked against `quota`.
+fn kv_write(
+    ns: &KvNamespace,
+    key: &str,
+    value: &[u8],
+    quota: &KvQuota,
+) -> Result<impl FnOnce(&Connection, &Path) -> Result<(), Error> + Send + 'static, Error> {
+    if key.len() > quota.max_key_bytes {
+        return Err(Error::KvQuota(format!(
+            "key is {} bytes; the limit is {}",
+            key.len(),
+            quota.max_key_bytes
+        )));
+    }
+    if value.len() > quota.max_value_bytes {
+        return Err(Error::KvQuota(format!(
+            "value is {} bytes; the limit is {}",
+            value.len(),
+            quota.max_value_bytes
+        )));
+    }
+    let (ns, key, value, max_total) = (
+        ns.clone(),
+        key.to_owned(),
+        value.to_vec(),
+        quota.max_total_bytes,
+    );
+    Ok(move |conn: &Connection, path: &Path| {
+        let db = |e| db_error(path, e);
+        let used_by_others: i64 = conn
+            .prepare_cached(
+                // Bytes, not characters: length() of TEXT stops at the first NUL, so keys
+                // starting with one would cost nothing.
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM agent_kv
+                 WHERE publisher = ?1 AND agent = ?2 AND key != ?3",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![ns.publisher.to_hex(), ns.agent, key], |row| {
+                    row.get(0)
+                })
+            })
+            .map_err(db)?;
+        let total = used_by_others as u64 + (key.len() + value.len()) as u64;
+        if total > max_total {
+            return Err(Error::KvQuota(format!(
+                "the agent's memory would hold {total} bytes; the quota is {max_total}"
+            )));
+        }
+        conn.prepare_cached(
+            "INSERT INTO agent_kv (publisher, agent, key, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (publisher, agent, key) DO UPDATE SET value = excluded.value",
+        )
+        .and_then(|mut stmt| stmt.execute(params![ns.publisher.to_hex(), ns.agent, key, value]))
+        .map_err(db)?;
+        Ok(())
+    })
 }

@@ -70,3 +70,21 @@ pub use node::{
     DataDir, Execution, FraudError, FraudRecorded, Node, NodeConfig, PublishOptions, Published,
     ReexecuteError, Reexecution, Verdict,
 };
+
+/// Stops library errors from capturing backtraces unless `RUST_LIB_BACKTRACE` asks for them.
+///
+/// Errors are values on a host's busiest path: every guest trap is one, and wasmtime makes one
+/// when it disposes of a store's idle worker fiber after every call. With `RUST_BACKTRACE=1`
+/// set (common on developer machines and in CI), each would walk and record the stack: measured
+/// at a fifth of a warm call. Panics still print their backtraces under `RUST_BACKTRACE`; agora's
+/// errors name their cause without one. The `agora` binary calls this first thing.
+///
+/// # Safety
+///
+/// It sets an environment variable: call it before any other thread exists.
+pub unsafe fn without_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the caller guarantees no other thread reads the environment meanwhile.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}

@@ -43,6 +43,8 @@ const QUOTE: &[u8] = br#"{"trip":{"distance_m":12500,"duration_s":1500,"demand_p
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    // As the `agora` binary runs. SAFETY: no other thread exists yet.
+    unsafe { agora_host::without_error_backtraces() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -108,10 +110,20 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
                 }
             }
         };
-        let agora = latencies(calls, agora_call.clone()).await?;
-        let raw = latencies(calls, raw_call.clone()).await?;
-        let agora_rate = throughput(window, agora_call).await?;
-        let raw_rate = throughput(window, raw_call).await?;
+        // In alternating rounds, so that this machine's drift (a shared VM's is large) falls
+        // on both sides of each ratio.
+        let (mut agora, mut raw) = (Vec::new(), Vec::new());
+        let (mut agora_rate, mut raw_rate) = (0.0, 0.0);
+        for _ in 0..ROUNDS {
+            agora.extend(timed(calls / ROUNDS, agora_call.clone()).await?);
+            raw.extend(timed(calls / ROUNDS, raw_call.clone()).await?);
+        }
+        for _ in 0..ROUNDS {
+            agora_rate += throughput(window / ROUNDS as u32, agora_call.clone()).await?;
+            raw_rate += throughput(window / ROUNDS as u32, raw_call.clone()).await?;
+        }
+        let (agora, raw) = (Latencies::of(agora), Latencies::of(raw));
+        let (agora_rate, raw_rate) = (agora_rate / ROUNDS as f64, raw_rate / ROUNDS as f64);
         println!(
             "| {name} | {} | {} | {:.2}× | {} | {} | {:.2}× | {agora_rate:.0} | {raw_rate:.0} | {:.2}× |",
             us(agora.p50),
@@ -318,12 +330,36 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
 /// Concurrent callers in the throughput figures.
 const CALLERS: usize = 64;
 
+/// Rounds each warm-call figure is split into, agora's and raw wasmtime's alternating.
+const ROUNDS: usize = 5;
+
 struct Latencies {
     p50: Duration,
     p99: Duration,
 }
 
+impl Latencies {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        Latencies {
+            p50: at(0.5),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// The p50 and p99 of `n` calls one at a time, after a warm-up.
 async fn latencies<F, Fut>(n: usize, call: F) -> anyhow::Result<Latencies>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    Ok(Latencies::of(timed(n, call).await?))
+}
+
+/// `n` calls one at a time, after a warm-up, each timed.
+async fn timed<F, Fut>(n: usize, call: F) -> anyhow::Result<Vec<Duration>>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -337,12 +373,7 @@ where
         call().await?;
         samples.push(started.elapsed());
     }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Ok(Latencies {
-        p50: at(0.5),
-        p99: at(0.99),
-    })
+    Ok(samples)
 }
 
 /// Calls per second with [`CALLERS`] tasks calling back to back on the multi-threaded runtime.

@@ -264,6 +264,8 @@ impl NetArgs {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet.
+    unsafe { agora_host::without_error_backtraces() };
     let cli = Cli::parse();
     // The compiler child starts no runtime and no logging: it compiles and exits.
     if let Command::CompileWorker {

@@ -15,8 +15,8 @@
 //! signature is not enough: [`rules`] bounds every field, and the registry checks receipts and
 //! feedback against the records they refer to, keeping proof of any contradiction as
 //! [`Misbehaviour`] against its signer. The [`Registry`] stores them in SQLite together with each agent's private key-value memory;
-//! writes go through one writer thread in batched transactions and reads come from a pool, so
-//! reads never wait for writes. [`reputation`] computes trust and agent scores from the
+//! writes are committed in batched transactions, one committer at a time, and reads come from a
+//! pool, so reads never wait for writes. [`reputation`] computes trust and agent scores from the
 //! evidence the registry holds (signed requests, receipts, feedback).
 //!
 //! ```

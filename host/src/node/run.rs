@@ -342,7 +342,8 @@ impl Node {
             model_usage,
             egress,
         };
-        // Signed and committed on the registry's writer thread, which wakes this task.
+        // Signed and committed in the registry's next transaction: on this thread if no other
+        // is committing, otherwise by whichever is, which wakes this task.
         let receipt = self
             .0
             .registry

@@ -350,10 +350,19 @@ fn commit_batch(
     path: &Path,
     batch: &mut [Box<dyn WriteJob>],
 ) -> rusqlite::Result<()> {
-    // Prepared once and reused: parsing these four statements anew for every batch was a
+    // Prepared once and reused: parsing these statements anew for every batch was a
     // measurable share of a small write.
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(|_| ());
     run("BEGIN IMMEDIATE")?;
+    if let [job] = batch {
+        // Alone in its transaction, a write needs no savepoint (which copies every page it
+        // touches first): if it fails, the whole transaction is rolled back.
+        return if job.run(conn, path) {
+            run("COMMIT")
+        } else {
+            run("ROLLBACK")
+        };
+    }
     for job in batch.iter_mut() {
         run("SAVEPOINT job")?;
         if !job.run(conn, path) {
@@ -454,5 +463,85 @@ pub(super) fn checkpoint_loop(conn: Connection, path: &Path, stop: mpsc::Receive
             }
             Err(error) => tracing::warn!(%error, "checkpointing the registry's WAL"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer on a fresh database, its writer thread running.
+    fn writer(dir: &tempfile::TempDir) -> (Arc<Writer>, std::thread::JoinHandle<()>) {
+        let path = dir.path().join("registry.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (thread TEXT);")
+            .unwrap();
+        let (writer, woken) = Writer::new(conn, &path);
+        let thread = {
+            let writer = writer.clone();
+            std::thread::spawn(move || write_loop(&writer, woken))
+        };
+        (writer, thread)
+    }
+
+    /// Queues a write recording the thread that commits it; the receiver gets that thread's name.
+    fn queue_recording_thread(writer: &Writer) -> mpsc::Receiver<Result<String, Error>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let work = |conn: &Connection, _: &Path| {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_owned();
+            conn.execute("INSERT INTO t (thread) VALUES (?1)", [&name])
+                .map_err(|e| Error::WriteFailed {
+                    path: PathBuf::new(),
+                    reason: e.to_string(),
+                })?;
+            Ok(name)
+        };
+        writer.queue(Box::new(Job::new(work, Reply::Blocking(reply))));
+        answer
+    }
+
+    #[test]
+    fn a_write_nobody_competes_with_is_committed_on_its_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, thread) = writer(&dir);
+        let caller = std::thread::Builder::new()
+            .name("caller".into())
+            .spawn({
+                let writer = writer.clone();
+                move || {
+                    let answer = queue_recording_thread(&writer);
+                    writer.commit_inline();
+                    answer.recv().unwrap().unwrap()
+                }
+            })
+            .unwrap();
+        assert_eq!(caller.join().unwrap(), "caller");
+        writer.close();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_write_queued_while_another_thread_commits_is_committed_once_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, thread) = writer(&dir);
+        // Another thread holds the connection: the caller cannot commit, and must not wait.
+        let held = lock(&writer.committer);
+        let answer = queue_recording_thread(&writer);
+        writer.commit_inline();
+        assert!(
+            answer.try_recv().is_err(),
+            "committed while the connection was held"
+        );
+        drop(held);
+        let committed_by = answer
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the queued write was left behind")
+            .unwrap();
+        assert_ne!(committed_by, std::thread::current().name().unwrap_or(""));
+        writer.close();
+        thread.join().unwrap();
     }
 }

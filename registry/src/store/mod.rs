@@ -308,10 +308,7 @@ impl Registry {
         write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.writer.queue(Box::new(writer::Job::new(
-            write,
-            writer::Reply::Blocking(reply),
-        )));
+        self.writer.queue(write, writer::Reply::Blocking(reply));
         self.writer.commit_inline();
         answer.recv().map_err(|_| self.writer_stopped())?
     }
@@ -324,10 +321,7 @@ impl Registry {
         write: impl FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
     ) -> impl Future<Output = Result<R, Error>> + Send + 'static {
         let (reply, answer) = writer::oneshot();
-        self.writer.queue(Box::new(writer::Job::new(
-            write,
-            writer::Reply::Async(reply),
-        )));
+        self.writer.queue(write, writer::Reply::Async(reply));
         let (writer, stopped) = (self.writer.clone(), self.writer_stopped());
         async move {
             writer.commit_inline();

@@ -37,21 +37,21 @@ pub(super) enum Reply<R> {
 }
 
 /// A write queued for the writer thread.
-pub(super) trait WriteJob: Send {
+trait WriteJob: Send {
     /// Runs the write; returns whether it succeeded (and its changes are to be kept).
     fn run(&mut self, conn: &Connection, path: &Path) -> bool;
     /// Answers the caller once the transaction has committed or failed.
     fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>);
 }
 
-pub(super) struct Job<F, R> {
+struct Job<F, R> {
     work: Option<F>,
     outcome: Option<Result<R, Error>>,
     reply: Reply<R>,
 }
 
 impl<F, R> Job<F, R> {
-    pub(super) fn new(work: F, reply: Reply<R>) -> Self {
+    fn new(work: F, reply: Reply<R>) -> Self {
         Job {
             work: Some(work),
             outcome: None,
@@ -166,9 +166,14 @@ impl Writer {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Queues `job`; it is committed by [`Writer::commit_inline`] or the writer thread.
-    pub(super) fn queue(&self, job: Box<dyn WriteJob>) {
-        lock(&self.queue).push_back(job);
+    /// Queues `work`, answered through `reply`; it is committed by [`Writer::commit_inline`] or
+    /// the writer thread.
+    pub(super) fn queue<F, R>(&self, work: F, reply: Reply<R>)
+    where
+        F: FnOnce(&Connection, &Path) -> Result<R, Error> + Send + 'static,
+        R: Send + 'static,
+    {
+        lock(&self.queue).push_back(Box::new(Job::new(work, reply)));
     }
 
     /// Commits one batch of queued writes on this thread, unless another thread is committing
@@ -202,7 +207,7 @@ impl Writer {
     /// asked for it. `None` if the connection is closed.
     fn commit(&self, committer: &mut Option<Committer>, max: usize) -> Option<Committed> {
         let committer = committer.as_mut()?;
-        let batch: Vec<_> = {
+        let mut batch: Vec<_> = {
             let mut queue = lock(&self.queue);
             let n = queue.len().min(max);
             queue.drain(..n).collect()
@@ -210,7 +215,6 @@ impl Writer {
         if batch.is_empty() {
             return None;
         }
-        let mut batch = batch;
         SYNC_BEFORE_ANSWERING.set(false);
         let mut result = commit_batch(&committer.conn, &self.path, &mut batch);
         let mut first_unsynced = false;
@@ -244,6 +248,17 @@ impl Writer {
     fn answer(&self, committed: Committed) {
         for job in committed.batch {
             job.finish(&self.path, committed.result.as_ref().map(|_| ()));
+        }
+    }
+
+    /// Commits everything queued, batch after batch, until the queue is empty.
+    fn commit_all(&self) {
+        loop {
+            let committed = self.commit(&mut lock(&self.committer), MAX_WRITE_BATCH);
+            match committed {
+                Some(committed) => self.answer(committed),
+                None => break,
+            }
         }
     }
 
@@ -296,26 +311,12 @@ pub(super) fn write_loop(writer: &Writer, woken: mpsc::Receiver<()>) {
         // However busy the callers keep the connection, a commit is flushed at most
         // `WAL_SYNC_INTERVAL` after it was made.
         let wait = writer.flush_when_due().unwrap_or(Duration::from_secs(3600));
-        if let Err(mpsc::RecvTimeoutError::Disconnected) = woken.recv_timeout(wait) {
-            break;
-        }
+        // The writer holds the sender, so this only ever wakes or times out.
+        let _ = woken.recv_timeout(wait);
         while woken.try_recv().is_ok() {}
-        loop {
-            let committed = writer.commit(&mut lock(&writer.committer), MAX_WRITE_BATCH);
-            match committed {
-                Some(committed) => writer.answer(committed),
-                None => break,
-            }
-        }
+        writer.commit_all();
         if writer.closing.load(Ordering::SeqCst) {
             break;
-        }
-    }
-    loop {
-        let committed = writer.commit(&mut lock(&writer.committer), MAX_WRITE_BATCH);
-        match committed {
-            Some(committed) => writer.answer(committed),
-            None => break,
         }
     }
     let Some(committer) = lock(&writer.committer).take() else {
@@ -499,7 +500,7 @@ mod tests {
                 })?;
             Ok(name)
         };
-        writer.queue(Box::new(Job::new(work, Reply::Blocking(reply))));
+        writer.queue(work, Reply::Blocking(reply));
         answer
     }
 
@@ -519,6 +520,40 @@ mod tests {
             })
             .unwrap();
         assert_eq!(caller.join().unwrap(), "caller");
+        writer.close();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_alone_in_its_transaction_leaves_nothing_and_the_next_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, thread) = writer(&dir);
+        let (reply, answer) = mpsc::sync_channel(1);
+        let half_done = |conn: &Connection, _: &Path| -> Result<(), Error> {
+            conn.execute("INSERT INTO t (thread) VALUES ('half done')", [])
+                .unwrap();
+            Err(Error::WriteFailed {
+                path: PathBuf::new(),
+                reason: "refused after writing".into(),
+            })
+        };
+        writer.queue(half_done, Reply::Blocking(reply));
+        writer.commit_inline();
+        assert!(answer.recv().unwrap().is_err());
+        let next = queue_recording_thread(&writer);
+        writer.commit_inline();
+        next.recv().unwrap().unwrap();
+        let rows: Vec<String> = {
+            let committer = lock(&writer.committer);
+            let conn = &committer.as_ref().unwrap().conn;
+            let mut stmt = conn.prepare("SELECT thread FROM t").unwrap();
+            stmt.query_map([], |row| row.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_ne!(rows[0], "half done");
         writer.close();
         thread.join().unwrap();
     }

@@ -73,10 +73,12 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
             "# TYPE agora_gossip_accepted_total counter\nagora_gossip_accepted_total {}\n\
              # TYPE agora_gossip_dropped_total counter\nagora_gossip_dropped_total {}\n\
              # TYPE agora_gossip_over_quota_total counter\nagora_gossip_over_quota_total {}\n\
+             # TYPE agora_gossip_lagged_total counter\nagora_gossip_lagged_total {}\n\
              # TYPE agora_gossip_neighbours gauge\nagora_gossip_neighbours {}\n",
             gossip.accepted(),
             gossip.dropped(),
             gossip.over_quota(),
+            gossip.lagged(),
             gossip.neighbours(),
         ));
     }

@@ -55,6 +55,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reported frauds waiting to be checked; beyond this, reports are dropped and counted (a
 /// proof that is real is reported by every host that checks it).
 const REPORTED_QUEUE: usize = 64;
+/// How long a reported fraud whose check could not finish waits before it is checked again.
+const REPORT_RETRY_AFTER: Duration = Duration::from_secs(3);
+/// Most checks of one reported fraud.
+const REPORT_ATTEMPTS: usize = 5;
 /// Receipts waiting for their host to produce their call data; while this many wait, new
 /// receipts are not sampled.
 const MAX_WAITING: usize = 4096;
@@ -164,7 +168,7 @@ impl AuditStats {
     pub fn reports_checked(&self) -> u64 {
         self.reports_checked.load(Ordering::Relaxed)
     }
-    /// Reports dropped because too many waited.
+    /// Reports dropped because too many waited to be checked, or to be checked again.
     pub fn reports_dropped(&self) -> u64 {
         self.reports_dropped.load(Ordering::Relaxed)
     }
@@ -574,10 +578,33 @@ impl Auditor {
 }
 
 /// Checks frauds other verifiers report, one at a time: fetches each proof from its verifier
-/// (or the neighbour that passed the report on) and runs the call here.
+/// (or the neighbour that passed the report on) and runs the call here. A report whose check
+/// could not finish (the proof or the component could not be fetched, the call could not be
+/// run) is tried again [`REPORT_RETRY_AFTER`] later, at most [`REPORT_ATTEMPTS`] times: a
+/// report is heard once, and a verifier busy at that moment must not make a proven lie go
+/// unnoticed here.
+#[derive(Clone)]
 pub(super) struct ReportedFrauds {
-    queue: tokio::sync::mpsc::Sender<(SignedValidation, EndpointId)>,
+    queue: tokio::sync::mpsc::Sender<Report>,
     stats: Arc<AuditStats>,
+}
+
+/// A reported fraud waiting to be checked.
+struct Report {
+    validation: SignedValidation,
+    /// The neighbour that passed it on.
+    from: EndpointId,
+    /// Checks started so far.
+    attempts: usize,
+}
+
+/// How a reported fraud's check ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Checked {
+    /// Held, refuted, already known, or inadmissible: nothing more to do.
+    Settled,
+    /// Could not be checked yet; worth trying again.
+    Unsettled,
 }
 
 impl ReportedFrauds {
@@ -587,8 +614,38 @@ impl ReportedFrauds {
         let stats = auditor.stats.clone();
         let task = tokio::spawn(async move {
             let mut refuted = std::collections::HashSet::new();
-            while let Some((validation, from)) = reports.recv().await {
-                auditor.check_reported(validation, from, &mut refuted).await;
+            // Due in the order they were put back, as every one waits the same time.
+            let mut retries: std::collections::VecDeque<(tokio::time::Instant, Report)> =
+                Default::default();
+            loop {
+                let due = retries.front().map(|(at, _)| *at);
+                let mut report = tokio::select! {
+                    report = reports.recv() => match report {
+                        Some(report) => report,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                        if due.is_some() =>
+                    {
+                        let Some((_, report)) = retries.pop_front() else {
+                            continue;
+                        };
+                        report
+                    }
+                };
+                report.attempts += 1;
+                let checked = auditor.check_reported(&report, &mut refuted).await;
+                if checked == Checked::Unsettled && report.attempts < REPORT_ATTEMPTS {
+                    if retries.len() < REPORTED_QUEUE {
+                        let at = tokio::time::Instant::now() + REPORT_RETRY_AFTER;
+                        retries.push_back((at, report));
+                    } else {
+                        auditor
+                            .stats
+                            .reports_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         });
         (ReportedFrauds { queue, stats }, task)
@@ -596,7 +653,12 @@ impl ReportedFrauds {
 
     /// Queues a reported fraud; dropped (and counted) when too many wait.
     pub fn report(&self, validation: SignedValidation, from: EndpointId) {
-        if self.queue.try_send((validation, from)).is_err() {
+        let report = Report {
+            validation,
+            from,
+            attempts: 0,
+        };
+        if self.queue.try_send(report).is_err() {
             self.stats.reports_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -607,13 +669,12 @@ impl Auditor {
     /// reports did not hold, which are not run again.
     async fn check_reported(
         &self,
-        validation: SignedValidation,
-        from: EndpointId,
+        report: &Report,
         refuted: &mut std::collections::HashSet<Hash>,
-    ) {
-        let body = validation.body();
+    ) -> Checked {
+        let body = report.validation.body();
         if body.validator == self.node.public_key() || refuted.contains(&body.receipt) {
-            return;
+            return Checked::Settled;
         }
         let (node, host, subject) = (self.node.clone(), body.host, body.receipt);
         let known = tokio::task::spawn_blocking(move || {
@@ -625,10 +686,10 @@ impl Auditor {
         })
         .await;
         if matches!(known, Ok(Ok(true))) {
-            return;
+            return Checked::Settled;
         }
         let mut proof = None;
-        let askers = [endpoint_of(&body.validator), Some(from)];
+        let askers = [endpoint_of(&body.validator), Some(report.from)];
         for peer in askers.into_iter().flatten() {
             match ask(
                 &self.endpoint,
@@ -651,17 +712,20 @@ impl Auditor {
             }
         }
         let Some(proof) = proof else {
-            return;
+            return Checked::Unsettled;
         };
-        self.stats.reports_checked.fetch_add(1, Ordering::Relaxed);
         if self
             .component(&proof.receipt, &[body.validator])
             .await
             .is_none()
         {
-            return;
+            return Checked::Unsettled;
         }
-        match self.node.accept_fraud_proof(&proof).await {
+        let accepted = self.node.accept_fraud_proof(&proof).await;
+        if !matches!(accepted, Err(ref error) if error.is_transient()) {
+            self.stats.reports_checked.fetch_add(1, Ordering::Relaxed);
+        }
+        match accepted {
             Ok(recorded) => {
                 let (node, validation) = (self.node.clone(), proof.validation.clone());
                 let _ = tokio::task::spawn_blocking(move || {
@@ -670,6 +734,7 @@ impl Auditor {
                 .await;
                 tracing::warn!(host = %recorded.host, receipt = %recorded.receipt,
                     finding = %recorded.finding, "a reported fraud holds: the host is no longer trusted");
+                Checked::Settled
             }
             Err(error @ crate::node::FraudError::NotFraud { .. }) => {
                 tracing::info!(receipt = %body.receipt, %error, "a reported fraud does not hold");
@@ -677,9 +742,15 @@ impl Auditor {
                     refuted.clear();
                 }
                 refuted.insert(body.receipt);
+                Checked::Settled
+            }
+            Err(error) if error.is_transient() => {
+                tracing::info!(receipt = %body.receipt, %error, "a reported fraud could not be checked yet");
+                Checked::Unsettled
             }
             Err(error) => {
-                tracing::info!(receipt = %body.receipt, %error, "a reported fraud could not be checked")
+                tracing::info!(receipt = %body.receipt, %error, "a reported fraud is not admissible");
+                Checked::Settled
             }
         }
     }

@@ -1,40 +1,17 @@
 //! The marketplace gossip topic: announcing releases and this host's evidence, receiving and
 //! recording what peers announce, within a budget per neighbour.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_registry::{
     Inserted, ReceiptMessage, SignedFeedback, SignedManifest, SignedReceipt, SignedValidation,
 };
-use iroh::EndpointAddr;
 use iroh_gossip::TopicId;
-use iroh_gossip::api::{Event, GossipSender};
-use n0_future::StreamExt;
+use iroh_gossip::api::GossipSender;
 
-use super::{CatchUpState, MAX_MANIFEST_BYTES};
+use super::MAX_MANIFEST_BYTES;
 use crate::node::Node;
-
-/// Manifests one gossip neighbour may deliver in a burst, and per second after it. Beyond
-/// that they are dropped and counted ([`GossipStats::over_quota`]): a peer relaying a flood
-/// of manifests from fresh keys cannot fill this host's registry.
-const MANIFESTS_PER_PEER_BURST: f64 = 256.0;
-
-const MANIFESTS_PER_PEER_PER_SECOND: f64 = 2.0;
-
-/// Receipts and feedback one gossip neighbour may deliver in a burst, and per second after it.
-/// Beyond that they are dropped unread and counted ([`GossipStats::over_quota`]), and the
-/// neighbour is owed a catch-up ([`OWED_CATCH_UP_INTERVAL`]): what an honest neighbour relays
-/// faster than this still arrives, later, through the bounded catch-up, while a neighbour
-/// relaying a flood from fresh keys is held to this rate.
-pub const EVIDENCE_PER_PEER_BURST: f64 = 1024.0;
-
-/// See [`EVIDENCE_PER_PEER_BURST`].
-pub const EVIDENCE_PER_PEER_PER_SECOND: f64 = 256.0;
-
-/// At most this often, a neighbour whose evidence was dropped over its budget is caught up on.
-pub const OWED_CATCH_UP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the host looks for releases published by other processes to announce.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -46,17 +23,13 @@ const PRUNE_EVERY_TICKS: u64 = 30;
 const ANNOUNCE_MANIFEST: u8 = 1;
 
 /// Gossip message kind: a signed receipt follows.
-const ANNOUNCE_RECEIPT: u8 = 2;
+pub(super) const ANNOUNCE_RECEIPT: u8 = 2;
 
 /// Gossip message kind: signed feedback follows.
-const ANNOUNCE_FEEDBACK: u8 = 3;
+pub(super) const ANNOUNCE_FEEDBACK: u8 = 3;
 
 /// Gossip message kind: a signed validation follows (see [`super::audit`]).
-const ANNOUNCE_VALIDATION: u8 = 4;
-
-/// Most announcements taken off the gossip stream and recorded together: receipts and feedback
-/// that arrive together are verified in one batch and stored in one transaction.
-const GOSSIP_BATCH: usize = 512;
+pub(super) const ANNOUNCE_VALIDATION: u8 = 4;
 
 /// The gossip topic every agora host joins to hear about agents.
 pub fn marketplace_topic() -> TopicId {
@@ -68,8 +41,9 @@ pub fn marketplace_topic() -> TopicId {
 pub struct GossipStats {
     accepted: AtomicU64,
     dropped: AtomicU64,
-    over_quota: AtomicU64,
-    neighbours: AtomicU64,
+    pub(super) over_quota: AtomicU64,
+    pub(super) lagged: AtomicU64,
+    pub(super) neighbours: AtomicU64,
 }
 
 impl GossipStats {
@@ -93,10 +67,16 @@ impl GossipStats {
     pub fn over_quota(&self) -> u64 {
         self.over_quota.load(Ordering::Relaxed)
     }
+
+    /// Times the gossip layer dropped announcements because this host read them too slowly;
+    /// each time, the neighbours are caught up on instead.
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
 }
 
 impl GossipStats {
-    fn count(&self, recorded: Result<bool, String>, from: &iroh::EndpointId) {
+    pub(super) fn count(&self, recorded: Result<bool, String>, from: &iroh::EndpointId) {
         match recorded {
             Ok(true) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +109,7 @@ fn message(kind: u8, signed: &[u8]) -> bytes::Bytes {
 /// Announces releases that appear in the registry, including those published by another
 /// process (`agora publish` while `agora host` runs), and passes on evidence: the receipts this
 /// host signs and the feedback it accepts. What is known at start-up reaches neighbours through
-/// the catch-up in [`listen`] instead.
+/// the catch-up in [`super::listener::listen`] instead.
 pub(super) async fn announce_new_releases(node: Node, sender: GossipSender) {
     // Releases known at start-up reach neighbours through the catch-up; this host's evidence is
     // passed on from the beginning (peers drop what they already have).
@@ -198,227 +178,9 @@ pub(super) async fn announce_new_releases(node: Node, sender: GossipSender) {
     }
 }
 
-/// Records verified announcements, and catches up on each new neighbour's evidence.
-pub(super) async fn listen(
-    node: Node,
-    mut receiver: iroh_gossip::api::GossipReceiver,
-    stats: Arc<GossipStats>,
-    catch_up: Arc<CatchUpState>,
-    book: Arc<super::peers::PeerBook>,
-    reported: super::audit::ReportedFrauds,
-) {
-    let mut budgets = PeerBudgets::new(MANIFESTS_PER_PEER_BURST, MANIFESTS_PER_PEER_PER_SECOND);
-    let mut evidence_budgets =
-        PeerBudgets::new(EVIDENCE_PER_PEER_BURST, EVIDENCE_PER_PEER_PER_SECOND);
-    let mut owed = OwedCatchUps::default();
-    let mut owed_tick = tokio::time::interval(OWED_CATCH_UP_INTERVAL);
-    loop {
-        let first = tokio::select! {
-            next = receiver.next() => match next {
-                Some(event) => event,
-                None => break,
-            },
-            _ = owed_tick.tick() => {
-                owed.start_due(&catch_up);
-                continue;
-            }
-        };
-        // Take whatever else has already arrived, so that a burst of evidence is verified and
-        // stored as one batch. A zero timeout polls the stream once without waiting.
-        let mut events = vec![first];
-        while events.len() < GOSSIP_BATCH {
-            match tokio::time::timeout(Duration::ZERO, receiver.next()).await {
-                Ok(Some(event)) => events.push(event),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let mut evidence = Vec::new();
-        let mut closed = false;
-        for event in events {
-            match event {
-                Ok(Event::Received(message)) => match message.content.first() {
-                    Some(&ANNOUNCE_VALIDATION) => {
-                        if !evidence_budgets.take(message.delivered_from) {
-                            stats.over_quota.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        let recorded = record_validation(
-                            &node,
-                            &message.content[1..],
-                            &reported,
-                            message.delivered_from,
-                        )
-                        .await;
-                        stats.count(recorded, &message.delivered_from);
-                    }
-                    Some(&ANNOUNCE_RECEIPT | &ANNOUNCE_FEEDBACK) => {
-                        if evidence_budgets.take(message.delivered_from) {
-                            evidence.push(message);
-                        } else {
-                            stats.over_quota.fetch_add(1, Ordering::Relaxed);
-                            owed.owe(message.delivered_from);
-                        }
-                    }
-                    _ => {
-                        if !budgets.take(message.delivered_from) {
-                            stats.over_quota.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        let recorded = record_manifest(&node, &message.content).await;
-                        stats.count(recorded, &message.delivered_from);
-                    }
-                },
-                Ok(Event::NeighborUp(peer)) => {
-                    // Catching up is pulled by each side from the other, so what a neighbour
-                    // learns of this host's catalogue goes to that neighbour only, in bounded
-                    // rounds, instead of a broadcast to every neighbour.
-                    tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour up; catching up on its evidence");
-                    stats.neighbours.fetch_add(1, Ordering::Relaxed);
-                    let (catch_up, book) = (catch_up.clone(), book.clone());
-                    tokio::spawn(async move {
-                        // Remembered where it was reached, for the next start.
-                        if let Some(info) = catch_up.endpoint.remote_info(peer).await {
-                            let addrs = info.into_addrs().map(|addr| addr.into_addr());
-                            let addr = EndpointAddr::from_parts(peer, addrs);
-                            // A file written and synced: off the executor.
-                            let _ = tokio::task::spawn_blocking(move || book.remember(&addr)).await;
-                        }
-                        catch_up.with(EndpointAddr::new(peer)).await
-                    });
-                }
-                Ok(Event::NeighborDown(peer)) => {
-                    tracing::debug!(peer = %peer.fmt_short(), "gossip neighbour down");
-                    let _ =
-                        stats
-                            .neighbours
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            });
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "marketplace gossip closed");
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        if !evidence.is_empty() {
-            let node = node.clone();
-            let recorded = tokio::task::spawn_blocking(move || {
-                let results = record_evidence(&node, &evidence);
-                evidence
-                    .into_iter()
-                    .map(|m| m.delivered_from)
-                    .zip(results)
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            match recorded {
-                Ok(recorded) => {
-                    for (from, result) in recorded {
-                        stats.count(result, &from);
-                    }
-                }
-                Err(error) => tracing::error!(%error, "recording gossiped evidence"),
-            }
-        }
-        owed.start_due(&catch_up);
-        if closed {
-            break;
-        }
-    }
-}
-
-/// Neighbours owed a catch-up for evidence dropped over their budget, at most one catch-up per
-/// [`OWED_CATCH_UP_INTERVAL`] each, and only when no other catch-up runs or waits.
-#[derive(Default)]
-struct OwedCatchUps(std::collections::HashMap<iroh::EndpointId, Owed>);
-
-struct Owed {
-    due: bool,
-    last: Option<std::time::Instant>,
-}
-
-impl OwedCatchUps {
-    fn owe(&mut self, peer: iroh::EndpointId) {
-        // Bounded like the budgets: neighbours are few, and a full table only delays.
-        if self.0.len() < 1024 || self.0.contains_key(&peer) {
-            self.0
-                .entry(peer)
-                .or_insert(Owed {
-                    due: true,
-                    last: None,
-                })
-                .due = true;
-        }
-    }
-
-    /// Starts the catch-ups that are due and whose interval has passed; forgets neighbours
-    /// owed nothing whose interval has passed.
-    fn start_due(&mut self, catch_up: &Arc<CatchUpState>) {
-        let now = std::time::Instant::now();
-        self.0.retain(|peer, owed| {
-            let waited = owed
-                .last
-                .is_none_or(|at| now.duration_since(at) >= OWED_CATCH_UP_INTERVAL);
-            if !waited {
-                return true;
-            }
-            if !owed.due {
-                return false;
-            }
-            // Busy with another catch-up: still owed, tried at the next batch or tick.
-            if catch_up.start_if_idle(EndpointAddr::new(*peer)) {
-                owed.due = false;
-                owed.last = Some(now);
-            }
-            true
-        });
-    }
-}
-
-/// A token bucket of announcements per gossip neighbour.
-struct PeerBudgets {
-    burst: f64,
-    per_second: f64,
-    buckets: std::collections::HashMap<iroh::EndpointId, (f64, std::time::Instant)>,
-}
-
-impl PeerBudgets {
-    fn new(burst: f64, per_second: f64) -> PeerBudgets {
-        PeerBudgets {
-            burst,
-            per_second,
-            buckets: Default::default(),
-        }
-    }
-
-    /// Takes one announcement from `peer`'s budget; false if it has none left.
-    fn take(&mut self, peer: iroh::EndpointId) -> bool {
-        let now = std::time::Instant::now();
-        let (burst, per_second) = (self.burst, self.per_second);
-        // Neighbours come and go; forget the ones whose budget has filled up again.
-        if self.buckets.len() > 1024 {
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + at.elapsed().as_secs_f64() * per_second < burst
-            });
-        }
-        let (tokens, at) = self.buckets.entry(peer).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Verifies gossiped receipts and feedback in a batch and stores what verifies in batched
 /// transactions; one result per message: `Ok(false)` if it was already known.
-fn record_evidence(
+pub(super) fn record_evidence(
     node: &Node,
     messages: &[iroh_gossip::api::Message],
 ) -> Vec<Result<bool, String>> {
@@ -525,7 +287,7 @@ fn place(
 
 /// Verifies a validation another verifier announced and keeps it; one that finds fraud is
 /// queued to be checked by running the call here (see [`super::audit`]): it is not believed.
-async fn record_validation(
+pub(super) async fn record_validation(
     node: &Node,
     bytes: &[u8],
     reported: &super::audit::ReportedFrauds,
@@ -552,7 +314,7 @@ async fn record_validation(
 }
 
 /// Verifies a manifest announcement and records it; `Ok(false)` if it was already known.
-async fn record_manifest(node: &Node, message: &[u8]) -> Result<bool, String> {
+pub(super) async fn record_manifest(node: &Node, message: &[u8]) -> Result<bool, String> {
     let bytes = match message.split_first() {
         Some((&ANNOUNCE_MANIFEST, bytes)) => bytes,
         _ => return Err("unknown message kind".into()),

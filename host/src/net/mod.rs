@@ -1,6 +1,7 @@
 //! The host on the network: an iroh endpoint whose node id is the host's own key, serving the
 //! host's blob store to peers, and fetching agents from peers by content hash. The marketplace
-//! gossip is in `net/gossip.rs`; catching up on peers' evidence is in [`crate::sync`]; checking
+//! gossip's messages and announcing are in `net/gossip.rs`, its receiving side in
+//! `net/listener.rs`; catching up on peers' evidence is in [`crate::sync`]; checking
 //! other hosts' receipts by re-executing a sample of them is in `net/audit.rs`.
 //!
 //! Networking is local-only unless asked otherwise ([`NetConfig::local`]): no relays, no DNS or
@@ -18,6 +19,7 @@ mod error;
 mod fetch;
 mod gossip;
 pub mod invoke;
+mod listener;
 mod peers;
 
 pub use audit::{AuditConfig, AuditStats};
@@ -42,11 +44,10 @@ use crate::api::HttpLimits;
 use crate::invoke::Admission;
 use crate::node::Node;
 
-pub use gossip::{
-    EVIDENCE_PER_PEER_BURST, EVIDENCE_PER_PEER_PER_SECOND, GossipStats, OWED_CATCH_UP_INTERVAL,
-    marketplace_topic,
-};
-use gossip::{announce_new_releases, announcement, listen};
+pub use gossip::{GossipStats, marketplace_topic};
+use gossip::{announce_new_releases, announcement};
+pub use listener::{EVIDENCE_PER_PEER_BURST, EVIDENCE_PER_PEER_PER_SECOND, OWED_CATCH_UP_INTERVAL};
+use listener::{Subscription, listen};
 use peers::PeerBook;
 pub use peers::{MAX_REMEMBERED, REJOIN_INTERVAL};
 
@@ -84,6 +85,8 @@ struct CatchUpState {
     /// Where this host is in each peer's evidence; held through a catch-up, so one runs at a
     /// time.
     cursors: Arc<tokio::sync::Mutex<Cursors>>,
+    /// Where validations finding fraud that a peer passes on go to be checked.
+    reported: audit::ReportedFrauds,
 }
 
 type Cursors = std::collections::HashMap<iroh::EndpointId, agora_registry::EvidenceCursor>;
@@ -122,7 +125,8 @@ impl CatchUpState {
         .await
         .map_err(|_| format!("did not answer within {} s", CONNECT_TIMEOUT.as_secs()))?
         .map_err(|e| format!("connection failed: {e}"))?;
-        let result = crate::sync::catch_up(&self.node, &connection, cursor).await;
+        let report = |validation| self.reported.report(validation, peer.id);
+        let result = crate::sync::catch_up(&self.node, &connection, cursor, report).await;
         connection.close(0u32.into(), b"done");
         match result {
             Ok((caught, next)) => {
@@ -176,6 +180,10 @@ impl Network {
                 crate::sync::EvidenceProtocol { node: node.clone() },
             )
             .accept(
+                crate::sync::ALPN_V1,
+                crate::sync::EvidenceProtocol { node: node.clone() },
+            )
+            .accept(
                 audit::ALPN,
                 audit::VerifyProtocol {
                     node: node.clone(),
@@ -196,17 +204,10 @@ impl Network {
                 },
             )
             .spawn();
-        let catch_up = Arc::new(CatchUpState {
-            node: node.clone(),
-            endpoint: endpoint.clone(),
-            cursors: Default::default(),
-        });
         let bootstrap: Vec<iroh::EndpointId> = known.iter().map(|p| p.id).collect();
-        let topic = gossip
-            .subscribe(marketplace_topic(), bootstrap)
+        let (subscription, announcements) = Subscription::open(gossip, bootstrap, book.clone())
             .await
             .map_err(|e| NetError::Gossip(e.to_string()))?;
-        let (announcements, receiver) = topic.split();
         let stats = Arc::new(GossipStats::default());
         let fetcher = Arc::new(fetch::Fetcher {
             node: node.clone(),
@@ -223,12 +224,17 @@ impl Network {
             stats: audit_stats.clone(),
         });
         let (reported, reports) = audit::ReportedFrauds::start(auditor.clone());
+        let catch_up = Arc::new(CatchUpState {
+            node: node.clone(),
+            endpoint: endpoint.clone(),
+            cursors: Default::default(),
+            reported: reported.clone(),
+        });
         let listener = tokio::spawn(listen(
             node.clone(),
-            receiver,
+            subscription,
             stats.clone(),
             catch_up.clone(),
-            book.clone(),
             reported,
         ));
         let auditor = tokio::spawn(async move { auditor.run().await });

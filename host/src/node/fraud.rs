@@ -33,6 +33,20 @@ pub enum FraudError {
     Registry(#[source] agora_registry::Error),
 }
 
+impl FraudError {
+    /// Whether checking the same proof again later may end otherwise: the component may have
+    /// arrived, the call may run, the registry may take the write. A proof that is
+    /// inadmissible or proves nothing stays so.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FraudError::MissingComponent(_)
+            | FraudError::Reexecute(_)
+            | FraudError::Registry(_) => true,
+            FraudError::Invalid(_) | FraudError::NotFraud { .. } => false,
+        }
+    }
+}
+
 /// A fraud proof this host checked and recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FraudRecorded {

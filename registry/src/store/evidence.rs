@@ -12,6 +12,7 @@ use crate::manifest::SignedManifest;
 use crate::receipt::SignedReceipt;
 use crate::reputation::{AgentFacts, Call, CallOutcome, EvidenceSet, Rating};
 use crate::signed::Signed;
+use crate::validation::SignedValidation;
 use crate::{Error, Hash};
 
 /// A batch of records to pass on to peers; see [`Registry::evidence_since`].
@@ -23,6 +24,9 @@ pub struct Evidence {
     pub receipts: Vec<(SignedReceipt, Option<SignedRequest>)>,
     /// Feedback, oldest first.
     pub feedback: Vec<SignedFeedback>,
+    /// Validations, oldest first: what verifiers found on re-executing receipts. Only in
+    /// [`Registry::evidence_after`] for every host (what a peer catching up asks for).
+    pub validations: Vec<SignedValidation>,
     /// Where the next batch starts.
     pub cursor: EvidenceCursor,
 }
@@ -36,6 +40,8 @@ pub struct EvidenceCursor {
     pub receipts: i64,
     /// Last feedback row read.
     pub feedback: i64,
+    /// Last validation row read.
+    pub validations: i64,
     /// Last rows of evidence against keys (forks and misbehaviour), summed: it changes when
     /// such evidence arrives.
     pub against: i64,
@@ -50,6 +56,7 @@ pub(super) fn cursor_now(conn: &Connection) -> rusqlite::Result<EvidenceCursor> 
         "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM manifests),
                 (SELECT COALESCE(MAX(rowid), 0) FROM receipts),
                 (SELECT COALESCE(MAX(rowid), 0) FROM feedback),
+                (SELECT COALESCE(MAX(rowid), 0) FROM validations),
                 (SELECT COALESCE(MAX(rowid), 0) FROM forks)
                     + (SELECT COALESCE(MAX(rowid), 0) FROM misbehaviour)
                     + (SELECT COALESCE(MAX(rowid), 0) FROM unbacked_receipts)",
@@ -59,7 +66,8 @@ pub(super) fn cursor_now(conn: &Connection) -> rusqlite::Result<EvidenceCursor> 
                 manifests: row.get(0)?,
                 receipts: row.get(1)?,
                 feedback: row.get(2)?,
-                against: row.get(3)?,
+                validations: row.get(3)?,
+                against: row.get(4)?,
             })
         },
     )
@@ -92,7 +100,8 @@ impl<'a> KeyInterner<'a> {
 
 impl Registry {
     /// Manifests, receipts signed by `host`, and feedback stored after `after`, with the
-    /// position to continue from: what a host has not yet told its peers.
+    /// position to continue from: what a host has not yet told its peers. Validations are left
+    /// out: a verifier announces its own as it signs them.
     pub fn evidence_since(
         &self,
         host: &PublicKey,
@@ -102,8 +111,8 @@ impl Registry {
     }
 
     /// Everything stored after `after` — manifests, every host's receipts with their requests,
-    /// feedback — at most `limit` (and at most 1,000) of each kind, with the position to
-    /// continue from: what a peer catching up asks for.
+    /// feedback, and (when `host` is `None`) validations — at most `limit` (and at most 1,000)
+    /// of each kind, with the position to continue from: what a peer catching up asks for.
     pub fn evidence_after(
         &self,
         host: Option<&PublicKey>,
@@ -147,10 +156,21 @@ impl Registry {
                 params![after.feedback, limit],
                 &mut cursor.feedback,
             )?;
+            let validations = if host.is_none() {
+                self.signed_rows_after(
+                    conn,
+                    "SELECT rowid, signed FROM validations WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                    params![after.validations, limit],
+                    &mut cursor.validations,
+                )?
+            } else {
+                Vec::new()
+            };
             Ok(Evidence {
                 manifests,
                 receipts,
                 feedback,
+                validations,
                 cursor,
             })
         })

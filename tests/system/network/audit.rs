@@ -2,7 +2,8 @@
 //! every receipt it receives finds the lie by running the call again, records it, and passes
 //! its validation on; a third host that checks nothing itself hears of the fraud, fetches the
 //! proof, runs the call too, and stops trusting the liar. Honest receipts get validations; a
-//! receipt whose host cannot produce its transcript is unbacked.
+//! receipt whose host cannot produce its transcript is unbacked. A host that joins later learns
+//! of the fraud by catching up, and checks it the same way.
 
 use std::time::Duration;
 
@@ -198,6 +199,65 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
     .await;
 
     for net in [checker_net, third_net, liar_net] {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_joins_after_a_lie_was_proven_learns_of_it_by_catching_up() {
+    let liar = TestHost::new().await;
+    liar.publish(examples::RIDE_DRIVER).await;
+    let honest = liar
+        .node
+        .run("ride-driver", "quote", QUOTE, None)
+        .await
+        .unwrap()
+        .receipt;
+    let (input, transcript) = liar.kept(&honest);
+    let data = CallData { input, transcript };
+    let lie = sign_altered(&liar, &honest, |body| body.fuel_used -= 1, Some(data)).await;
+    let liar_net = online(&liar).await;
+    let checker = TestHost::new().await;
+    let checker_net = online_auditing(&checker, &[&liar_net], AuditConfig::every_receipt()).await;
+    eventually("the checker proves the lie", || {
+        proven_fraud(&checker, &lie)
+    })
+    .await;
+    let validated_honest = |host: &TestHost| {
+        !host
+            .node
+            .registry()
+            .validations_of(&honest.hash())
+            .unwrap()
+            .is_empty()
+    };
+    eventually("the checker validates the honest receipt", || {
+        validated_honest(&checker)
+    })
+    .await;
+
+    // The checker announced both validations before this host existed: only catching up on
+    // the checker's evidence can bring them.
+    let late = TestHost::new().await;
+    let late_net = online_auditing(&late, &[&checker_net], AuditConfig::off()).await;
+    eventually("the late host proves the lie too", || {
+        proven_fraud(&late, &lie)
+    })
+    .await;
+    let evidence = late.node.registry().evidence_set().unwrap();
+    assert!(evidence.dishonest.contains(&liar.node.public_key()));
+    assert_eq!(
+        late_net.audit_stats().sampled(),
+        0,
+        "it checked nothing itself"
+    );
+    eventually(
+        "the late host holds the honest receipt's validation",
+        || validated_honest(&late),
+    )
+    .await;
+
+    for net in [late_net, checker_net, liar_net] {
         net.shutdown().await;
     }
 }

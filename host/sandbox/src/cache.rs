@@ -23,6 +23,19 @@ const MAGIC: &[u8; 8] = b"agoracw1";
 const TAG_BYTES: usize = 32;
 const HEADER_BYTES: usize = MAGIC.len() + TAG_BYTES;
 
+/// An entry read from the cache whose tag verified: the compiled bytes, still behind the
+/// header they were read with (a component's code is tens of megabytes; moving it to drop the
+/// header cost a start-up as much as hashing it).
+pub struct Entry {
+    bytes: Vec<u8>,
+}
+
+impl AsRef<[u8]> for Entry {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[HEADER_BYTES..]
+    }
+}
+
 /// Counters of what the cache did since the host started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -115,9 +128,9 @@ impl CompiledCache {
 
     /// The compiled bytes of `component`, if this host stored them and they are intact. Anything
     /// else found under its name is deleted.
-    pub fn load(&self, component: &Hash) -> Option<Vec<u8>> {
+    pub fn load(&self, component: &Hash) -> Option<Entry> {
         let path = self.entry_path(component);
-        let mut bytes = match std::fs::read(&path) {
+        let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) => {
                 if error.kind() != std::io::ErrorKind::NotFound {
@@ -143,8 +156,7 @@ impl CompiledCache {
             .write(true)
             .open(&path)
             .and_then(|f| f.set_modified(SystemTime::now()));
-        bytes.drain(..HEADER_BYTES);
-        Some(bytes)
+        Some(Entry { bytes })
     }
 
     /// Deletes an entry that failed to load and counts it.

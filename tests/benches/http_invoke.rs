@@ -60,6 +60,10 @@ end
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    // As the `agora` binary runs; `wasmtime serve` inherits it too, so neither side captures a
+    // backtrace for each error wasmtime makes and drops (with RUST_BACKTRACE=1 set, both did).
+    // SAFETY: no other thread exists yet.
+    unsafe { agora_host::without_error_backtraces() };
     let duration = if quick { 3 } else { 10 };
     let wasmtime = wasmtime_cli()?;
     if Command::new("wrk").arg("--version").output().is_err() {

@@ -217,17 +217,21 @@ pub struct CatchUp {
     pub refused: usize,
     /// Validations finding fraud, handed on to be checked by running the call.
     pub reported: usize,
+    /// Whether validations finding fraud were left for a later catch-up because the checker
+    /// had no room for them: the cursor does not move past them.
+    pub deferred: bool,
 }
 
 /// Asks the peer on `connection` for everything after `cursor`, round after round until it has
 /// nothing more (or [`MAX_ROUNDS`]), and stores it; each validation that finds fraud goes to
-/// `report` instead, unbelieved. Returns what it brought and the cursor to continue from next
-/// time.
+/// `report` instead, unbelieved. When `report` refuses one (the checker is full), the catch-up
+/// stops with its validations cursor before that round, so a later catch-up brings them again.
+/// Returns what it brought and the cursor to continue from next time.
 pub(crate) async fn catch_up(
     node: &Node,
     connection: &Connection,
     mut cursor: EvidenceCursor,
-    report: impl Fn(SignedValidation),
+    report: impl Fn(SignedValidation) -> bool,
 ) -> Result<(CatchUp, EvidenceCursor), String> {
     let mut total = CatchUp::default();
     for _ in 0..MAX_ROUNDS {
@@ -251,8 +255,21 @@ pub(crate) async fn catch_up(
             .map_err(|e| e.to_string())?;
         total.stored += stored.stored;
         total.refused += stored.refused;
-        total.reported += stored.frauds.len();
-        stored.frauds.into_iter().for_each(&report);
+        for fraud in stored.frauds {
+            if !report(fraud) {
+                total.deferred = true;
+                break;
+            }
+            total.reported += 1;
+        }
+        if total.deferred {
+            // Everything else this round brought is stored; its frauds, and the validations
+            // after them, are asked for again.
+            let validations = cursor.validations;
+            cursor = next;
+            cursor.validations = validations;
+            break;
+        }
         if next == cursor {
             break;
         }
@@ -360,7 +377,18 @@ fn store(node: &Node, frames: Frames) -> Stored {
             Ok(validation)
         });
         match validation {
-            Ok(validation) if validation.body().finding.is_fraud() => frauds.push(validation),
+            Ok(validation) if validation.body().finding.is_fraud() => {
+                // One this host has already proven needs no second check.
+                let body = validation.body();
+                let known = node.registry().misbehaviour(&body.host).map(|found| {
+                    found
+                        .iter()
+                        .any(|m| m.kind == "fraud" && m.subject == body.receipt)
+                });
+                if !matches!(known, Ok(true)) {
+                    frauds.push(validation);
+                }
+            }
             Ok(validation) => count(node.registry().insert_validation(&validation)),
             Err(error) => count(Err(error)),
         }

@@ -653,14 +653,20 @@ impl ReportedFrauds {
 
     /// Queues a reported fraud; dropped (and counted) when too many wait.
     pub fn report(&self, validation: SignedValidation, from: EndpointId) {
+        if !self.offer(validation, from) {
+            self.stats.reports_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a reported fraud if there is room; false if not, for a caller that can bring it
+    /// again later (a catch-up).
+    pub fn offer(&self, validation: SignedValidation, from: EndpointId) -> bool {
         let report = Report {
             validation,
             from,
             attempts: 0,
         };
-        if self.queue.try_send(report).is_err() {
-            self.stats.reports_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.queue.try_send(report).is_ok()
     }
 }
 

@@ -55,6 +55,9 @@ pub use peers::{MAX_REMEMBERED, REJOIN_INTERVAL};
 const MAX_MANIFEST_BYTES: u64 = 64 << 10;
 /// How long to wait for a peer to answer a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a catch-up that left fraud reports for later (the checker was full) waits before
+/// it asks the same peer again.
+const DEFERRED_CATCH_UP_AFTER: Duration = Duration::from_secs(10);
 /// How long a transfer may go without progress before the peer is given up on.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gossip message: a kind byte and a manifest.
@@ -94,7 +97,7 @@ type Cursors = std::collections::HashMap<iroh::EndpointId, agora_registry::Evide
 impl CatchUpState {
     /// Catches up on `peer`'s evidence from where the last catch-up with it ended. One
     /// catch-up runs at a time.
-    async fn with(&self, peer: EndpointAddr) -> Result<crate::sync::CatchUp, String> {
+    async fn with(self: &Arc<Self>, peer: EndpointAddr) -> Result<crate::sync::CatchUp, String> {
         let cursors = self.cursors.clone().lock_owned().await;
         self.locked(cursors, peer).await
     }
@@ -112,8 +115,17 @@ impl CatchUpState {
         true
     }
 
+    /// Catches up with `peer` again after [`DEFERRED_CATCH_UP_AFTER`].
+    fn again_later(self: &Arc<Self>, peer: EndpointAddr) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DEFERRED_CATCH_UP_AFTER).await;
+            this.with(peer).await
+        });
+    }
+
     async fn locked(
-        &self,
+        self: &Arc<Self>,
         mut cursors: tokio::sync::OwnedMutexGuard<Cursors>,
         peer: EndpointAddr,
     ) -> Result<crate::sync::CatchUp, String> {
@@ -125,13 +137,17 @@ impl CatchUpState {
         .await
         .map_err(|_| format!("did not answer within {} s", CONNECT_TIMEOUT.as_secs()))?
         .map_err(|e| format!("connection failed: {e}"))?;
-        let report = |validation| self.reported.report(validation, peer.id);
+        let report = |validation| self.reported.offer(validation, peer.id);
         let result = crate::sync::catch_up(&self.node, &connection, cursor, report).await;
         connection.close(0u32.into(), b"done");
         match result {
             Ok((caught, next)) => {
                 cursors.insert(peer.id, next);
                 tracing::info!(peer = %peer.id.fmt_short(), ?caught, "caught up on a peer's evidence");
+                if caught.deferred {
+                    // Nothing else brings this peer's frauds again unless it reconnects.
+                    self.again_later(peer);
+                }
                 Ok(caught)
             }
             Err(error) => {

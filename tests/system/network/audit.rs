@@ -263,6 +263,51 @@ async fn a_host_that_joins_after_a_lie_was_proven_learns_of_it_by_catching_up() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_proven_lies_than_the_checker_holds_at_once_all_arrive_by_catching_up() {
+    let liar = TestHost::new().await;
+    liar.publish(examples::RIDE_DRIVER).await;
+    let honest = liar
+        .node
+        .run("ride-driver", "quote", QUOTE, None)
+        .await
+        .unwrap()
+        .receipt;
+    let (input, transcript) = liar.kept(&honest);
+    // More than the 64 reported frauds a host queues for checking at once.
+    let mut lies = Vec::new();
+    for n in 1..=80 {
+        let data = CallData {
+            input: input.clone(),
+            transcript: transcript.clone(),
+        };
+        lies.push(sign_altered(&liar, &honest, |body| body.fuel_used -= n, Some(data)).await);
+    }
+    let liar_net = online(&liar).await;
+    let checker = TestHost::new().await;
+    let checker_net = online_auditing(&checker, &[&liar_net], AuditConfig::every_receipt()).await;
+    eventually("the checker proves every lie", || {
+        lies.iter().all(|lie| proven_fraud(&checker, lie))
+    })
+    .await;
+
+    let late = TestHost::new().await;
+    let late_net = online_auditing(&late, &[&checker_net], AuditConfig::off()).await;
+    eventually("the late host proves every lie too", || {
+        lies.iter().all(|lie| proven_fraud(&late, lie))
+    })
+    .await;
+    assert_eq!(
+        late_net.audit_stats().reports_dropped(),
+        0,
+        "none was given up on"
+    );
+
+    for net in [late_net, checker_net, liar_net] {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_be_reached_for_its_call_data_has_its_receipts_unbacked() {
     let signer = TestHost::new().await;
     signer.publish(examples::RIDE_DRIVER).await;

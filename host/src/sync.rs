@@ -380,11 +380,7 @@ fn store(node: &Node, frames: Frames) -> Stored {
             Ok(validation) if validation.body().finding.is_fraud() => {
                 // One this host has already proven needs no second check.
                 let body = validation.body();
-                let known = node.registry().misbehaviour(&body.host).map(|found| {
-                    found
-                        .iter()
-                        .any(|m| m.kind == "fraud" && m.subject == body.receipt)
-                });
+                let known = node.registry().fraud_proven(&body.host, &body.receipt);
                 if !matches!(known, Ok(true)) {
                     frauds.push(validation);
                 }

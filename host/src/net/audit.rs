@@ -683,14 +683,9 @@ impl Auditor {
             return Checked::Settled;
         }
         let (node, host, subject) = (self.node.clone(), body.host, body.receipt);
-        let known = tokio::task::spawn_blocking(move || {
-            node.registry().misbehaviour(&host).map(|found| {
-                found
-                    .iter()
-                    .any(|m| m.kind == "fraud" && m.subject == subject)
-            })
-        })
-        .await;
+        let known =
+            tokio::task::spawn_blocking(move || node.registry().fraud_proven(&host, &subject))
+                .await;
         if matches!(known, Ok(Ok(true))) {
             return Checked::Settled;
         }

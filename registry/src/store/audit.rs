@@ -68,6 +68,18 @@ impl Registry {
         })
     }
 
+    /// Whether this host has recorded (proven) fraud by `host` in `receipt`: one key lookup,
+    /// for deciding whether a reported fraud still needs checking.
+    pub fn fraud_proven(&self, host: &PublicKey, receipt: &Hash) -> Result<bool, Error> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT 1 FROM misbehaviour WHERE key = ?1 AND kind = 'fraud' AND subject = ?2",
+            )
+            .and_then(|mut stmt| stmt.exists(params![host.to_hex(), receipt.to_hex()]))
+            .map_err(|e| self.db_error(e))
+        })
+    }
+
     /// The fraud proof this host recorded against `receipt`, if any: what it hands to a host
     /// that heard of the fraud and wants to check it.
     pub fn fraud_proof(&self, receipt: &Hash) -> Result<Option<FraudProof>, Error> {

@@ -55,6 +55,31 @@ async fn sign_altered(
     }
 }
 
+/// A host that published the ride driver and ran one honest quote, and that quote's receipt.
+async fn driver_with_an_honest_quote() -> (TestHost, SignedReceipt) {
+    let host = TestHost::new().await;
+    host.publish(examples::RIDE_DRIVER).await;
+    let honest = host
+        .node
+        .run("ride-driver", "quote", QUOTE, None)
+        .await
+        .unwrap()
+        .receipt;
+    (host, honest)
+}
+
+/// Signs, as `host`'s next receipt, `honest` changed by `change`, kept with the honest call's
+/// input and transcript: a lie that running the call again exposes.
+async fn sign_lie(
+    host: &TestHost,
+    honest: &SignedReceipt,
+    change: impl FnOnce(&mut Receipt),
+) -> SignedReceipt {
+    let (input, transcript) = host.kept(honest);
+    let data = CallData { input, transcript };
+    sign_altered(host, honest, change, Some(data)).await
+}
+
 fn proven_fraud(host: &TestHost, receipt: &SignedReceipt) -> bool {
     host.node
         .registry()
@@ -66,15 +91,7 @@ fn proven_fraud(host: &TestHost, receipt: &SignedReceipt) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
-    let liar = TestHost::new().await;
-    liar.publish(examples::RIDE_DRIVER).await;
-    let honest = liar
-        .node
-        .run("ride-driver", "quote", QUOTE, None)
-        .await
-        .unwrap()
-        .receipt;
-    let (input, transcript) = liar.kept(&honest);
+    let (liar, honest) = driver_with_an_honest_quote().await;
     // Three lies: less fuel than the call burnt, another output, another outcome.
     let alterations: [fn(&mut Receipt); 3] = [
         |body| body.fuel_used -= 1,
@@ -89,11 +106,7 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
     ];
     let mut lies = Vec::new();
     for alteration in alterations {
-        let data = CallData {
-            input: input.clone(),
-            transcript: transcript.clone(),
-        };
-        lies.push(sign_altered(&liar, &honest, alteration, Some(data)).await);
+        lies.push(sign_lie(&liar, &honest, alteration).await);
     }
     let unbacked = sign_altered(
         &liar,
@@ -205,17 +218,8 @@ async fn a_lie_is_found_by_sampling_and_every_host_stops_trusting_the_liar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_joins_after_a_lie_was_proven_learns_of_it_by_catching_up() {
-    let liar = TestHost::new().await;
-    liar.publish(examples::RIDE_DRIVER).await;
-    let honest = liar
-        .node
-        .run("ride-driver", "quote", QUOTE, None)
-        .await
-        .unwrap()
-        .receipt;
-    let (input, transcript) = liar.kept(&honest);
-    let data = CallData { input, transcript };
-    let lie = sign_altered(&liar, &honest, |body| body.fuel_used -= 1, Some(data)).await;
+    let (liar, honest) = driver_with_an_honest_quote().await;
+    let lie = sign_lie(&liar, &honest, |body| body.fuel_used -= 1).await;
     let liar_net = online(&liar).await;
     let checker = TestHost::new().await;
     let checker_net = online_auditing(&checker, &[&liar_net], AuditConfig::every_receipt()).await;
@@ -264,23 +268,11 @@ async fn a_host_that_joins_after_a_lie_was_proven_learns_of_it_by_catching_up() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_proven_lies_than_the_checker_holds_at_once_all_arrive_by_catching_up() {
-    let liar = TestHost::new().await;
-    liar.publish(examples::RIDE_DRIVER).await;
-    let honest = liar
-        .node
-        .run("ride-driver", "quote", QUOTE, None)
-        .await
-        .unwrap()
-        .receipt;
-    let (input, transcript) = liar.kept(&honest);
+    let (liar, honest) = driver_with_an_honest_quote().await;
     // More than the 64 reported frauds a host queues for checking at once.
     let mut lies = Vec::new();
     for n in 1..=80 {
-        let data = CallData {
-            input: input.clone(),
-            transcript: transcript.clone(),
-        };
-        lies.push(sign_altered(&liar, &honest, |body| body.fuel_used -= n, Some(data)).await);
+        lies.push(sign_lie(&liar, &honest, |body| body.fuel_used -= n).await);
     }
     let liar_net = online(&liar).await;
     let checker = TestHost::new().await;
@@ -309,14 +301,7 @@ async fn more_proven_lies_than_the_checker_holds_at_once_all_arrive_by_catching_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_be_reached_for_its_call_data_has_its_receipts_unbacked() {
-    let signer = TestHost::new().await;
-    signer.publish(examples::RIDE_DRIVER).await;
-    let receipt = signer
-        .node
-        .run("ride-driver", "quote", QUOTE, None)
-        .await
-        .unwrap()
-        .receipt;
+    let (signer, receipt) = driver_with_an_honest_quote().await;
     let signer_net = online(&signer).await;
     let relay = TestHost::new().await;
     let relay_net = online_auditing(&relay, &[&signer_net], AuditConfig::off()).await;

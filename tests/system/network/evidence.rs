@@ -269,18 +269,10 @@ async fn a_peer_asking_for_a_negative_number_of_records_gets_one_round_not_every
             .unwrap();
     }
     let net = online(&host).await;
-    let endpoint = bare_endpoint(&[net.addr()]).await;
-    let connection = endpoint
-        .connect(net.addr(), agora_host::sync::ALPN)
-        .await
-        .unwrap();
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
     // Cursor zero for every kind, and a limit of -1: to SQLite, no limit at all.
     let mut ask = [0u8; 40];
     ask[32..].copy_from_slice(&(-1i64).to_be_bytes());
-    send.write_all(&ask).await.unwrap();
-    send.finish().unwrap();
-    let answer = recv.read_to_end(64 << 20).await.unwrap();
+    let answer = ask_for_evidence(&net, agora_host::sync::ALPN, &ask).await;
     let (_, frames) =
         agora_host::sync::parse_answer(agora_host::sync::Version::V2, &answer).unwrap();
     let receipts = frames.iter().filter(|(kind, _)| *kind == 2).count();
@@ -288,7 +280,6 @@ async fn a_peer_asking_for_a_negative_number_of_records_gets_one_round_not_every
         (1..=256).contains(&receipts),
         "one round holds at most 256 receipts, got {receipts}"
     );
-    endpoint.close().await;
     net.shutdown().await;
 }
 
@@ -297,18 +288,10 @@ async fn a_peer_asking_in_the_first_version_of_catch_up_is_still_answered_in_it(
     let host = TestHost::new().await;
     host.publish(examples::RIDE_DRIVER).await;
     let net = online(&host).await;
-    let endpoint = bare_endpoint(&[net.addr()]).await;
-    let connection = endpoint
-        .connect(net.addr(), agora_host::sync::ALPN_V1)
-        .await
-        .unwrap();
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
     // Version 1: three cursor numbers (manifests, receipts, feedback) and the limit.
     let mut ask = [0u8; 32];
     ask[24..].copy_from_slice(&16i64.to_be_bytes());
-    send.write_all(&ask).await.unwrap();
-    send.finish().unwrap();
-    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    let answer = ask_for_evidence(&net, agora_host::sync::ALPN_V1, &ask).await;
     let (cursor, frames) =
         agora_host::sync::parse_answer(agora_host::sync::Version::V1, &answer).unwrap();
     assert!(cursor.manifests > 0);
@@ -317,6 +300,18 @@ async fn a_peer_asking_in_the_first_version_of_catch_up_is_still_answered_in_it(
         frames.iter().all(|(kind, _)| *kind != 4),
         "no validations in version 1"
     );
-    endpoint.close().await;
     net.shutdown().await;
+}
+
+/// Asks `net`'s catch-up protocol, in the version `alpn` names, one raw question, as a peer
+/// would, and returns the raw answer.
+async fn ask_for_evidence(net: &Network, alpn: &[u8], ask: &[u8]) -> Vec<u8> {
+    let endpoint = bare_endpoint(&[net.addr()]).await;
+    let connection = endpoint.connect(net.addr(), alpn).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(ask).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(64 << 20).await.unwrap();
+    endpoint.close().await;
+    answer
 }

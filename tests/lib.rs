@@ -22,10 +22,15 @@ impl TestHost {
 
     /// A host with the given limits.
     pub async fn with_limits(limits: Limits) -> Self {
+        Self::with_config(|config| config.limits(limits)).await
+    }
+
+    /// A host whose configuration `configure` makes from the default one.
+    pub async fn with_config(configure: impl FnOnce(NodeConfig) -> NodeConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = DataDir::new(dir.path());
         data_dir.keygen().expect("keygen");
-        let node = Node::open(NodeConfig::new(data_dir).limits(limits))
+        let node = Node::open(configure(NodeConfig::new(data_dir)))
             .await
             .expect("open node");
         TestHost { node, dir }

@@ -187,6 +187,21 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another process signs this registry's host receipts in a way this one cannot share:
+    /// one that signs ahead of committing (see [`ReceiptDurability::Pipelined`]) keeps the
+    /// chain's head in its memory, so no other process may sign beside it.
+    ///
+    /// [`ReceiptDurability::Pipelined`]: crate::ReceiptDurability::Pipelined
+    #[error(
+        "registry database {}: another process signs receipts for it ({holder}); stop it, or call that host over HTTP instead",
+        path.display()
+    )]
+    SignerBusy {
+        /// The database file.
+        path: PathBuf,
+        /// Who holds it, as far as can be told.
+        holder: &'static str,
+    },
     /// The database holds a value no version of agora writes.
     #[error("registry database {} is corrupt: {what}", path.display())]
     Corrupt {

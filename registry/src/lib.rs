@@ -82,8 +82,8 @@ pub use store::{
     CALL_DATA_RETENTION_MS, CallData, Evidence, EvidenceCursor, Fork, HostRecord, Inserted,
     KvNamespace, KvQuota, MAX_FEEDBACK_PER_STRANGER, MAX_MANIFESTS_PER_STRANGER,
     MAX_PENDING_PER_KEY, MAX_RECEIPTS_PER_STRANGER, MAX_STRANGER_FEEDBACK, MAX_STRANGER_RECEIPTS,
-    Misbehaviour, ReceiptCursor, ReceiptPage, Registry, StrangerQuotas, StrangerUsage,
-    WAL_SYNC_INTERVAL,
+    Misbehaviour, ReceiptCursor, ReceiptDurability, ReceiptPage, Registry, StrangerQuotas,
+    StrangerUsage, WAL_SYNC_INTERVAL,
 };
 pub use transcript::{BlobRef, CallAnswer, HostCall, Transcript};
 pub use validation::{Finding, FraudProof, MAX_FRAUD_PROOF_BYTES, SignedValidation, Validation};

@@ -651,4 +651,5 @@ fn evidence_read_in_steps_equals_evidence_read_at_once() {
 mod attacks;
 mod capabilities;
 mod crash;
+mod pipelined;
 mod quotas;

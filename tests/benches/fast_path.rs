@@ -3,7 +3,8 @@
 //! 1. a warm in-process call (`cpu-kernel echo`, the trivial agent, and `ride-driver quote`):
 //!    agora's `Node::run` (resolve, pooled instantiate, call, sign and commit a receipt) beside
 //!    raw wasmtime on the same component in the same process (fresh store, pooled instantiate,
-//!    call, drop) — p50/p99 one call at a time, and calls/s with many callers on all cores;
+//!    call, drop) — p50/p99 one call at a time, and calls/s with many callers on all cores —
+//!    with receipts handed out once committed (the default) and as soon as signed (pipelined);
 //! 2. metering: a CPU-bound guest (`cpu-kernel hash`) on raw wasmtime with fuel and epochs on,
 //!    each alone, and neither, as ratios to neither;
 //! 3. the deterministic execution profile (`agora-det/1`: NaN canonicalisation, memory
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_host::{AGORA_DET_1, DataDir, Limits, Node, NodeConfig, Profile, examples};
+use agora_registry::ReceiptDurability;
 use agora_tests::{CPU_KERNEL, golden_agent, interpreted_agent};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
@@ -67,6 +69,16 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
     data_dir.keygen()?;
     let node = Node::open(NodeConfig::new(data_dir).limits(Limits::default())).await?;
     println!("agora allocation: {:?}", node.sandbox().stats().allocation);
+    // The same host handing receipts out as soon as they are signed, committed a moment later.
+    let pipelined_dir = tempfile::tempdir()?;
+    let pipelined_data = DataDir::new(pipelined_dir.path());
+    pipelined_data.keygen()?;
+    let pipelined = Node::open(
+        NodeConfig::new(pipelined_data)
+            .limits(Limits::default())
+            .receipts(ReceiptDurability::Pipelined),
+    )
+    .await?;
     let cases: [(&str, &[u8], &str, &[u8]); 2] = [
         ("cpu-kernel echo", CPU_KERNEL, "echo", b"hi"),
         ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
@@ -79,7 +91,14 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         "| call | agora p50 | raw p50 | ratio | agora p99 | raw p99 | ratio | agora calls/s ({CALLERS} callers) | raw calls/s | ratio |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, component, action, payload) in cases {
+    for ((name, component, action, payload), (receipts, node)) in
+        cases.into_iter().flat_map(|case| {
+            [
+                (case, ("committed", &node)),
+                (case, ("pipelined", &pipelined)),
+            ]
+        })
+    {
         let agent = node
             .publish(component, Default::default())
             .await?
@@ -125,7 +144,7 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         let (agora, raw) = (Latencies::of(agora), Latencies::of(raw));
         let (agora_rate, raw_rate) = (agora_rate / ROUNDS as f64, raw_rate / ROUNDS as f64);
         println!(
-            "| {name} | {} | {} | {:.2}× | {} | {} | {:.2}× | {agora_rate:.0} | {raw_rate:.0} | {:.2}× |",
+            "| {name}, receipts {receipts} | {} | {} | {:.2}× | {} | {} | {:.2}× | {agora_rate:.0} | {raw_rate:.0} | {:.2}× |",
             us(agora.p50),
             us(raw.p50),
             ratio(agora.p50, raw.p50),

@@ -110,3 +110,54 @@ async fn unknown_agents_are_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_host_that_pipelines_receipts_keeps_and_backs_each_one_it_hands_out() {
+    let host = TestHost::with_config(|config| {
+        config.receipts(agora_registry::ReceiptDurability::Pipelined)
+    })
+    .await;
+    host.publish(examples::RIDE_DRIVER).await;
+    let payload = br#"{"trip": {"distance_m": 5000, "duration_s": 600}}"#;
+    let mut handed_out = Vec::new();
+    for _ in 0..50 {
+        let execution = host
+            .node
+            .run("ride-driver", "quote", payload, None)
+            .await
+            .unwrap();
+        assert_eq!(execution.outcome, Outcome::Ok);
+        handed_out.push(execution.receipt);
+    }
+    let registry = host.node.registry();
+    // Read back at once, as a verifier asking this host would: the receipt and what re-running
+    // it needs.
+    let last = handed_out.last().unwrap();
+    assert_eq!(
+        registry.receipt(&last.hash()).unwrap().map(|r| r.hash()),
+        Some(last.hash())
+    );
+    let body = last.body();
+    let input = registry.call_data(&body.input_hash).unwrap().unwrap();
+    let transcript = registry
+        .call_data(&body.transcript.unwrap().hash)
+        .unwrap()
+        .unwrap();
+    let again = host
+        .node
+        .reexecute(last, examples::RIDE_DRIVER, &input, &transcript)
+        .await
+        .unwrap();
+    assert_eq!(again.verdict, agora_host::Verdict::Matches);
+
+    let chain = registry.receipt_chain(&host.node.public_key()).unwrap();
+    assert_eq!(
+        chain.iter().map(|r| r.hash()).collect::<Vec<_>>(),
+        handed_out.iter().map(|r| r.hash()).collect::<Vec<_>>(),
+        "the stored chain is exactly what was handed out, in order"
+    );
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].body().prev, Some(pair[0].hash()));
+        assert_eq!(pair[1].body().seq, pair[0].body().seq + 1);
+    }
+}

@@ -107,6 +107,11 @@ pub struct NodeConfig {
     pub models: crate::model::ModelConfig,
     /// Where agents' outbound HTTP may go. Default: nowhere.
     pub egress: crate::egress::EgressConfig,
+    /// When a call's receipt is handed out: once committed (the default), or as soon as it is
+    /// signed, committed in the writer's next group commit (see
+    /// [`ReceiptDurability`](agora_registry::ReceiptDurability) for what each promises a
+    /// caller after a crash).
+    pub receipts: agora_registry::ReceiptDurability,
 }
 
 impl NodeConfig {
@@ -119,6 +124,7 @@ impl NodeConfig {
             compiler: Compiler::InProcess,
             models: crate::model::ModelConfig::default(),
             egress: crate::egress::EgressConfig::default(),
+            receipts: agora_registry::ReceiptDurability::default(),
         }
     }
 
@@ -137,6 +143,12 @@ impl NodeConfig {
     /// Lets agents send outbound HTTP where `egress` allows.
     pub fn egress(mut self, egress: crate::egress::EgressConfig) -> Self {
         self.egress = egress;
+        self
+    }
+
+    /// Hands out receipts as `receipts` says.
+    pub fn receipts(mut self, receipts: agora_registry::ReceiptDurability) -> Self {
+        self.receipts = receipts;
         self
     }
 

@@ -85,6 +85,7 @@ impl Node {
         let key = SecretKey::load(&key_path)?;
         let registry = Registry::open(&data_dir.registry_path())?;
         registry.set_stranger_quotas(config.limits.strangers);
+        registry.set_receipt_durability(&key, config.receipts)?;
         let blobs =
             BlobStore::open(&data_dir.blobs_path())
                 .await

@@ -4,8 +4,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::call_data::{self, CallData};
-use super::records::insert_receipt_row;
+use super::call_data::CallData;
+use super::pipeline::{
+    Lock, NextInChain, Pipeline, ReceiptDurability, next_in_chain, signer_lock, store_own_receipt,
+};
 use super::{Registry, db_error, parse_stored};
 use std::sync::Arc;
 
@@ -217,13 +219,26 @@ impl Registry {
 impl Registry {
     /// Signs and stores this host's next receipt: `receipt` with its `seq` and `prev` set to
     /// follow the host's last receipt. Appends are serialised, so the chain never forks on one
-    /// host. Returns once the receipt is committed (see the durability contract on
-    /// [`Registry`]).
+    /// host. Returns once the receipt is stored as the registry's [`ReceiptDurability`] says
+    /// (see the durability contract on [`Registry`]).
     pub fn append_receipt(
         &self,
         host_key: &SecretKey,
         receipt: Receipt,
     ) -> Result<SignedReceipt, Error> {
+        if let Some(pipeline) = self.pipeline.get() {
+            // Ready at the first poll, but when it takes a new block: then it waits for the
+            // reservation's commit, parked.
+            return block_on(pipeline.clone().append(
+                self.writer.clone(),
+                self.writer_stopped(),
+                host_key.clone(),
+                self.nonce_pool(host_key),
+                receipt,
+                None,
+            ));
+        }
+        self.sign_committed()?;
         self.write(append(
             host_key.clone(),
             self.nonce_pool(host_key),
@@ -238,12 +253,7 @@ impl Registry {
         host_key: &SecretKey,
         receipt: Receipt,
     ) -> impl Future<Output = Result<SignedReceipt, Error>> + Send + 'static {
-        self.write_async(append(
-            host_key.clone(),
-            self.nonce_pool(host_key),
-            receipt,
-            None,
-        ))
+        self.append_async(host_key, receipt, None)
     }
 
     /// [`Registry::append_receipt_async`], storing the call's input and transcript in the same
@@ -254,12 +264,82 @@ impl Registry {
         receipt: Receipt,
         data: CallData,
     ) -> impl Future<Output = Result<SignedReceipt, Error>> + Send + 'static {
-        self.write_async(append(
-            host_key.clone(),
-            self.nonce_pool(host_key),
-            receipt,
-            Some(data),
-        ))
+        self.append_async(host_key, receipt, Some(data))
+    }
+
+    /// Makes this registry hand out `host_key`'s receipts as `durability` says. Call it before
+    /// signing any receipt: [`ReceiptDurability::Pipelined`] takes the database's signer lock
+    /// exclusively, and is refused with [`Error::SignerBusy`] while another process (or this
+    /// one, having signed the committed way) holds it.
+    pub fn set_receipt_durability(
+        &self,
+        host_key: &SecretKey,
+        durability: ReceiptDurability,
+    ) -> Result<(), Error> {
+        match durability {
+            ReceiptDurability::Committed if self.pipeline.get().is_some() => Err(Error::Invalid {
+                kind: "receipt durability",
+                reason: "this registry already signs receipts ahead of their commit".into(),
+            }),
+            ReceiptDurability::Committed => Ok(()),
+            ReceiptDurability::Pipelined => {
+                if self.pipeline.get().is_some() {
+                    return Ok(());
+                }
+                let lock = signer_lock(&self.path, Lock::Exclusive)?;
+                let host = host_key.public().to_hex();
+                let head = self.write(move |conn, path| {
+                    let next = next_in_chain(conn, path, &host)?;
+                    Ok((next.seq, next.prev, next.reserved_until))
+                })?;
+                let _ = self
+                    .pipeline
+                    .set(Arc::new(Pipeline::new(host_key.public(), lock, head)));
+                Ok(())
+            }
+        }
+    }
+
+    /// How this registry hands out receipts.
+    pub fn receipt_durability(&self) -> ReceiptDurability {
+        match self.pipeline.get() {
+            Some(_) => ReceiptDurability::Pipelined,
+            None => ReceiptDurability::Committed,
+        }
+    }
+
+    fn append_async(
+        &self,
+        host_key: &SecretKey,
+        receipt: Receipt,
+        data: Option<CallData>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<SignedReceipt, Error>> + Send + 'static>>
+    {
+        let nonces = self.nonce_pool(host_key);
+        if let Some(pipeline) = self.pipeline.get() {
+            return Box::pin(pipeline.clone().append(
+                self.writer.clone(),
+                self.writer_stopped(),
+                host_key.clone(),
+                nonces,
+                receipt,
+                data,
+            ));
+        }
+        if let Err(busy) = self.sign_committed() {
+            return Box::pin(std::future::ready(Err(busy)));
+        }
+        Box::pin(self.write_async(append(host_key.clone(), nonces, receipt, data)))
+    }
+
+    /// Takes the signer lock shared, once: signing the committed way beside a process that
+    /// signs ahead of its commits would fork the chain.
+    fn sign_committed(&self) -> Result<(), Error> {
+        if self.signer.get().is_none() {
+            let lock = signer_lock(&self.path, Lock::Shared)?;
+            let _ = self.signer.set(lock);
+        }
+        Ok(())
     }
 
     /// The nonce pool for `key`, started once this registry has signed
@@ -304,65 +384,50 @@ fn append(
     move |conn, path| {
         let db = |e| db_error(path, e);
         let host = host_key.public().to_hex();
-        // `CAST(?1 AS TEXT)`, not `?1`: SQLite marks a bare parameter compared with an
-        // indexed column as worth re-planning for, and then prepares the statement again at
-        // every run (rusqlite clears a cached statement's bindings): a tenth of a warm call.
-        let last: Option<(i64, String)> = conn
-            .prepare_cached(
-                "SELECT seq, hash FROM receipts WHERE host = CAST(?1 AS TEXT)
-                 ORDER BY seq DESC LIMIT 1",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()
-            })
-            .map_err(db)?;
-        let after_last = last.as_ref().map_or(0, |(seq, _)| *seq + 1);
-        let reservation: Option<(i64, i64)> = conn
-            .prepare_cached("SELECT resume_at, reserved_until FROM receipt_seq WHERE host = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![host], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()
-            })
-            .map_err(db)?;
-        let (resume_at, reserved_until) = reservation.unwrap_or((0, 0));
-        let seq = after_last.max(resume_at);
+        let NextInChain {
+            seq,
+            prev,
+            resume_at,
+            reserved_until,
+        } = next_in_chain(conn, path, &host)?;
         if seq >= reserved_until {
-            let block = RECEIPT_SEQ_BLOCK as i64;
+            let block = RECEIPT_SEQ_BLOCK;
             conn.prepare_cached(
                 "INSERT INTO receipt_seq (host, resume_at, reserved_until) VALUES (?1, ?2, ?3)
                  ON CONFLICT (host) DO UPDATE SET reserved_until = excluded.reserved_until",
             )
-            .and_then(|mut stmt| stmt.execute(params![host, resume_at, (seq / block + 1) * block]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![host, resume_at, ((seq / block + 1) * block) as i64])
+            })
             .map_err(db)?;
             super::sync_before_answering();
         }
-        receipt.seq = u64::try_from(seq).map_err(|_| Error::Corrupt {
-            path: path.to_owned(),
-            what: "a negative receipt sequence number".into(),
-        })?;
-        receipt.prev = match last {
-            Some((_, hash)) => Some(parse_stored(path, &hash)?),
-            None => None,
-        };
+        receipt.seq = seq;
+        receipt.prev = prev;
         let receipt = match &nonces {
             Some(pool) => Signed::sign_with_pool(receipt, pool)?,
             None => Signed::sign(receipt, &host_key)?,
         };
-        insert_receipt_row(conn, &receipt, None).map_err(db)?;
-        if let Some(data) = &data {
-            let body = receipt.body();
-            call_data::insert(conn, &body.input_hash, data, body.timestamp_ms).map_err(db)?;
-            // Now and then, not on every receipt: the expired rows are few and indexed.
-            if body.seq % 256 == 0 {
-                call_data::expire(conn, body.timestamp_ms).map_err(db)?;
-            }
-        }
-        if let Some(request) = receipt.body().request {
-            conn.prepare_cached("UPDATE requests SET answered = 1 WHERE hash = ?1")
-                .and_then(|mut stmt| stmt.execute(params![request.to_hex()]))
-                .map_err(db)?;
-        }
+        store_own_receipt(conn, path, &receipt, data)?;
         Ok(receipt)
+    }
+}
+
+/// Polls a future to completion on this thread, parking between polls.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
     }
 }

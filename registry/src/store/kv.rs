@@ -41,7 +41,7 @@ pub struct KvNamespace {
 impl Registry {
     /// Reads a key from an agent's memory.
     pub fn kv_get(&self, ns: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.read(|conn| {
+        self.read_committed(|conn| {
             conn.prepare_cached(
                 "SELECT value FROM agent_kv WHERE publisher = ?1 AND agent = ?2 AND key = ?3",
             )

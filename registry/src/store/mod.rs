@@ -21,6 +21,12 @@
 //! reservation flushed before the receipt that takes it is handed out, and a registry opened
 //! after an unclean shutdown continues its host's chain past the reservation (a declared skip),
 //! so a host never signs two receipts with one sequence number, whatever it lost.
+//!
+//! A host may instead hand its receipts out as soon as they are signed
+//! ([`ReceiptDurability::Pipelined`], see [`pipeline`]): the commit follows in the writer's next
+//! group commit, so a crash of the process can also lose the host's copy of the receipts it
+//! handed out in the last moments (never a sequence number: the same reservations hold). Such a
+//! process is the only one signing for the database, and reads in it wait for those commits.
 
 //!
 //! The parts: [`schema`] (migrations), [`records`] (storing and reading signed records),
@@ -31,7 +37,8 @@
 //! [`evidence`] (reading evidence back for peers and for scores), [`kv`] (agents' memory) and
 //! [`writer`] (group commit, the writer thread and the WAL flush schedule), [`call_data`] (the
 //! inputs and transcripts of this host's receipts, kept for verifiers), [`audit`] (what checking
-//! other hosts' receipts found: validations, fraud proofs to hand on, unbacked receipts).
+//! other hosts' receipts found: validations, fraud proofs to hand on, unbacked receipts),
+//! [`pipeline`] (receipts signed ahead of their commit, and the signer lock).
 
 mod audit;
 mod call_data;
@@ -40,6 +47,7 @@ mod evidence;
 mod ingest;
 mod kv;
 mod pending;
+mod pipeline;
 mod quota;
 mod records;
 mod schema;
@@ -58,6 +66,7 @@ pub use call_data::{CALL_DATA_RETENTION_MS, CallData};
 pub use chain::{Fork, HostRecord, Misbehaviour};
 pub use evidence::{Evidence, EvidenceCursor};
 pub use kv::{KvNamespace, KvQuota};
+pub use pipeline::ReceiptDurability;
 pub use quota::{
     MAX_FEEDBACK_PER_STRANGER, MAX_MANIFESTS_PER_STRANGER, MAX_PENDING_PER_KEY,
     MAX_RECEIPTS_PER_STRANGER, MAX_STRANGER_FEEDBACK, MAX_STRANGER_RECEIPTS, StrangerQuotas,
@@ -94,7 +103,8 @@ pub enum Inserted {
 ///
 /// Writes are serialised on one connection and committed in batches; an acknowledged write
 /// survives the process being killed, and a power cut loses at most [`WAL_SYNC_INTERVAL`] of
-/// writes (see the module docs for the contract). Reads come from a pool of read-only
+/// writes (see the module docs for the contract, and [`ReceiptDurability`] for receipts handed
+/// out before their commit). Reads come from a pool of read-only
 /// connections and never wait for writes.
 pub struct Registry {
     path: PathBuf,
@@ -110,6 +120,10 @@ pub struct Registry {
     /// Precomputed signing nonces for the key this registry's host signs receipts with, and
     /// how many receipts it signed before the pool started.
     nonces: Mutex<(Option<std::sync::Arc<crate::nonces::NoncePool>>, u64)>,
+    /// This host's chain head, when receipts are signed ahead of their commit.
+    pipeline: std::sync::OnceLock<std::sync::Arc<pipeline::Pipeline>>,
+    /// The signer lock, held shared once this registry has signed a receipt the committed way.
+    signer: std::sync::OnceLock<std::fs::File>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -196,6 +210,8 @@ impl Registry {
             trust: std::sync::RwLock::default(),
             over_quota: std::sync::Arc::default(),
             nonces: Mutex::new((None, 0)),
+            pipeline: std::sync::OnceLock::new(),
+            signer: std::sync::OnceLock::new(),
         })
     }
 
@@ -271,9 +287,21 @@ impl Registry {
         }
     }
 
-    /// Runs `read` on a pooled read-only connection. Readers see the last committed state and
-    /// never wait for the writer.
+    /// Runs `read` on a pooled read-only connection. Readers see the last committed state, and
+    /// wait for the writer only for the receipts this process handed out ahead of their commit
+    /// (see [`pipeline`]), so that it reads them like any other.
     fn read<R>(&self, read: impl FnOnce(&Connection) -> Result<R, Error>) -> Result<R, Error> {
+        self.writer.wait_for_detached();
+        self.read_committed(read)
+    }
+
+    /// [`Registry::read`] without waiting for receipts handed out ahead of their commit: for
+    /// what only acknowledged writes change (agents' memory), so that an agent's `kv-get` does
+    /// not wait for the receipt of the call before.
+    fn read_committed<R>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(conn) => conn,

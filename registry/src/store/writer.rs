@@ -30,18 +30,23 @@ pub(super) fn sync_before_answering() {
     SYNC_BEFORE_ANSWERING.set(true);
 }
 
-/// Where a job's answer goes: a thread blocked on a channel, or an async task.
+/// Where a job's answer goes: a thread blocked on a channel, an async task, or nobody (a
+/// write whose caller went on without waiting: a receipt signed ahead of its commit).
 pub(super) enum Reply<R> {
     Blocking(mpsc::SyncSender<Result<R, Error>>),
     Async(OneshotSender<Result<R, Error>>),
+    Detached(&'static str),
 }
 
 /// A write queued for the writer thread.
 trait WriteJob: Send {
     /// Runs the write; returns whether it succeeded (and its changes are to be kept).
     fn run(&mut self, conn: &Connection, path: &Path) -> bool;
-    /// Answers the caller once the transaction has committed or failed.
-    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>);
+    /// Nobody waits for this write's answer (see [`Writer::queue_detached`]).
+    fn detached(&self) -> bool;
+    /// Answers the caller once the transaction has committed or failed; returns whether a
+    /// detached write was lost.
+    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>) -> bool;
 }
 
 struct Job<F, R> {
@@ -81,7 +86,11 @@ where
         succeeded
     }
 
-    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>) {
+    fn detached(&self) -> bool {
+        matches!(self.reply, Reply::Detached(_))
+    }
+
+    fn finish(self: Box<Self>, path: &Path, committed: Result<(), &rusqlite::Error>) -> bool {
         let answer = match (self.outcome, committed) {
             (Some(Err(error)), _) => Err(error),
             (Some(Ok(value)), Ok(())) => Ok(value),
@@ -100,7 +109,15 @@ where
                 let _ = reply.send(answer);
             }
             Reply::Async(reply) => reply.send(answer),
+            // Its caller was answered before the commit; a failure is all that is left to say.
+            Reply::Detached(what) => {
+                if let Err(error) = answer {
+                    tracing::error!(%error, what, "a write answered ahead of its commit was lost");
+                    return true;
+                }
+            }
         }
+        false
     }
 }
 
@@ -122,6 +139,15 @@ pub(super) struct Writer {
     path: PathBuf,
     wal: PathBuf,
     flushes: AtomicU64,
+    /// Detached writes queued so far, and those committed (or failed) so far: a read waits
+    /// until the second reaches what the first was when it started (see
+    /// [`Writer::wait_for_detached`]).
+    detached_queued: AtomicU64,
+    detached_done: AtomicU64,
+    detached_wait: (Mutex<()>, std::sync::Condvar),
+    /// A detached write failed: a receipt may have been handed out that the database lacks,
+    /// so the sequence reservation is not released at close (the next open skips past it).
+    detached_lost: AtomicBool,
 }
 
 /// The write connection, and when the oldest commit not yet flushed to the disk was made.
@@ -157,6 +183,10 @@ impl Writer {
             path: path.to_owned(),
             wal: wal_path(path),
             flushes: AtomicU64::new(0),
+            detached_queued: AtomicU64::new(0),
+            detached_done: AtomicU64::new(0),
+            detached_wait: (Mutex::new(()), std::sync::Condvar::new()),
+            detached_lost: AtomicBool::new(false),
         };
         (Arc::new(writer), woken)
     }
@@ -174,6 +204,48 @@ impl Writer {
         R: Send + 'static,
     {
         lock(&self.queue).push_back(Box::new(Job::new(work, reply)));
+    }
+
+    /// Queues `work` with nobody waiting for its answer, and wakes the writer thread to commit
+    /// it: `what` names it in the log if it fails. Call it in the order the writes must be
+    /// committed in; reads wait for it ([`Writer::wait_for_detached`]).
+    pub(super) fn queue_detached<F>(&self, work: F, what: &'static str)
+    where
+        F: FnOnce(&Connection, &Path) -> Result<(), Error> + Send + 'static,
+    {
+        lock(&self.queue).push_back(Box::new(Job::new(work, Reply::Detached(what))));
+        self.detached_queued.fetch_add(1, Ordering::SeqCst);
+        let _ = self.kicks.send(());
+    }
+
+    /// Detached writes queued and not yet committed (or failed).
+    pub(super) fn detached_backlog(&self) -> u64 {
+        let done = self.detached_done.load(Ordering::SeqCst);
+        self.detached_queued
+            .load(Ordering::SeqCst)
+            .saturating_sub(done)
+    }
+
+    /// Returns once every detached write queued before the call is committed (or has failed),
+    /// so that a read sees what this process answered before it. Immediate when none is
+    /// pending; otherwise at most as long as the writer takes to commit them.
+    pub(super) fn wait_for_detached(&self) {
+        let target = self.detached_queued.load(Ordering::SeqCst);
+        if self.detached_done.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        let (mutex, done) = &self.detached_wait;
+        let mut guard = lock(mutex);
+        while self.detached_done.load(Ordering::SeqCst) < target {
+            if lock(&self.committer).is_none() {
+                // Closed: what was queued has been committed or never will be.
+                return;
+            }
+            let _ = self.kicks.send(());
+            guard = done
+                .wait_timeout(guard, Duration::from_millis(50))
+                .map_or_else(|p| p.into_inner().0, |(guard, _)| guard);
+        }
     }
 
     /// Commits one batch of queued writes on this thread, unless another thread is committing
@@ -246,8 +318,17 @@ impl Writer {
     /// Answers each write of a committed batch (after the connection is let go, so that the
     /// next batch need not wait for the answers).
     fn answer(&self, committed: Committed) {
+        let mut detached = 0;
         for job in committed.batch {
-            job.finish(&self.path, committed.result.as_ref().map(|_| ()));
+            detached += u64::from(job.detached());
+            if job.finish(&self.path, committed.result.as_ref().map(|_| ())) {
+                self.detached_lost.store(true, Ordering::SeqCst);
+            }
+        }
+        if detached > 0 {
+            self.detached_done.fetch_add(detached, Ordering::SeqCst);
+            let _guard = lock(&self.detached_wait.0);
+            self.detached_wait.1.notify_all();
         }
     }
 
@@ -322,6 +403,12 @@ pub(super) fn write_loop(writer: &Writer, woken: mpsc::Receiver<()>) {
     let Some(committer) = lock(&writer.committer).take() else {
         return;
     };
+    if writer.detached_lost.load(Ordering::SeqCst) {
+        tracing::warn!(
+            "a receipt was lost before its commit; the next open skips its sequence numbers"
+        );
+        return;
+    }
     let released = committer
         .conn
         .execute_batch(

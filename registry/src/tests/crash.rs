@@ -1,6 +1,6 @@
 //! What a caller can rely on when the host process is killed: every receipt it was handed is
-//! there when the registry reopens, the database is intact, and the chain continues without
-//! reusing a sequence number (a declared skip that scoring follows).
+//! there when the registry reopens (unless receipts are pipelined), the database is intact, and
+//! the chain continues without reusing a sequence number (a declared skip that scoring follows).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -12,6 +12,29 @@ use crate::reputation::{EvidenceSet, contiguous};
 /// Set in the child process: the directory of the registry it writes to until it is killed.
 const CHILD_DIR: &str = "AGORA_TEST_CRASH_CHILD_DIR";
 const CHILD_TEST: &str = "tests::crash::child_appends_receipts_and_memory_until_killed";
+const PIPELINED_CHILD_TEST: &str = "tests::crash::child_appends_pipelined_receipts_until_killed";
+
+#[test]
+#[ignore = "a child process of a_killed_pipelined_host_never_reuses_a_sequence_number"]
+fn child_appends_pipelined_receipts_until_killed() {
+    let Some(dir) = std::env::var_os(CHILD_DIR).map(std::path::PathBuf::from) else {
+        panic!("run only as the child of the crash test ({CHILD_DIR} unset)");
+    };
+    let key = SecretKey::load(&dir.join("host.key")).unwrap();
+    let registry = Registry::open(&dir.join("registry.db")).unwrap();
+    registry
+        .set_receipt_durability(&key, ReceiptDurability::Pipelined)
+        .unwrap();
+    let mut out = std::io::stdout().lock();
+    for _ in 0u64.. {
+        let signed = registry
+            .append_receipt(&key, receipt(&key, 0, None))
+            .unwrap();
+        // Printed as soon as it is handed out, before its commit.
+        writeln!(out, "acked {} {} 0", signed.body().seq, signed.hash()).unwrap();
+        out.flush().unwrap();
+    }
+}
 
 #[test]
 #[ignore = "a child process of a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_number"]
@@ -39,8 +62,19 @@ fn child_appends_receipts_and_memory_until_killed() {
     }
 }
 
-#[test]
-fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_number() {
+/// Runs `child` on one registry 20 times, killing it at a different point each time; returns
+/// the directory, the host key, the receipts the child handed out (sequence number and hash),
+/// the last memory count it acknowledged, and the sequence number each run started at.
+#[allow(clippy::type_complexity)]
+fn kill_repeatedly(
+    child: &str,
+) -> (
+    tempfile::TempDir,
+    SecretKey,
+    Vec<(u64, Hash)>,
+    Option<u64>,
+    Vec<u64>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate();
     key.write_new(&dir.path().join("host.key")).unwrap();
@@ -50,7 +84,7 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
     for run in 0..20u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
-                CHILD_TEST,
+                child,
                 "--exact",
                 "--ignored",
                 "--nocapture",
@@ -94,6 +128,12 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
         restarts.push(first_seq.expect("the child wrote"));
     }
 
+    (dir, key, handed_out, last_count, restarts)
+}
+
+#[test]
+fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_number() {
+    let (dir, key, handed_out, last_count, restarts) = kill_repeatedly(CHILD_TEST);
     let path = dir.path().join("registry.db");
     let integrity: String = rusqlite::Connection::open(&path)
         .unwrap()
@@ -142,6 +182,43 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
     assert_eq!(
         held.get(&key.public()).copied(),
         Some(chain.last().unwrap().body().seq + 1)
+    );
+}
+
+#[test]
+fn a_killed_pipelined_host_never_reuses_a_sequence_number() {
+    let (dir, key, handed_out, _, restarts) = kill_repeatedly(PIPELINED_CHILD_TEST);
+    let path = dir.path().join("registry.db");
+    let integrity: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+
+    let registry = Registry::open(&path).unwrap();
+    let chain = registry.receipt_chain(&key.public()).unwrap();
+    // What was handed out and what is stored never give one sequence number two receipts.
+    let mut signed = std::collections::BTreeMap::<u64, Hash>::new();
+    for (seq, hash) in handed_out
+        .iter()
+        .copied()
+        .chain(chain.iter().map(|r| (r.body().seq, r.hash())))
+    {
+        let first = *signed.entry(seq).or_insert(hash);
+        assert_eq!(first, hash, "sequence number {seq} was signed twice");
+    }
+    for pair in restarts.windows(2) {
+        assert!(pair[1] > pair[0]);
+        assert_eq!(pair[1] % RECEIPT_SEQ_BLOCK, 0, "run started at {}", pair[1]);
+    }
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].body().prev, Some(pair[0].hash()), "the chain links");
+    }
+    let evidence = EvidenceSet::from_records(&[], &chain, &[], Default::default());
+    assert_eq!(
+        contiguous(&evidence).get(&key.public()).copied(),
+        Some(chain.last().unwrap().body().seq + 1),
+        "scoring follows the declared skips"
     );
 }
 

@@ -12,6 +12,7 @@ use agora_host::egress::EgressConfig;
 use agora_host::model::ModelConfig;
 use agora_host::net::{NetConfig, Network};
 use agora_host::{Compiler, DataDir, Limits, Node, NodeConfig, PublishOptions, report};
+use agora_registry::ReceiptDurability;
 use agora_registry::{Hash, ManifestLimits};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -27,8 +28,9 @@ pub(crate) async fn open(
     data_dir: DataDir,
     models: ModelConfig,
     egress: EgressConfig,
+    receipts: ReceiptDurability,
 ) -> anyhow::Result<Node> {
-    open_with(data_dir, Limits::default(), models, egress).await
+    open_with(data_dir, Limits::default(), models, egress, receipts).await
 }
 
 /// Instance slots a command that runs a few calls and exits keeps: a call and its nested calls
@@ -48,6 +50,7 @@ pub(crate) async fn open_for_one_command(data_dir: DataDir) -> anyhow::Result<No
         limits,
         ModelConfig::default(),
         EgressConfig::default(),
+        ReceiptDurability::default(),
     )
     .await
 }
@@ -57,13 +60,15 @@ async fn open_with(
     limits: Limits,
     models: ModelConfig,
     egress: EgressConfig,
+    receipts: ReceiptDurability,
 ) -> anyhow::Result<Node> {
     let compiler = Compiler::this_executable().context("finding the agora executable")?;
     let config = NodeConfig::new(data_dir)
         .limits(limits)
         .compiler(compiler)
         .models(models)
-        .egress(egress);
+        .egress(egress)
+        .receipts(receipts);
     Ok(Node::open(config).await?)
 }
 

@@ -82,6 +82,12 @@ enum Command {
         /// The same for hosts it holds little history with (default 0.5).
         #[arg(long, value_name = "SHARE", value_parser = share)]
         audit_new_host_rate: Option<f64>,
+        /// When a caller gets its receipt: `committed` (the default) once it is stored, so a
+        /// receipt handed out survives this process being killed; `pipelined` as soon as it is
+        /// signed, stored in the next group commit (about a millisecond later), so a crash may
+        /// lose this host's copy of the last receipts, never a sequence number.
+        #[arg(long, value_name = "WHEN", default_value = "committed", value_parser = receipts)]
+        receipts: agora_registry::ReceiptDurability,
         #[command(flatten)]
         models: models::ModelArgs,
         #[command(flatten)]
@@ -247,6 +253,14 @@ fn share(text: &str) -> Result<f64, String> {
     }
 }
 
+fn receipts(text: &str) -> Result<agora_registry::ReceiptDurability, String> {
+    match text {
+        "committed" => Ok(agora_registry::ReceiptDurability::Committed),
+        "pipelined" => Ok(agora_registry::ReceiptDurability::Pipelined),
+        _ => Err(format!("{text:?} is neither `committed` nor `pipelined`")),
+    }
+}
+
 impl NetArgs {
     fn config(&self) -> anyhow::Result<NetConfig> {
         let config = match (self.internet, self.bind) {
@@ -340,6 +354,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             allowed_origins,
             audit_rate,
             audit_new_host_rate,
+            receipts,
             models,
             egress,
         } => {
@@ -348,6 +363,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir.clone(),
                 models.config(&data_dir)?,
                 egress.config()?,
+                receipts,
             )
             .await?;
             let mut audit = agora_host::net::AuditConfig::default();

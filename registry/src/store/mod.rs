@@ -46,6 +46,7 @@ mod chain;
 mod evidence;
 mod ingest;
 mod kv;
+mod page_cache;
 mod pending;
 mod pipeline;
 mod quota;
@@ -137,6 +138,8 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Opens (creating if needed) the registry database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, Error> {
+        // Before the first connection of the process initialises SQLite.
+        page_cache::install();
         let db_error = |source| Error::Database {
             path: path.to_owned(),
             source,
@@ -355,6 +358,13 @@ impl Registry {
             writer.commit_inline();
             answer.await.unwrap_or(Err(stopped))
         }
+    }
+
+    /// Whether SQLite in this process uses agora's page cache (see `store/page_cache.rs`),
+    /// which [`Registry::open`] installs unless SQLite was initialised before, and how many
+    /// B-tree page swaps it has kept from making a commit scan the whole cache.
+    pub fn page_cache() -> (bool, u64) {
+        (page_cache::installed(), page_cache::swaps())
     }
 
     fn writer_stopped(&self) -> Error {

@@ -41,6 +41,11 @@ mod raw {
 use raw::agora::agent::host::LogLevel;
 use raw::agora::agent::types::{AgentError, Request};
 
+/// One way to make a call, as the sections time it.
+type Call = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync,
+>;
+
 const QUOTE: &[u8] = br#"{"trip":{"distance_m":12500,"duration_s":1500,"demand_pct":120}}"#;
 
 fn main() -> anyhow::Result<()> {
@@ -83,75 +88,100 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         ("cpu-kernel echo", CPU_KERNEL, "echo", b"hi"),
         ("ride-driver quote", examples::RIDE_DRIVER, "quote", QUOTE),
     ];
-    let anchor = RawWasmtime::new(true, true)?;
+    // The anchor resets instances after a call as agora does (in place, see
+    // `agora_host::sandbox::reset_in_place`); wasmtime's default settings are measured beside it.
+    let anchor = RawWasmtime::resetting_in_place(true, true)?;
+    let anchor_default = RawWasmtime::new(true, true)?;
 
     println!();
     println!("## 1. warm in-process call");
     println!(
-        "| call | agora p50 | raw p50 | ratio | agora p99 | raw p99 | ratio | agora calls/s ({CALLERS} callers) | raw calls/s | ratio |"
+        "| call | receipts | agora p50 | raw p50 | ratio | agora p99 | raw p99 | ratio | agora calls/s ({CALLERS} callers) | raw calls/s | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for ((name, component, action, payload), (receipts, node)) in
-        cases.into_iter().flat_map(|case| {
-            [
-                (case, ("committed", &node)),
-                (case, ("pipelined", &pipelined)),
-            ]
-        })
-    {
-        let agent = node
-            .publish(component, Default::default())
-            .await?
-            .manifest
-            .hash()
-            .to_hex();
-        let compiled = anchor.load(component)?;
-
-        let agora_call = {
-            let (node, agent) = (node.clone(), agent.clone());
-            move || {
-                let (node, agent) = (node.clone(), agent.clone());
-                async move {
-                    node.run(&agent, action, payload, None)
-                        .await?
-                        .into_output()?;
-                    anyhow::Ok(())
-                }
-            }
-        };
-        let raw_call = {
-            let anchor = anchor.clone();
-            move || {
-                let (anchor, compiled) = (anchor.clone(), compiled.clone());
-                async move {
-                    anchor.call(&compiled, action, payload).await?;
-                    anyhow::Ok(())
-                }
-            }
-        };
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut defaults = Vec::new();
+    for (name, component, action, payload) in cases {
+        let mut subjects: Vec<(&str, Call)> = Vec::new();
+        for (receipts, node) in [("committed", &node), ("pipelined", &pipelined)] {
+            let agent = node
+                .publish(component, Default::default())
+                .await?
+                .manifest
+                .hash()
+                .to_hex();
+            let node = node.clone();
+            subjects.push((
+                receipts,
+                Arc::new(move || {
+                    let (node, agent) = (node.clone(), agent.clone());
+                    Box::pin(async move {
+                        node.run(&agent, action, payload, None)
+                            .await?
+                            .into_output()?;
+                        anyhow::Ok(())
+                    })
+                }),
+            ));
+        }
+        for (which, raw) in [
+            ("raw", &anchor),
+            ("raw, wasmtime's defaults", &anchor_default),
+        ] {
+            let (raw, compiled) = (raw.clone(), raw.load(component)?);
+            subjects.push((
+                which,
+                Arc::new(move || {
+                    let (raw, compiled) = (raw.clone(), compiled.clone());
+                    Box::pin(async move {
+                        raw.call(&compiled, action, payload).await?;
+                        anyhow::Ok(())
+                    })
+                }),
+            ));
+        }
         // In alternating rounds, so that this machine's drift (a shared VM's is large) falls
-        // on both sides of each ratio.
-        let (mut agora, mut raw) = (Vec::new(), Vec::new());
-        let (mut agora_rate, mut raw_rate) = (0.0, 0.0);
+        // on every side of each ratio.
+        let mut samples = vec![Vec::new(); subjects.len()];
+        let mut rates = vec![0.0; subjects.len()];
         for _ in 0..ROUNDS {
-            agora.extend(timed(calls / ROUNDS, agora_call.clone()).await?);
-            raw.extend(timed(calls / ROUNDS, raw_call.clone()).await?);
+            for ((_, call), samples) in subjects.iter().zip(&mut samples) {
+                let call = call.clone();
+                samples.extend(timed(calls / ROUNDS, move || call()).await?);
+            }
         }
         for _ in 0..ROUNDS {
-            agora_rate += throughput(window / ROUNDS as u32, agora_call.clone()).await?;
-            raw_rate += throughput(window / ROUNDS as u32, raw_call.clone()).await?;
+            for ((_, call), rate) in subjects.iter().zip(&mut rates) {
+                let call = call.clone();
+                *rate += throughput(window / ROUNDS as u32, move || call()).await? / ROUNDS as f64;
+            }
         }
-        let (agora, raw) = (Latencies::of(agora), Latencies::of(raw));
-        let (agora_rate, raw_rate) = (agora_rate / ROUNDS as f64, raw_rate / ROUNDS as f64);
+        let latencies: Vec<Latencies> = samples.into_iter().map(Latencies::of).collect();
+        let (raw, raw_rate) = (&latencies[2], rates[2]);
+        for i in 0..2 {
+            let (agora, agora_rate) = (&latencies[i], rates[i]);
+            println!(
+                "| {name} | {} | {} | {} | {:.2}× | {} | {} | {:.2}× | {agora_rate:.0} | {raw_rate:.0} | {:.2}× |",
+                subjects[i].0,
+                us(agora.p50),
+                us(raw.p50),
+                ratio(agora.p50, raw.p50),
+                us(agora.p99),
+                us(raw.p99),
+                ratio(agora.p99, raw.p99),
+                agora_rate / raw_rate,
+            );
+        }
+        defaults.push((name, latencies[3].clone(), rates[3]));
+    }
+    println!();
+    println!("raw wasmtime with its default pool settings (decommitting memory after each call):");
+    println!("| call | p50 | p99 | calls/s |");
+    println!("|---|---|---|---|");
+    for (name, latencies, rate) in defaults {
         println!(
-            "| {name}, receipts {receipts} | {} | {} | {:.2}× | {} | {} | {:.2}× | {agora_rate:.0} | {raw_rate:.0} | {:.2}× |",
-            us(agora.p50),
-            us(raw.p50),
-            ratio(agora.p50, raw.p50),
-            us(agora.p99),
-            us(raw.p99),
-            ratio(agora.p99, raw.p99),
-            agora_rate / raw_rate,
+            "| {name} | {} | {} | {rate:.0} |",
+            us(latencies.p50),
+            us(latencies.p99)
         );
     }
 
@@ -352,6 +382,7 @@ const CALLERS: usize = 64;
 /// Rounds each warm-call figure is split into, agora's and raw wasmtime's alternating.
 const ROUNDS: usize = 5;
 
+#[derive(Clone)]
 struct Latencies {
     p50: Duration,
     p99: Duration,
@@ -493,7 +524,24 @@ impl RawWasmtime {
         Self::build(config, true, true)
     }
 
-    fn build(mut config: Config, fuel: bool, epochs: bool) -> anyhow::Result<Self> {
+    /// Like [`RawWasmtime::new`], resetting instances after a call as agora does.
+    fn resetting_in_place(fuel: bool, epochs: bool) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.consume_fuel(fuel);
+        config.epoch_interruption(epochs);
+        Self::build_with(config, fuel, epochs, true)
+    }
+
+    fn build(config: Config, fuel: bool, epochs: bool) -> anyhow::Result<Self> {
+        Self::build_with(config, fuel, epochs, false)
+    }
+
+    fn build_with(
+        mut config: Config,
+        fuel: bool,
+        epochs: bool,
+        reset_in_place: bool,
+    ) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(1_000)
             .total_core_instances(8_000)
@@ -501,6 +549,9 @@ impl RawWasmtime {
             .total_tables(8_000)
             .total_stacks(1_000)
             .max_memory_size(128 << 20);
+        if reset_in_place {
+            agora_host::sandbox::reset_in_place(&mut pool);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);

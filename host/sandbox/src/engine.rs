@@ -88,13 +88,26 @@ fn pool(limits: &Limits) -> PoolingAllocationConfig {
         .max_memories_per_module(POOL_MEMORIES)
         .max_tables_per_module(POOL_TABLES)
         .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
-        .table_elements(limits.max_table_elements)
-        // Resetting a small resident prefix with memset is cheaper than decommitting it and
-        // faulting it back in on the next call.
-        .linear_memory_keep_resident(256 << 10)
-        .table_keep_resident(64 << 10);
+        .table_elements(limits.max_table_elements);
+    reset_in_place(&mut pool);
     pool
 }
+
+/// How agora resets a pooled instance's memory and tables after a call: in place, not by
+/// decommitting them. Resetting what a call touched with memset is cheaper than decommitting it
+/// and faulting it back in on the next call, and each `madvise` that decommits makes the kernel
+/// interrupt every other core running this process to flush its TLB (with a writer and a
+/// signer thread beside the calls, that was a tenth of a warm call). With `PAGEMAP_SCAN`
+/// (Linux 6.7 and later) only the pages a call dirtied are reset, up to 2 MiB; without it, the
+/// lowest 2 MiB are. Public so that benchmarks can give raw wasmtime the same settings.
+pub fn reset_in_place(pool: &mut PoolingAllocationConfig) {
+    pool.linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .table_keep_resident(64 << 10);
+}
+
+/// Bytes of a pooled linear memory reset in place rather than decommitted after a call.
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 2 << 20;
 
 /// Core instances one component may have with pooling: language runtimes split into several
 /// (componentize-py about a dozen); beyond this instantiation fails as the component's fault.

@@ -71,7 +71,7 @@ mod services;
 pub use cache::CacheStats;
 use cache::CompiledCache;
 pub use compile::{Compiler, serve_compile_worker};
-pub use engine::Allocation;
+pub use engine::{Allocation, reset_in_place};
 pub use error::CheckError;
 pub use host_fns::CallState;
 use host_fns::add_host_interface;

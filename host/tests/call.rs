@@ -12,7 +12,7 @@ use agora_host::client::ApiClient;
 use agora_host::examples;
 use agora_host::invoke::{CallError, InvokeMessage};
 use agora_host::net::{NetConfig, Network};
-use agora_registry::{Hash, PublicKey, Registry, SecretKey};
+use agora_registry::{Hash, PublicKey, ReceiptDurability, Registry, SecretKey};
 use common::{agora, agora_output, start_host};
 
 const QUOTE: &str = r#"{"trip": {"distance_m": 4000, "duration_s": 660}}"#;
@@ -235,4 +235,42 @@ async fn a_host_called_for_an_agent_it_only_heard_of_fetches_it_from_its_publish
         host_key,
         "the host that was called ran it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_pipelines_receipts_serves_callers_keeps_their_receipts_and_signs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host_data, caller_data) = (dir.path().join("host"), dir.path().join("caller"));
+    agora(&host_data, &["keygen"]);
+    agora(&caller_data, &["keygen"]);
+    let component = dir.path().join("ride-driver.wasm");
+    std::fs::write(&component, examples::RIDE_DRIVER).unwrap();
+    agora(&host_data, &["publish", component.to_str().unwrap()]);
+    let host_key = SecretKey::load(&host_data.join("keys").join("host.key")).unwrap();
+    let running = start_host(&host_data, &["--receipts", "pipelined"]);
+
+    let receipts: Vec<Hash> = (0..3)
+        .map(|_| call(&caller_data, "ride-driver", &running.api).1)
+        .collect();
+    // No other process signs beside it: its chain head is in its memory.
+    let beside = Registry::open(&host_data.join("registry.db")).unwrap();
+    let refused = beside.set_receipt_durability(&host_key, ReceiptDurability::Pipelined);
+    assert!(
+        matches!(refused, Err(agora_registry::Error::SignerBusy { .. })),
+        "{refused:?}"
+    );
+    drop(beside);
+
+    running.stop();
+    let served = Registry::open(&host_data.join("registry.db")).unwrap();
+    for receipt in &receipts {
+        assert!(
+            served.receipt(receipt).unwrap().is_some(),
+            "receipt {receipt} was handed out and is kept"
+        );
+    }
+    // Stopped, it leaves signing to others.
+    served
+        .set_receipt_durability(&host_key, ReceiptDurability::Pipelined)
+        .unwrap();
 }

@@ -103,12 +103,7 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
     for (name, component, action, payload) in cases {
         let mut subjects: Vec<(&str, Call)> = Vec::new();
         for (receipts, node) in [("committed", &node), ("pipelined", &pipelined)] {
-            let agent = node
-                .publish(component, Default::default())
-                .await?
-                .manifest
-                .hash()
-                .to_hex();
+            let agent = publish(node, component).await?;
             let node = node.clone();
             subjects.push((
                 receipts,
@@ -212,12 +207,7 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
             ratio(sample.p50, base)
         );
     }
-    let agent = node
-        .publish(CPU_KERNEL, Default::default())
-        .await?
-        .manifest
-        .hash()
-        .to_hex();
+    let agent = publish(&node, CPU_KERNEL).await?;
     let sample = latencies(repeats, || {
         let (node, agent) = (node.clone(), agent.clone());
         async move {
@@ -325,12 +315,7 @@ async fn bench(quick: bool) -> anyhow::Result<()> {
         ),
     ];
     for (name, component, action, payload) in checks {
-        let agent = node
-            .publish(component, Default::default())
-            .await?
-            .manifest
-            .hash()
-            .to_hex();
+        let agent = publish(&node, component).await?;
         let receipt = node.run(&agent, action, payload, None).await?.receipt;
         let body = receipt.body();
         let kept = |hash| {
@@ -455,6 +440,13 @@ where
         task??;
     }
     Ok(calls as f64 / elapsed.as_secs_f64())
+}
+
+/// Publishes `component` on `node` with default options; its manifest hash, as `Node::run`
+/// takes it.
+async fn publish(node: &Node, component: &[u8]) -> anyhow::Result<String> {
+    let published = node.publish(component, Default::default()).await?;
+    Ok(published.manifest.hash().to_hex())
 }
 
 fn us(d: Duration) -> String {

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::call_data::{self, CallData};
 use super::records::insert_receipt_row;
-use super::writer::{self, Reply, Writer};
+use super::writer::{self, Reply, Writer, lock};
 use super::{db_error, parse_stored, sync_before_answering};
 use crate::identity::{PublicKey, SecretKey};
 use crate::nonces::NoncePool;
@@ -352,8 +352,4 @@ fn lock_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".signer");
     PathBuf::from(name)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -62,19 +62,51 @@ fn child_appends_receipts_and_memory_until_killed() {
     }
 }
 
-/// Runs `child` on one registry 20 times, killing it at a different point each time; returns
-/// the directory, the host key, the receipts the child handed out (sequence number and hash),
-/// the last memory count it acknowledged, and the sequence number each run started at.
-#[allow(clippy::type_complexity)]
-fn kill_repeatedly(
-    child: &str,
-) -> (
-    tempfile::TempDir,
-    SecretKey,
-    Vec<(u64, Hash)>,
-    Option<u64>,
-    Vec<u64>,
-) {
+/// What 20 runs of a child killed at different points left behind.
+struct Killed {
+    dir: tempfile::TempDir,
+    key: SecretKey,
+    /// The receipts the child handed out: sequence number and hash.
+    handed_out: Vec<(u64, Hash)>,
+    /// The last memory count it acknowledged.
+    last_count: Option<u64>,
+    /// The sequence number each run started at.
+    restarts: Vec<u64>,
+}
+
+impl Killed {
+    /// The registry, once its database passed `integrity_check`.
+    fn intact_registry(&self) -> Registry {
+        let path = self.dir.path().join("registry.db");
+        let integrity: String = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+        Registry::open(&path).unwrap()
+    }
+
+    /// Each run continued past everything the one before reserved, the stored chain links,
+    /// and scoring follows its declared skips to the end.
+    fn assert_chain_continues(&self, chain: &[SignedReceipt]) {
+        for pair in self.restarts.windows(2) {
+            assert!(pair[1] > pair[0]);
+            assert_eq!(pair[1] % RECEIPT_SEQ_BLOCK, 0, "run started at {}", pair[1]);
+        }
+        for pair in chain.windows(2) {
+            assert_eq!(pair[1].body().prev, Some(pair[0].hash()), "the chain links");
+        }
+        let evidence = EvidenceSet::from_records(&[], chain, &[], Default::default());
+        assert_eq!(
+            contiguous(&evidence).get(&self.key.public()).copied(),
+            Some(chain.last().unwrap().body().seq + 1),
+            "scoring follows the declared skips"
+        );
+    }
+}
+
+/// Runs `child` on one registry 20 times, killing it at a different point each time.
+fn kill_repeatedly(child: &str) -> Killed {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate();
     key.write_new(&dir.path().join("host.key")).unwrap();
@@ -128,21 +160,20 @@ fn kill_repeatedly(
         restarts.push(first_seq.expect("the child wrote"));
     }
 
-    (dir, key, handed_out, last_count, restarts)
+    Killed {
+        dir,
+        key,
+        handed_out,
+        last_count,
+        restarts,
+    }
 }
 
 #[test]
 fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_number() {
-    let (dir, key, handed_out, last_count, restarts) = kill_repeatedly(CHILD_TEST);
-    let path = dir.path().join("registry.db");
-    let integrity: String = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(integrity, "ok");
-
-    let registry = Registry::open(&path).unwrap();
-    for (seq, hash) in &handed_out {
+    let killed = kill_repeatedly(CHILD_TEST);
+    let (key, registry) = (&killed.key, killed.intact_registry());
+    for (seq, hash) in &killed.handed_out {
         let stored = registry.receipt(hash).unwrap();
         assert_eq!(
             stored.map(|r| r.body().seq),
@@ -156,7 +187,7 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
     };
     let count = registry.kv_get(&ns, "count").unwrap().unwrap();
     assert!(
-        u64::from_le_bytes(count.try_into().unwrap()) >= last_count.unwrap(),
+        u64::from_le_bytes(count.try_into().unwrap()) >= killed.last_count.unwrap(),
         "an acknowledged kv-set is gone"
     );
 
@@ -168,38 +199,18 @@ fn a_killed_host_loses_nothing_it_acknowledged_and_never_reuses_a_sequence_numbe
         chain.len(),
         "a sequence number was signed twice"
     );
-    // Each run after the first continued past everything the one before reserved.
-    for pair in restarts.windows(2) {
-        assert!(pair[1] > pair[0]);
-        assert_eq!(pair[1] % RECEIPT_SEQ_BLOCK, 0, "run started at {}", pair[1]);
-    }
-    for pair in chain.windows(2) {
-        assert_eq!(pair[1].body().prev, Some(pair[0].hash()), "the chain links");
-    }
-    // Scoring follows the declared skips: the whole chain counts.
-    let evidence = EvidenceSet::from_records(&[], &chain, &[], Default::default());
-    let held = contiguous(&evidence);
-    assert_eq!(
-        held.get(&key.public()).copied(),
-        Some(chain.last().unwrap().body().seq + 1)
-    );
+    killed.assert_chain_continues(&chain);
 }
 
 #[test]
 fn a_killed_pipelined_host_never_reuses_a_sequence_number() {
-    let (dir, key, handed_out, _, restarts) = kill_repeatedly(PIPELINED_CHILD_TEST);
-    let path = dir.path().join("registry.db");
-    let integrity: String = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(integrity, "ok");
-
-    let registry = Registry::open(&path).unwrap();
-    let chain = registry.receipt_chain(&key.public()).unwrap();
+    let killed = kill_repeatedly(PIPELINED_CHILD_TEST);
+    let registry = killed.intact_registry();
+    let chain = registry.receipt_chain(&killed.key.public()).unwrap();
     // What was handed out and what is stored never give one sequence number two receipts.
     let mut signed = std::collections::BTreeMap::<u64, Hash>::new();
-    for (seq, hash) in handed_out
+    for (seq, hash) in killed
+        .handed_out
         .iter()
         .copied()
         .chain(chain.iter().map(|r| (r.body().seq, r.hash())))
@@ -207,19 +218,7 @@ fn a_killed_pipelined_host_never_reuses_a_sequence_number() {
         let first = *signed.entry(seq).or_insert(hash);
         assert_eq!(first, hash, "sequence number {seq} was signed twice");
     }
-    for pair in restarts.windows(2) {
-        assert!(pair[1] > pair[0]);
-        assert_eq!(pair[1] % RECEIPT_SEQ_BLOCK, 0, "run started at {}", pair[1]);
-    }
-    for pair in chain.windows(2) {
-        assert_eq!(pair[1].body().prev, Some(pair[0].hash()), "the chain links");
-    }
-    let evidence = EvidenceSet::from_records(&[], &chain, &[], Default::default());
-    assert_eq!(
-        contiguous(&evidence).get(&key.public()).copied(),
-        Some(chain.last().unwrap().body().seq + 1),
-        "scoring follows the declared skips"
-    );
+    killed.assert_chain_continues(&chain);
 }
 
 #[test]
